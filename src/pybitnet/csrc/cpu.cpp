@@ -1,0 +1,61 @@
+#include "cpu.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#include <cstring>
+#define PYBITNET_X86 1
+#endif
+
+namespace pybitnet {
+
+#ifdef PYBITNET_X86
+static unsigned long long xgetbv0() {
+    unsigned eax, edx;
+    __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+    return (static_cast<unsigned long long>(edx) << 32) | eax;
+}
+
+static CpuFeatures detect() {
+    CpuFeatures f;
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+    const bool osxsave = c & (1u << 27);
+    if (!osxsave) return f;
+    const unsigned long long xcr0 = xgetbv0();
+    const bool ymm_os = (xcr0 & 0x6) == 0x6;      // SSE and AVX state
+    const bool zmm_os = (xcr0 & 0xe6) == 0xe6;    // plus opmask and ZMM state
+    const bool fma = c & (1u << 12);
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
+    f.avx2 = ymm_os && (b & (1u << 5));
+    f.fma = ymm_os && fma;
+    f.avx512f = zmm_os && (b & (1u << 16));
+    f.avx512bw = zmm_os && (b & (1u << 30));
+    f.avx512vl = zmm_os && (b & (1u << 31));
+    f.avx512vnni = zmm_os && (c & (1u << 11));
+    return f;
+}
+
+std::string cpu_model_name() {
+    unsigned regs[12];
+    unsigned max_ext = __get_cpuid_max(0x80000000u, nullptr);
+    if (max_ext < 0x80000004u) return "unknown";
+    for (unsigned i = 0; i < 3; ++i)
+        __get_cpuid(0x80000002u + i, &regs[4 * i], &regs[4 * i + 1], &regs[4 * i + 2], &regs[4 * i + 3]);
+    char name[49];
+    std::memcpy(name, regs, 48);
+    name[48] = 0;
+    std::string s(name);
+    const auto first = s.find_first_not_of(' ');
+    return first == std::string::npos ? "unknown" : s.substr(first);
+}
+#else
+static CpuFeatures detect() { return {}; }
+std::string cpu_model_name() { return "unknown"; }
+#endif
+
+const CpuFeatures &cpu_features() {
+    static const CpuFeatures f = detect();
+    return f;
+}
+
+}  // namespace pybitnet

@@ -1,0 +1,17 @@
+"""The exceptions pybitnet raises for bad input: each names the file, the field and the value."""
+
+
+class PyBitnetError(ValueError):
+    """Base class of every error pybitnet raises for bad input."""
+
+
+class GGUFError(PyBitnetError):
+    """A GGUF file is malformed, truncated, or uses something pybitnet does not support."""
+
+
+class FormatError(PyBitnetError):
+    """A tensor cannot be stored in, or read from, a weight format."""
+
+
+class ModelError(PyBitnetError):
+    """A model's metadata or tensors do not describe a model pybitnet can run."""
