@@ -1,0 +1,1 @@
+"""Benchmarks: the runner, receipts (and their JSON Schema), verify, the regression gate."""

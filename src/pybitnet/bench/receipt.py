@@ -1,0 +1,251 @@
+"""Benchmark receipts (SPEC section 6): building runs from raw samples, loading and validating.
+
+A receipt is plain JSON; receipt.schema.json, shipped next to this module, is the one
+description of its shape. `summarize` is the one place where summary figures are computed from
+raw samples: the run builders here use it, and verify recomputes with it.
+
+A receipt holds several runs, like llama-bench rows (pp128 and tg128 at 1 and 2 threads). Each
+run keeps its raw samples, one value per repetition for each metric, and their summaries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from pybitnet.errors import BenchError
+from pybitnet.sampling import SamplerConfig
+
+SCHEMA_VERSION = "1.0.0"
+ITL_PERCENTILES = (50, 90, 99)  # the per-repetition inter-token latency samples itl_pNN_ms
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The receipt's JSON Schema (draft 2020-12)."""
+    text = resources.files("pybitnet.bench").joinpath("receipt.schema.json").read_text()
+    return json.loads(text)
+
+
+def metric_names() -> tuple[str, ...]:
+    """Every metric a run may hold samples of, as the schema lists them."""
+    return tuple(schema()["$defs"]["metric"]["enum"])
+
+
+def summarize(values: Sequence[float]) -> dict[str, Any]:
+    """n, median, mean, sample standard deviation (None for one sample), min and max."""
+    x = _samples("samples", values)
+    return {
+        "n": int(x.size),
+        "median": float(np.median(x)),
+        "mean": float(x.mean()),
+        "sd": float(x.std(ddof=1)) if x.size > 1 else None,
+        "min": float(x.min()),
+        "max": float(x.max()),
+    }
+
+
+def percentiles(values: Sequence[float], qs: Sequence[float]) -> list[float]:
+    """Percentiles with linear interpolation between order statistics (numpy's default)."""
+    return [float(v) for v in np.percentile(_samples("samples", values), qs)]
+
+
+def prefill_run(
+    name: str,
+    threads: int,
+    n_tokens: int,
+    ms: Sequence[float],
+    peak_rss_mb: Sequence[float],
+    ttft_ms: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """A prefill run: per repetition, the wall time of processing n_tokens prompt tokens."""
+    samples = {"ms": ms, "tokens_per_second": _per_second(n_tokens, ms), "peak_rss_mb": peak_rss_mb}
+    if ttft_ms is not None:
+        samples["ttft_ms"] = ttft_ms
+    return _run(
+        {"name": name, "kind": "prefill", "threads": threads, "n_tokens": n_tokens}, samples
+    )
+
+
+def decode_run(
+    name: str,
+    threads: int,
+    n_tokens: int,
+    ms: Sequence[float],
+    ttft_ms: Sequence[float],
+    inter_token_ms: Sequence[Sequence[float]],
+    peak_rss_mb: Sequence[float],
+) -> dict[str, Any]:
+    """A decode run: per repetition, the wall time of generating n_tokens tokens, the time to the
+    first token, and every gap between consecutive tokens (summarised per repetition as the
+    p50/p90/p99 inter-token latencies)."""
+    if len(inter_token_ms) == 0:
+        raise BenchError(f"run {name!r}: inter_token_ms is empty")
+    itl = np.array([percentiles(gaps, ITL_PERCENTILES) for gaps in inter_token_ms])
+    samples = {
+        "ms": ms,
+        "tokens_per_second": _per_second(n_tokens, ms),
+        "ttft_ms": ttft_ms,
+        **{f"itl_p{q}_ms": itl[:, i].tolist() for i, q in enumerate(ITL_PERCENTILES)},
+        "peak_rss_mb": peak_rss_mb,
+    }
+    fields = {"name": name, "kind": "decode", "threads": threads, "n_tokens": n_tokens}
+    fields["inter_token_ms"] = [[float(v) for v in gaps] for gaps in inter_token_ms]
+    return _run(fields, samples)
+
+
+def kernel_run(
+    name: str,
+    threads: int,
+    kernel_id: str,
+    shape: Sequence[int],
+    elements: int,
+    ms: Sequence[float],
+) -> dict[str, Any]:
+    """A kernel microbenchmark: per repetition, the wall time of processing `elements` elements
+    (e.g. the weights of one matrix-vector product) with kernel `kernel_id`."""
+    fields = {"name": name, "kind": "kernel", "threads": threads, "kernel_id": kernel_id}
+    fields |= {"shape": [int(n) for n in shape], "elements": elements}
+    return _run(fields, {"ms": ms, "elements_per_second": _per_second(elements, ms)})
+
+
+def rebuild_run(run: dict[str, Any]) -> dict[str, Any]:
+    """The run that the builders above make from this run's raw measurements (ms, ttft_ms,
+    inter_token_ms, peak_rss_mb): verify compares it with the run a receipt holds."""
+    samples = run["samples"]
+    if run["kind"] == "kernel":
+        fields = (run["kernel_id"], run["shape"], run["elements"], samples["ms"])
+        return kernel_run(run["name"], run["threads"], *fields)
+    if run["kind"] == "decode":
+        fields = (samples["ms"], samples["ttft_ms"], run["inter_token_ms"], samples["peak_rss_mb"])
+        return decode_run(run["name"], run["threads"], run["n_tokens"], *fields)
+    ttft = samples.get("ttft_ms")
+    fields = (samples["ms"], samples["peak_rss_mb"], ttft)
+    return prefill_run(run["name"], run["threads"], run["n_tokens"], *fields)
+
+
+def generation_workload(
+    prompt_tokens: int,
+    generated_tokens: int,
+    batch: int,
+    repetitions: int,
+    warmup: int,
+    sampler: SamplerConfig,
+) -> dict[str, Any]:
+    """The workload of a generation receipt; the sampler's seed becomes workload.seed."""
+    if sampler.seed is None:
+        raise BenchError("a benchmark workload needs a fixed sampler seed, got seed=None")
+    params = {
+        "temperature": sampler.temperature,
+        "top_k": sampler.top_k,
+        "top_p": sampler.top_p,
+        "min_p": sampler.min_p,
+        "repeat_penalty": sampler.repeat_penalty,
+        "repeat_last_n": sampler.repeat_last_n,
+    }
+    return {
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens": generated_tokens,
+        "batch": batch,
+        "repetitions": repetitions,
+        "warmup": warmup,
+        "seed": sampler.seed,
+        "sampler": params,
+    }
+
+
+def outputs(token_ids: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """The outputs block: the generated ids (one list per sequence) and their sha256."""
+    ids = [[int(t) for t in row] for row in token_ids]
+    return {"token_ids": ids, "sha256": token_ids_sha256(ids)}
+
+
+def token_ids_sha256(token_ids: Sequence[Sequence[int]]) -> str:
+    """sha256 of the ids written as compact JSON, easy to recompute in any language."""
+    text = json.dumps([[int(t) for t in row] for row in token_ids], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def utc_now() -> str:
+    """The current time in the form created_at requires (UTC, Z suffix)."""
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return now.replace("+00:00", "Z")
+
+
+def validate_receipt(doc: Any, source: str = "receipt") -> None:
+    """Raise BenchError naming the source, the field and the problem unless `doc` is a receipt."""
+    error = best_match(Draft202012Validator(schema()).iter_errors(doc))
+    if error is not None:
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        message = error.message if len(error.message) <= 300 else error.message[:300] + "..."
+        raise BenchError(f"{source}: field ${field}: {message}")
+    try:  # the pattern checks the form; this checks that it is a real date and time
+        dt.datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BenchError(f"{source}: field $.created_at: {doc['created_at']!r}: {exc}") from None
+
+
+def load_receipt(path: str | Path) -> dict[str, Any]:
+    """Read and validate a receipt file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{path}: cannot read the receipt: {exc}") from None
+    try:
+        doc = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"{path}: not JSON: {exc}") from None
+    except ValueError as exc:
+        raise BenchError(f"{path}: {exc}") from None
+    validate_receipt(doc, str(path))
+    return doc
+
+
+def write_receipt(doc: dict[str, Any], path: str | Path) -> None:
+    """Validate a receipt and write it as JSON."""
+    validate_receipt(doc, str(path))
+    Path(path).write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def _run(fields: dict[str, Any], samples: dict[str, Any]) -> dict[str, Any]:
+    columns = {
+        metric: _samples(f"run {fields['name']!r}: {metric}", v) for metric, v in samples.items()
+    }
+    lengths = {metric: x.size for metric, x in columns.items()}
+    if len(set(lengths.values())) != 1:
+        raise BenchError(
+            f"run {fields['name']!r}: every metric needs one sample per repetition, got {lengths}"
+        )
+    return {
+        **fields,
+        "samples": {metric: x.tolist() for metric, x in columns.items()},
+        "summary": {metric: summarize(x) for metric, x in columns.items()},
+    }
+
+
+def _per_second(count: int, ms: Sequence[float]) -> np.ndarray:
+    return count * 1000.0 / _samples("ms", ms)
+
+
+def _samples(what: str, values: Sequence[float]) -> np.ndarray:
+    try:
+        x = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        x = np.array([np.nan])
+    if x.ndim != 1 or x.size == 0 or not np.isfinite(x).all():
+        raise BenchError(f"{what} must be a non-empty list of finite numbers, got {values!r}")
+    return x
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a receipt may hold")
