@@ -15,3 +15,15 @@ class FormatError(PyBitnetError):
 
 class ModelError(PyBitnetError):
     """A model's metadata or tensors do not describe a model pybitnet can run."""
+
+
+class SamplingError(PyBitnetError):
+    """A sampling parameter, a logits vector or a stop string is invalid."""
+
+
+class BenchError(PyBitnetError):
+    """A receipt or gate configuration is invalid, or two receipts cannot be compared."""
+
+
+class TokenizerError(PyBitnetError):
+    """A tokenizer or chat template from a model cannot be used, or a token id is out of range."""

@@ -1,0 +1,110 @@
+"""Chat prompts: render a model's Jinja2 chat template the way HF transformers does.
+
+The template comes from an untrusted file (`tokenizer.chat_template`), so it runs in Jinja2's
+immutable sandbox; any error it raises becomes a TokenizerError naming where it came from.
+Files without a template get a built-in one: Llama-3's for vocabularies that have its header
+tokens, ChatML otherwise (the same text llama.cpp's built-in `llama3` / `chatml` produce).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from pybitnet.errors import TokenizerError
+from pybitnet.tokenizer import Tokenizer
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3 = (
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+    "{{ message['content'] | trim }}{{ '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def template_for(tokenizer: Tokenizer) -> str:
+    """The file's chat template, or the built-in one that fits its vocabulary."""
+    if tokenizer.chat_template is not None:
+        return tokenizer.chat_template
+    return LLAMA3 if tokenizer.token_to_id("<|start_header_id|>") is not None else CHATML
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """HF's `{% generation %}...{% endgeneration %}` marks assistant text; render its body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> Any:
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    # HF's filter: Jinja's own tojson escapes HTML characters, which a prompt must not
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[_GenerationTag, jinja2.ext.loopcontrols],
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+def render_chat(
+    template: str | None,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+    source: str = "chat template",
+) -> str:
+    """The prompt text `template` makes of `messages` ([{"role": ..., "content": ...}, ...]).
+
+    None means the built-in ChatML template. `bos_token` defaults to "" because the tokenizer
+    adds BOS itself when the model wants one; pass the BOS text only when encoding with
+    add_bos=False. Tokenize the result with parse_special=True.
+    """
+    try:
+        compiled = _environment().from_string(CHATML if template is None else template)
+        return compiled.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+        )
+    except jinja2.TemplateError as e:
+        raise TokenizerError(f"{source}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # the template is untrusted: any failure in it is bad input
+        raise TokenizerError(f"{source}: rendering failed: {type(e).__name__}: {e}") from e
