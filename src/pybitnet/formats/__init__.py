@@ -1,16 +1,23 @@
 """Weight formats: one table of block sizes, and one module per format.
 
-Every module under this package has the same four parts: the block layout (documented in its
-docstring), ``quantize`` (float32 -> bytes), ``dequantize`` (bytes -> float32) and, where the
-engine needs one, a reference dot product. Sizes come from ``TYPES``, which the GGUF reader uses
-too.
+Every format module has the same parts: the block layout (documented in its docstring),
+``quantize`` (float32 -> bytes) and ``dequantize`` (bytes -> float32); the ternary ones also have
+``unpack`` (bytes -> codes and scales), which the reference BitLinear uses (the native kernels do
+the dot products). Sizes come from ``TYPES``, which the GGUF reader uses too. Callers use the
+checked entry points here: ``dequantize``, ``quantize``, ``unpack_ternary``, ``ternarize_absmean``.
+Shapes are in numpy order: the last dimension is ggml's ne0, the row length.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
 
 from pybitnet.errors import FormatError
+from pybitnet.formats import bf16, f16, f32, i2_s, q4_0, q4_1, q8_0, tq1_0, tq2_0
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,8 @@ def tensor_nbytes(wtype: WeightType, ne0: int, n_elements: int) -> int:
     if wtype.id == 36:
         if n_elements % wtype.block_size:
             raise FormatError(
-                f"I2_S needs a multiple of {wtype.block_size} elements, got {n_elements}"
+                f"I2_S needs a multiple of {wtype.block_size} elements, got {n_elements}; "
+                "store this tensor in another type"
             )
         return n_elements // 4 + I2_S_TAIL_BYTES
     if ne0 % wtype.block_size:
@@ -72,3 +80,99 @@ def tensor_nbytes(wtype: WeightType, ne0: int, n_elements: int) -> int:
             f"got rows of {ne0}; store this tensor in another type"
         )
     return n_elements // wtype.block_size * wtype.type_size
+
+
+_MODULES: dict[int, ModuleType] = {
+    0: f32,
+    1: f16,
+    2: q4_0,
+    3: q4_1,
+    8: q8_0,
+    30: bf16,
+    34: tq1_0,
+    35: tq2_0,
+    36: i2_s,
+}
+
+
+def _resolve(wtype: WeightType | int | str) -> WeightType:
+    if isinstance(wtype, WeightType):
+        return wtype
+    return weight_type(int(wtype) if isinstance(wtype, np.integer) else wtype)
+
+
+def _checked_bytes(t: WeightType, data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``data`` as 1-D uint8 after checking that it is exactly the tensor's size."""
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        found = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+        raise FormatError(f"{t.name} tensor {shape}: data must be a uint8 array, got {found}")
+    if any(d < 0 for d in shape):
+        raise FormatError(f"{t.name} tensor: negative dimension in shape {shape}")
+    try:
+        expected = tensor_nbytes(t, shape[-1] if shape else 1, math.prod(shape))
+    except FormatError as e:
+        raise FormatError(f"{t.name} tensor {shape}: {e}") from None
+    if data.size != expected:
+        raise FormatError(
+            f"{t.name} tensor {shape} takes {expected} bytes, but the data has {data.size}"
+        )
+    return data.reshape(-1)
+
+
+def dequantize(
+    wtype: WeightType | int | str, data: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray:
+    """The float32 values, of ``shape``, of a tensor stored as ``data`` (uint8 bytes, e.g. a
+    zero-copy slice of a memory-mapped file) in ``wtype``. F32 returns a view of ``data``."""
+    t = _resolve(wtype)
+    shape = tuple(int(d) for d in shape)
+    return _MODULES[t.id].dequantize(_checked_bytes(t, data, shape), shape)
+
+
+def quantize(wtype: WeightType | int | str, values: np.ndarray) -> np.ndarray:
+    """``values`` (converted to float32; last dimension = row length) stored in ``wtype``, as
+    a 1-D uint8 array of ``tensor_nbytes`` bytes."""
+    t = _resolve(wtype)
+    values = np.asarray(values, dtype=np.float32)
+    try:
+        tensor_nbytes(t, values.shape[-1] if values.shape else 1, values.size)
+    except FormatError as e:
+        raise FormatError(f"cannot quantize a tensor of shape {values.shape}: {e}") from None
+    return _MODULES[t.id].quantize(values)
+
+
+def unpack_ternary(
+    wtype: WeightType | int | str, data: np.ndarray, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ternary weights of a TQ1_0 / TQ2_0 / I2_S tensor of ``shape`` (..., ne0) as
+    (codes int8 (rows, ne0) in {-1, 0, 1}, scales float32 (rows, n_groups)).
+
+    n_groups is ne0 / 256 for TQ1_0 / TQ2_0 (each block's d) and 1 for I2_S (the tensor's
+    scale on every row), so that row r of W @ x is
+    ``sum_g scales[r, g] * (codes[r, group g] . x[group g])``.
+    Raises FormatError for non-ternary types and for invalid 2-bit codes (3).
+    """
+    t = _resolve(wtype)
+    if not t.ternary:
+        ternary = ", ".join(w.name for w in TYPES.values() if w.ternary)
+        raise FormatError(f"{t.name} is not a ternary type; unpack_ternary reads {ternary}")
+    shape = tuple(int(d) for d in shape)
+    return _MODULES[t.id].unpack(_checked_bytes(t, data, shape), shape)
+
+
+def ternarize_absmean(w: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """BitNet b1.58's absmean ternarization (SPEC section 2): s = max(mean|W|, 1e-5),
+    T = clamp(rint(W / s), -1, 1) (ties to even). Returns (T as int8, s as float32).
+
+    mean|W| is accumulated in float64 and rounded to float32; W / s is computed in float32.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    if w.size == 0:
+        raise FormatError("cannot ternarize an empty tensor")
+    mean_abs = np.mean(np.abs(w), dtype=np.float64)
+    if not np.isfinite(mean_abs):
+        raise FormatError(
+            f"cannot ternarize a tensor with non-finite values (mean|W| = {mean_abs})"
+        )
+    s = np.float32(max(mean_abs, 1e-5))
+    return np.clip(np.rint(w / s), -1, 1).astype(np.int8), s

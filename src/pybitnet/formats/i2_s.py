@@ -1,0 +1,61 @@
+"""I2_S (Microsoft bitnet.cpp, type 36): ternary weights with one float32 scale per tensor.
+
+A tensor of n elements (n % 128 == 0, rows may be any length) takes n/4 + 32 bytes:
+    bytes 0 .. n/4-1   2-bit codes c = w + 1 (0 -> -1, 1 -> 0, 2 -> +1; 3 is invalid).
+                       The row-major elements go in blocks of 128; byte 32*b + k holds elements
+                       128*b + k, +32, +64, +96 in bits 7-6, 5-4, 3-2, 1-0.
+    bytes n/4 .. +3    the scale, float32; element = (c - 1) * scale
+    bytes n/4+4 .. +31 padding (written as zeros, ignored when read)
+
+Quantize as bitnet.cpp's quantize_i2_s, which expects ternary values times one scale:
+scale = max|x| over the tensor (NaN ignored, like C's fmax), c = 1 where |x| < 1e-6 (compared
+in double), else 2 for x > 0 and 0 otherwise (NaN included).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pybitnet.errors import FormatError
+from pybitnet.formats._blocks import first_code3_byte
+
+BLOCK = 128
+TAIL_BYTES = 32
+_SHIFTS = np.array([6, 4, 2, 0], np.uint8).reshape(1, 4, 1)
+
+
+def quantize(values: np.ndarray) -> np.ndarray:
+    x = values.reshape(-1)
+    scale = np.fmax.reduce(np.abs(x), initial=np.float32(0))
+    codes = np.where(x > 0, np.uint8(2), np.uint8(0))
+    codes[np.abs(x) < np.float64(1e-6)] = 1
+    packed = np.bitwise_or.reduce(codes.reshape(-1, 4, 32) << _SHIFTS, axis=1).reshape(-1)
+    tail = np.zeros(TAIL_BYTES, np.uint8)
+    tail[:4] = np.array([scale], "<f4").view(np.uint8)
+    return np.concatenate([packed, tail])
+
+
+def _codes_and_scale(data: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.float32]:
+    """(codes int8 in {-1, 0, 1} in element order, the float32 scale)."""
+    n_packed = math.prod(shape) // 4
+    packed = data[:n_packed]
+    bad = first_code3_byte(packed)
+    if bad is not None:
+        raise FormatError(f"I2_S tensor {shape}: invalid 2-bit code 3 in byte {bad}")
+    codes = ((packed.reshape(-1, 1, 32) >> _SHIFTS) & np.uint8(3)).reshape(-1)
+    scale = data[n_packed : n_packed + 4].view("<f4")[0]
+    return codes.view(np.int8) - np.int8(1), np.float32(scale)
+
+
+def dequantize(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    codes, scale = _codes_and_scale(data, shape)
+    return (codes.astype(np.float32) * scale).reshape(shape)
+
+
+def unpack(data: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(codes int8 (rows, ne0) in {-1, 0, 1}, scales float32 (rows, 1): the tensor's scale)."""
+    codes, scale = _codes_and_scale(data, shape)
+    rows = math.prod(shape[:-1])
+    return codes.reshape(rows, shape[-1]), np.full((rows, 1), scale, np.float32)
