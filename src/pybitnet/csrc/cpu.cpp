@@ -25,9 +25,11 @@ static CpuFeatures detect() {
     const bool ymm_os = (xcr0 & 0x6) == 0x6;      // SSE and AVX state
     const bool zmm_os = (xcr0 & 0xe6) == 0xe6;    // plus opmask and ZMM state
     const bool fma = c & (1u << 12);
+    const bool f16c = c & (1u << 29);
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
     f.avx2 = ymm_os && (b & (1u << 5));
     f.fma = ymm_os && fma;
+    f.f16c = ymm_os && f16c;
     f.avx512f = zmm_os && (b & (1u << 16));
     f.avx512bw = zmm_os && (b & (1u << 30));
     f.avx512vl = zmm_os && (b & (1u << 31));

@@ -1,0 +1,52 @@
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace pybitnet {
+
+// A persistent pool: n - 1 worker threads plus the calling thread run the tasks of one job at a
+// time. Workers spin briefly after a job (decoding calls kernels every few microseconds), then
+// sleep on a condition variable, so an idle process costs no CPU.
+class ThreadPool {
+  public:
+    explicit ThreadPool(int n_threads);
+    ~ThreadPool();
+    ThreadPool(const ThreadPool &) = delete;
+    ThreadPool &operator=(const ThreadPool &) = delete;
+
+    int size() const { return static_cast<int>(workers_.size()) + 1; }
+    // Runs task(i) for every i in [0, n_tasks) and returns when all are done. Jobs from several
+    // callers run one after another.
+    void run(int64_t n_tasks, const std::function<void(int64_t)> &task);
+
+  private:
+    void worker_loop();
+    void take_tasks();
+
+    std::vector<std::thread> workers_;
+    std::mutex job_mutex_;  // one job at a time
+    std::mutex wake_mutex_;
+    std::condition_variable wake_;
+    bool stopping_ = false;
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<int64_t> next_task_{0};
+    std::atomic<int> busy_workers_{0};
+    int64_t n_tasks_ = 0;
+    const std::function<void(int64_t)> *task_ = nullptr;
+};
+
+// The process's pool, created on first use with set_pool_threads' count (default: every
+// hardware thread). A child process after fork() gets a fresh pool. The pool lives at least
+// as long as the pointer is held; it is never destroyed at exit, where joining threads could
+// race the interpreter's shutdown.
+std::shared_ptr<ThreadPool> pool();
+void set_pool_threads(int n_threads);
+int pool_threads();
+
+}  // namespace pybitnet

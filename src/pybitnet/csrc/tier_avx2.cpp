@@ -1,0 +1,133 @@
+// The AVX2 tier (Haswell, Zen 1 and later). Ternary dot products use vpmaddubsw with the codes
+// (0..2) as its unsigned operand: a pair sums to at most 2 * 2 * 128 in magnitude, and four
+// planes to 2048, so the int16 sums never saturate.
+#include <immintrin.h>
+
+#include "tiers.h"
+
+namespace pybitnet {
+namespace {
+
+int64_t i2s_dequant(const uint8_t *codes, int64_t n, float scale, float *out) {
+    const __m256 table = _mm256_setr_ps(-1.0f * scale, 0.0f * scale, 1.0f * scale, 0, 0, 0, 0, 0);
+    const __m256i m3 = _mm256_set1_epi8(3), m55 = _mm256_set1_epi8(0x55);
+    for (int64_t blk = 0; blk < n / 128; ++blk) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(codes + 32 * blk));
+        // A code 3 has both of its bits set.
+        if (!_mm256_testz_si256(_mm256_and_si256(v, _mm256_srli_epi16(v, 1)), m55)) {
+            for (int j = 0; j < 128; ++j)
+                if (((codes[32 * blk + j % 32] >> (6 - 2 * (j / 32))) & 3) == 3) return 128 * blk + j;
+        }
+        float *o = out + 128 * blk;
+        for (int part = 0; part < 4; ++part) {
+            const __m256i c = _mm256_and_si256(_mm256_srli_epi16(v, 6 - 2 * part), m3);
+            for (int e = 0; e < 4; ++e) {
+                const __m128i c8 = _mm_loadl_epi64(reinterpret_cast<const __m128i *>(
+                    reinterpret_cast<const uint8_t *>(&c) + 8 * e));
+                _mm256_storeu_ps(o + 32 * part + 8 * e,
+                                 _mm256_permutevar8x32_ps(table, _mm256_cvtepu8_epi32(c8)));
+            }
+        }
+    }
+    return -1;
+}
+
+void quantize(const float *x, int64_t k, int64_t r0, int64_t r1, int8_t *q, float *sx,
+              int32_t *sums, int64_t kp) {
+    const int64_t groups = kp / 256;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i lo = _mm256_set1_epi32(-128), hi = _mm256_set1_epi32(127);
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t r = r0; r < r1; ++r) {
+        const float *xr = x + r * k;
+        __m256 m = _mm256_setzero_ps();
+        for (int64_t i = 0; i < k; i += 8) {
+            const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(k - i)), lanes);
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_maskload_ps(xr + i, live)));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        const float amax = _mm_cvtss_f32(m4);
+        const float s = 127.0f / (amax > 1e-5f ? amax : 1e-5f);
+        sx[r] = s;
+        const __m256 vs = _mm256_set1_ps(s);
+        int8_t *qr = q + r * kp;
+        for (int64_t g = 0; g < groups; ++g) {
+            __m256i total = _mm256_setzero_si256();
+            for (int64_t i = 256 * g; i < 256 * g + 256; i += 8) {
+                const int64_t left = k - i < 0 ? 0 : k - i;
+                const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(left < 8 ? left : 8)), lanes);
+                const __m256 v = _mm256_mul_ps(_mm256_maskload_ps(xr + i, live), vs);
+                __m256i t = _mm256_cvtps_epi32(
+                    _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                t = _mm256_min_epi32(_mm256_max_epi32(t, lo), hi);
+                total = _mm256_add_epi32(total, t);
+                const __m128i t16 = _mm_packs_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+                _mm_storel_epi64(reinterpret_cast<__m128i *>(qr + i), _mm_packs_epi16(t16, t16));
+            }
+            __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+            t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4e));
+            t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xb1));
+            sums[r * groups + g] = _mm_cvtsi128_si32(t4);
+        }
+    }
+}
+
+inline int32_t hsum_epi32(__m256i a) {
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+    return _mm_cvtsi128_si32(t);
+}
+
+struct Isa {
+    static constexpr int B = 1, B_BLOCK = 1;
+    using Acc = __m256i;
+    using FAcc = __m256;
+    struct Planes {
+        __m256i p[2][4];  // [half of the group][plane]
+    };
+    static Acc zero() { return _mm256_setzero_si256(); }
+    static FAcc fzero() { return _mm256_setzero_ps(); }
+    static Planes load(const uint8_t *w) {
+        const __m256i m3 = _mm256_set1_epi8(3);
+        Planes p;
+        for (int h = 0; h < 2; ++h) {
+            const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i *>(w + 32 * h));
+            p.p[h][0] = _mm256_and_si256(v, m3);
+            p.p[h][1] = _mm256_and_si256(_mm256_srli_epi16(v, 2), m3);
+            p.p[h][2] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m3);
+            p.p[h][3] = _mm256_and_si256(_mm256_srli_epi16(v, 6), m3);
+        }
+        return p;
+    }
+    static void dot(Acc &acc, const Planes &p, const int8_t *x) {
+        for (int h = 0; h < 2; ++h) {
+            __m256i s = _mm256_setzero_si256();
+            for (int k = 0; k < 4; ++k) {
+                const __m256i xk = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x + 64 * k + 32 * h));
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(p.p[h][k], xk));
+            }
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, _mm256_set1_epi16(1)));
+        }
+    }
+    static FAcc fma(FAcc f, Acc a, float d) {
+        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(d), f);
+    }
+    static int32_t sum(Acc a) { return hsum_epi32(a); }
+    static float fsum(FAcc f) {
+        __m128 t = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
+        t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+        t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
+        return _mm_cvtss_f32(t);
+    }
+};
+
+#include "matmul_tiles.h"
+
+}  // namespace
+
+const TierKernels avx2_kernels = {"avx2", i2s_dequant, quantize, matmul};
+
+}  // namespace pybitnet
