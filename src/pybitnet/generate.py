@@ -1,0 +1,189 @@
+"""Text in, text out: a loaded model, and generation split as gpt-fast splits it
+(prefill, decode_one_token, decode_n_tokens, generate)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pybitnet.chat import render_chat, template_for
+from pybitnet.errors import ModelError
+from pybitnet.gguf import open_gguf
+from pybitnet.model import ModelConfig, ReferenceModel, Weights
+from pybitnet.model.convert import default_model_path
+from pybitnet.sampling import Sampler, SamplerConfig, StopStrings
+from pybitnet.tokenizer import StreamDecoder, Tokenizer
+
+
+class ForwardModel(Protocol):
+    """What generation needs of a forward pass: the reference and the engine both provide it."""
+
+    config: ModelConfig
+
+    def new_cache(self, n_ctx: int | None = None) -> Any: ...
+
+    def forward(self, tokens: Sequence[int], cache: Any) -> np.ndarray: ...
+
+
+def prefill(model: ForwardModel, cache: Any, tokens: Sequence[int]) -> np.ndarray:
+    """Runs the whole prompt in one pass; returns the logits that predict the next token."""
+    return model.forward(tokens, cache)[-1]
+
+
+def decode_one_token(model: ForwardModel, cache: Any, token: int) -> np.ndarray:
+    return model.forward([token], cache)[0]
+
+
+def decode_n_tokens(
+    model: ForwardModel,
+    cache: Any,
+    logits: np.ndarray,
+    sampler: Sampler,
+    history: list[int],
+    n: int,
+    eog_ids: frozenset[int],
+) -> Iterator[int]:
+    """Samples up to n tokens, feeding each back; stops before yielding an end-of-generation id."""
+    for i in range(n):
+        token = sampler.sample(logits, history)
+        if token in eog_ids:
+            return
+        yield token
+        history.append(token)
+        if i + 1 < n:
+            logits = decode_one_token(model, cache, token)
+
+
+@dataclass
+class Completion:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    finish_reason: str = "length"  # "stop": end-of-generation token or stop string
+
+
+class Model:
+    """A GGUF model ready to generate text: tokenizer, weights and a forward pass."""
+
+    def __init__(self, path: str | Path, *, n_ctx: int | None = None) -> None:
+        self.path = Path(path)
+        self.file = open_gguf(self.path)
+        self.config = ModelConfig.from_metadata(self.file.metadata, str(self.path))
+        self.weights = Weights.from_gguf(self.file, self.config)
+        self.tokenizer = Tokenizer.from_metadata(self.file.metadata, source=str(self.path))
+        if self.tokenizer.vocab_size > self.config.vocab_size:
+            raise ModelError(
+                f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens but "
+                f"token_embd.weight has only {self.config.vocab_size} rows"
+            )
+        self.n_ctx = min(n_ctx or self.config.context_length, self.config.context_length)
+        self.forward_model: ForwardModel = ReferenceModel(self.weights)
+
+    def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False):
+        return self.tokenizer.encode(text, add_bos=add_bos, parse_special=parse_special)
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(token_ids)
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Teacher-forced logits (len(token_ids), vocab) from one fresh pass."""
+        cache = self.forward_model.new_cache(self.n_ctx)
+        return self.forward_model.forward(token_ids, cache)
+
+    def complete(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int = 128,
+        stop: Sequence[str] = (),
+        parse_special: bool = False,
+        **sampling: Any,
+    ) -> Completion:
+        result = Completion()
+        for _ in self._pieces(prompt, result, max_tokens, stop, parse_special, sampling):
+            pass
+        return result
+
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int = 128,
+        stop: Sequence[str] = (),
+        parse_special: bool = False,
+        **sampling: Any,
+    ) -> Iterator[str]:
+        """Yields the continuation's text piece by piece (never half a UTF-8 character)."""
+        yield from self._pieces(prompt, Completion(), max_tokens, stop, parse_special, sampling)
+
+    def generate(self, prompt: str | Sequence[int], **options: Any) -> str:
+        return self.complete(prompt, **options).text
+
+    def chat(self, messages: Sequence[dict[str, str]], **options: Any) -> str:
+        return self.complete(self.render_chat(messages), parse_special=True, **options).text
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        # BOS comes from the tokenizer (add_bos), so the template renders it empty.
+        t = self.tokenizer
+        eos = t.token_bytes(t.eos_id).decode("utf-8", "replace") if t.eos_id is not None else ""
+        return render_chat(template_for(t), list(messages), eos_token=eos, source=str(self.path))
+
+    def _pieces(
+        self,
+        prompt: str | Sequence[int],
+        result: Completion,
+        max_tokens: int,
+        stop: Sequence[str],
+        parse_special: bool,
+        sampling: dict[str, Any],
+    ) -> Iterator[str]:
+        ids = (
+            self.tokenize(prompt, parse_special=parse_special)
+            if isinstance(prompt, str)
+            else list(prompt)
+        )
+        if not ids:
+            raise ModelError("the prompt is empty and the model adds no BOS token")
+        if len(ids) >= self.n_ctx:
+            raise ModelError(
+                f"the prompt has {len(ids)} tokens; the context holds {self.n_ctx}, "
+                "so there is no room to generate"
+            )
+        if max_tokens < 0:
+            raise ModelError(f"max_tokens must be >= 0, got {max_tokens}")
+        result.prompt_tokens = len(ids)
+        sampler = Sampler(SamplerConfig(**sampling))
+        stops = StopStrings(stop)
+        decoder = StreamDecoder(self.tokenizer)
+        cache = self.forward_model.new_cache(self.n_ctx)
+        n = min(max_tokens, self.n_ctx - len(ids))
+        if n == 0:
+            return
+        logits = prefill(self.forward_model, cache, ids)
+        result.finish_reason = "stop"
+        tokens = decode_n_tokens(
+            self.forward_model, cache, logits, sampler, list(ids), n, self.tokenizer.eog_ids
+        )
+        for token in tokens:
+            result.token_ids.append(token)
+            text = stops.push(decoder.push(token))
+            result.text += text
+            if text:
+                yield text
+            if stops.stopped:
+                return
+        tail = stops.push(decoder.flush()) + stops.flush()
+        result.text += tail
+        if tail:
+            yield tail
+        if len(result.token_ids) == n:
+            result.finish_reason = "length"
+
+
+def load(path: str | Path | None = None, *, n_ctx: int | None = None) -> Model:
+    """Loads a GGUF model; with no path, the embedded TinyStories 3M BitNet model."""
+    return Model(path if path is not None else default_model_path(), n_ctx=n_ctx)
