@@ -70,6 +70,7 @@ def synthetic_receipt(
             "bytes": 123_456,
             "architecture": "bitnet",
             "parameter_count": 1_000_000,
+            "vocab_size": 32_000,
             "tensor_types": {"F32": 9, "I2_S": 28},
         },
         "workload": rc.generation_workload(32, 16, 1, reps, 1, sampler),

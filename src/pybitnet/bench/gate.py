@@ -240,11 +240,11 @@ def to_markdown(report: GateReport) -> str:
     header = ["run", "threads", "metric", "baseline", "current", "change"]
     header += [f"{CONFIDENCE:.0%} CI", "p", "verdict"]
     rows = [[*_comparison_cells(c), _bold(c.verdict) + _reason(c)] for c in report.comparisons]
-    lines += _markdown_table(header, rows)
+    lines += markdown_table(header, rows)
     if report.slo_checks:
         lines += ["", "### SLOs", ""]
         header = ["SLO", "run", "threads", "limit", "current median", "verdict"]
-        lines += _markdown_table(
+        lines += markdown_table(
             header, [[*_slo_cells(s), _bold(s.verdict)] for s in report.slo_checks]
         )
     if report.notes:
@@ -433,7 +433,8 @@ def _slo_cells(s: SloCheck) -> list[str]:
     return [s.slo.key, s.run, str(s.threads), limit, _fmt(s.value)]
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table (the report uses it too)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return lines

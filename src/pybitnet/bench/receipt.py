@@ -141,8 +141,10 @@ def generation_workload(
     repetitions: int,
     warmup: int,
     sampler: SamplerConfig,
+    prompt_ids: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
-    """The workload of a generation receipt; the sampler's seed becomes workload.seed."""
+    """The workload of a generation receipt; the sampler's seed becomes workload.seed.
+    `prompt_ids` (one list per sequence) make the receipt replayable by `verify --replay`."""
     if sampler.seed is None:
         raise BenchError("a benchmark workload needs a fixed sampler seed, got seed=None")
     params = {
@@ -153,7 +155,7 @@ def generation_workload(
         "repeat_penalty": sampler.repeat_penalty,
         "repeat_last_n": sampler.repeat_last_n,
     }
-    return {
+    workload = {
         "prompt_tokens": prompt_tokens,
         "generated_tokens": generated_tokens,
         "batch": batch,
@@ -162,6 +164,16 @@ def generation_workload(
         "seed": sampler.seed,
         "sampler": params,
     }
+    if prompt_ids is not None:
+        rows = [[int(t) for t in row] for row in prompt_ids]
+        if len(rows) != batch or any(len(row) != prompt_tokens for row in rows):
+            lengths = [len(row) for row in rows]
+            raise BenchError(
+                f"prompt_ids must hold batch={batch} lists of prompt_tokens={prompt_tokens} ids, "
+                f"got lists of {lengths}"
+            )
+        workload["prompt_ids"] = rows
+    return workload
 
 
 def outputs(token_ids: Sequence[Sequence[int]]) -> dict[str, Any]:
@@ -178,7 +190,7 @@ def token_ids_sha256(token_ids: Sequence[Sequence[int]]) -> str:
 
 def utc_now() -> str:
     """The current time in the form created_at requires (UTC, Z suffix)."""
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
     return now.replace("+00:00", "Z")
 
 
@@ -197,6 +209,13 @@ def validate_receipt(doc: Any, source: str = "receipt") -> None:
 
 def load_receipt(path: str | Path) -> dict[str, Any]:
     """Read and validate a receipt file."""
+    doc = read_receipt_json(path)
+    validate_receipt(doc, str(path))
+    return doc
+
+
+def read_receipt_json(path: str | Path) -> Any:
+    """Read a receipt file's JSON without validating it (verify reports the schema's verdict)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -207,7 +226,6 @@ def load_receipt(path: str | Path) -> dict[str, Any]:
         raise BenchError(f"{path}: not JSON: {exc}") from None
     except ValueError as exc:
         raise BenchError(f"{path}: {exc}") from None
-    validate_receipt(doc, str(path))
     return doc
 
 

@@ -1,0 +1,450 @@
+"""`pybitnet bench`: llama-bench-style generation benchmarks, written as receipts (SPEC section 6).
+
+Runs, for each thread count, like llama-bench rows:
+- ``pp<P>`` for each prompt length P: prefill P prompt tokens in one pass (ms, tok/s), then
+  sample the first token (time to first token, TTFT).
+- ``tg<N>``: prefill the workload's prompt (the first prompt length) and sample the first token
+  (TTFT), then N decode steps, each one forward pass of one token and a greedy sample. Its ms is
+  the sum of the N inter-token gaps, so tok/s = N / ms = 1000 / mean gap is llama-bench's tg<N>
+  figure (N forward passes of one token), free of the prompt. The outputs are the first N
+  tokens: what generating N tokens from the prompt returns, so `verify --replay` can redo them.
+Every run records the peak RSS of each repetition. The bench never stops early:
+end-of-generation ids are generated like any other, as llama-bench does.
+
+Prompts are random ids (never end-of-generation ids), BOS first when the model adds one, drawn
+from a generator seeded with the workload's seed (recorded in workload.prompt_ids). The kernel
+list comes from the registry's counters over the measured repetitions (warmups excluded), and
+compute_path from the tiers those kernels ran on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+import pybitnet
+from pybitnet import kernels
+from pybitnet.bench import receipt as rc
+from pybitnet.errors import BenchError
+from pybitnet.generate import Model, decode_one_token, prefill
+from pybitnet.kernels.registry import NATIVE_TIERS
+from pybitnet.sampling import Sampler, SamplerConfig
+
+# The CPU features each native tier is compiled for and needs (csrc/module.cpp, supported()),
+# named as pybitnet._native.cpu_features() names them ("avx2" stands for AVX2 with FMA).
+TIER_FEATURES = {
+    "avx512": ("avx2", "avx512bw", "avx512f", "avx512vl", "avx512vnni", "f16c"),
+    "avx2": ("avx2", "f16c"),
+    "scalar": (),
+    "numpy": (),
+}
+RSS_POLL_SECONDS = 0.001  # where the kernel cannot reset the peak RSS for us
+
+# Called before each repetition with a description of it ("pp128 t=2 rep 3/5").
+Step = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What `pybitnet bench` runs: the options of llama-bench that it shares."""
+
+    prompt_lengths: tuple[int, ...] = (128,)  # -p; the first is the tg run's prompt
+    generate: int = 128  # -n; 0: no tg run
+    repetitions: int = 5  # -r
+    warmup: int = 1  # untimed repetitions before each run
+    threads: tuple[int, ...] = (1,)  # -t
+    batch: int = 1  # -b
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_at_least(
+            ("the number of prompt lengths (-p)", len(self.prompt_lengths), 1),
+            *(("a prompt length (-p)", p, 1) for p in self.prompt_lengths),
+            ("tokens to generate (-n)", self.generate, 0),
+            ("repetitions (-r)", self.repetitions, 1),
+            ("warmup", self.warmup, 0),
+            ("the number of thread counts (-t)", len(self.threads), 1),
+            *(("a thread count (-t)", t, 1) for t in self.threads),
+            ("seed", self.seed, 0),
+        )
+        if self.batch != 1:
+            raise BenchError(
+                f"batch (-b) {self.batch}: the forward pass decodes one sequence at a time, "
+                "so only batch 1 can be measured"
+            )
+
+    @property
+    def steps(self) -> int:
+        """Repetitions in all, warmups included: the calls of run_bench's step callback."""
+        runs = len(self.prompt_lengths) + (self.generate > 0)
+        return len(self.threads) * runs * (self.warmup + self.repetitions)
+
+    @property
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(temperature=0.0, seed=self.seed)
+
+    def receipt_workload(self, prompt: list[int]) -> dict[str, Any]:
+        return rc.generation_workload(
+            len(prompt),
+            self.generate,
+            self.batch,
+            self.repetitions,
+            self.warmup,
+            self.sampler,
+            prompt_ids=[prompt],
+        )
+
+
+def run_bench(model: Model, workload: Workload, step: Step | None = None) -> dict[str, Any]:
+    """Measure the workload on the model and return the receipt (validated)."""
+    needed = max(*workload.prompt_lengths, workload.prompt_lengths[0] + workload.generate)
+    if needed > model.n_ctx:
+        raise BenchError(
+            f"{model.path}: the workload needs a context of {needed} tokens, the model holds "
+            f"{model.n_ctx}"
+        )
+    step = step or (lambda _: None)
+    counters = KernelCounters()
+    runs, token_ids = [], []
+    tg_prompt = bench_prompt(model, workload.prompt_lengths[0], workload.seed)
+    threads_before = kernels.threads()
+    try:
+        for threads in workload.threads:
+            kernels.set_threads(threads)
+            for length in workload.prompt_lengths:
+                prompt = bench_prompt(model, length, workload.seed)
+                samples = _repeat(
+                    f"pp{length} t={threads}",
+                    workload,
+                    step,
+                    counters,
+                    lambda prompt=prompt: _prefill_once(model, prompt, workload.sampler),
+                )
+                ms, ttft, rss = zip(*samples, strict=True)
+                runs.append(rc.prefill_run(f"pp{length}", threads, length, ms, rss, ttft))
+            if workload.generate:
+                samples = _repeat(
+                    f"tg{workload.generate} t={threads}",
+                    workload,
+                    step,
+                    counters,
+                    lambda: _decode_once(model, tg_prompt, workload.generate, workload.sampler),
+                )
+                ids, ttft, gaps, rss = zip(*samples, strict=True)
+                ms = [float(np.sum(g)) for g in gaps]
+                name, n = f"tg{workload.generate}", workload.generate
+                runs.append(rc.decode_run(name, threads, n, ms, ttft, gaps, rss))
+                token_ids += ids
+    finally:
+        kernels.set_threads(threads_before)
+    doc = {
+        "schema_version": rc.SCHEMA_VERSION,
+        "kind": "generation",
+        "created_at": rc.utc_now(),
+        "tool": tool_info(),
+        "host": host_info(workload.threads, counters.ids()),
+        "model": model_info(model),
+        "workload": workload.receipt_workload(tg_prompt),
+        **counters.receipt_fields(),
+        "runs": runs,
+        "outputs": rc.outputs(token_ids[:1] or [[]] * workload.batch),
+        "deterministic": all(ids == token_ids[0] for ids in token_ids),
+    }
+    rc.validate_receipt(doc, f"the receipt of {model.path}")
+    return doc
+
+
+def check_at_least(*checks: tuple[str, int, int]) -> None:
+    """Raise BenchError for the first (name, value, minimum) whose value is below its minimum."""
+    for name, value, minimum in checks:
+        if value < minimum:
+            raise BenchError(f"{name} must be >= {minimum}, got {value}")
+
+
+def bench_prompt(model: Model, n_tokens: int, seed: int) -> list[int]:
+    """n_tokens prompt ids: BOS when the model adds one, then uniform random ids from the
+    tokenizer's vocabulary that are not end-of-generation ids (seeded)."""
+    tok = model.tokenizer
+    vocab = np.setdiff1d(np.arange(tok.vocab_size), list(tok.eog_ids))
+    ids = np.random.default_rng(seed).choice(vocab, n_tokens).tolist()
+    if tok.add_bos and tok.bos_id is not None:
+        ids[0] = tok.bos_id
+    return ids
+
+
+def _repeat(
+    label: str, workload: Workload, step: Step, counters: KernelCounters, once: Callable[[], Any]
+) -> list[Any]:
+    """Warm-up repetitions, then the measured ones (their kernel calls counted)."""
+    total = workload.warmup + workload.repetitions
+    results = []
+    for i in range(total):
+        warm = i < workload.warmup
+        step(f"{label} " + ("warmup" if warm else f"rep {i - workload.warmup + 1}") + f"/{total}")
+        if warm:
+            once()
+        else:
+            with kernels.profile() as prof:
+                results.append(once())
+            counters.add(prof.stats())
+    return results
+
+
+def _prefill_once(
+    model: Model, prompt: list[int], sampler: SamplerConfig
+) -> tuple[float, float, float]:
+    """(prefill ms, time to first token ms, peak RSS MB) of one repetition."""
+    fm = model.forward_model
+    cache = fm.new_cache(len(prompt))
+    sample = Sampler(sampler).sample
+    with PeakRss() as rss:
+        start = time.perf_counter_ns()
+        logits = prefill(fm, cache, prompt)
+        prefilled = time.perf_counter_ns()
+        sample(logits, prompt)
+        first = time.perf_counter_ns()
+    return (prefilled - start) / 1e6, (first - start) / 1e6, rss.mb
+
+
+def _decode_once(
+    model: Model, prompt: list[int], n: int, sampler: SamplerConfig
+) -> tuple[list[int], float, list[float], float]:
+    """(the first n generated ids, time to first token ms, the n inter-token gaps ms, peak RSS
+    MB) of one repetition: prefill the prompt and sample, then n decode steps."""
+    fm = model.forward_model
+    cache = fm.new_cache(len(prompt) + n)
+    sample = Sampler(sampler).sample
+    history = list(prompt)
+    stamps = np.empty(n + 1, np.int64)
+    with PeakRss() as rss:
+        start = time.perf_counter_ns()
+        logits = prefill(fm, cache, prompt)
+        for i in range(n + 1):
+            if i:
+                logits = decode_one_token(fm, cache, history[-1])
+            history.append(sample(logits, history))
+            stamps[i] = time.perf_counter_ns()
+    gaps = (np.diff(stamps) / 1e6).tolist()
+    return history[len(prompt) : len(prompt) + n], (stamps[0] - start) / 1e6, gaps, rss.mb
+
+
+class KernelCounters:
+    """The registry's counters summed over several profile() blocks."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+
+    def add(self, stats: Iterable[dict[str, Any]]) -> None:
+        for s in stats:
+            self.calls[s["id"]] += s["calls"]
+            self.seconds[s["id"]] += s["seconds"]
+
+    def ids(self) -> list[str]:
+        return sorted(self.calls)
+
+    def receipt_fields(self) -> dict[str, Any]:
+        """backend, compute_path and kernels: native when any kernel ran on a native tier."""
+        if not self.calls:
+            raise BenchError(
+                "no kernel of the registry ran during the measured repetitions, so the receipt "
+                "could not say what computed them (the forward pass bypasses pybitnet.kernels)"
+            )
+        native = any(_tier(k) in NATIVE_TIERS for k in self.calls)
+        return {
+            "backend": "cpu",
+            "compute_path": "native" if native else "reference",
+            "kernels": [
+                {"id": k, "calls": self.calls[k], "seconds": self.seconds[k]} for k in self.ids()
+            ],
+        }
+
+
+def _tier(kernel_id: str) -> str:
+    return kernel_id.rpartition("_")[2]
+
+
+class PeakRss:
+    """The peak resident set size (MB, 10^6 bytes) of this process within a `with` block.
+
+    On Linux the kernel's high-water mark (VmHWM) is reset at entry (/proc/self/clear_refs) and
+    read at exit, so no peak is missed. Elsewhere a thread polls the RSS every millisecond."""
+
+    def __enter__(self) -> PeakRss:
+        self.mb = 0.0
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        if not _reset_peak_rss():
+            self._poller = threading.Thread(target=self._poll, daemon=True)
+            self._poller.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._poller is None:
+            self.mb = _vm_hwm_bytes() / 1e6
+        else:
+            self._stop.set()
+            self._poller.join()
+
+    def _poll(self) -> None:
+        process = psutil.Process()
+        while True:
+            self.mb = max(self.mb, process.memory_info().rss / 1e6)
+            if self._stop.wait(RSS_POLL_SECONDS):
+                self.mb = max(self.mb, process.memory_info().rss / 1e6)
+                return
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS (Linux >= 4.0)
+        return _vm_hwm_bytes() > 0
+    except OSError:
+        return False
+
+
+def _vm_hwm_bytes() -> int:
+    match = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    return int(match.group(1)) * 1024 if match else 0
+
+
+def tool_info() -> dict[str, Any]:
+    return {"name": "pybitnet", "version": pybitnet.__version__, "git_commit": _git_commit()}
+
+
+def _git_commit() -> str | None:
+    """HEAD of the checkout pybitnet runs from (an editable install), else None."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(pybitnet.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
+def host_info(threads: Sequence[int], kernel_ids: Iterable[str]) -> dict[str, Any]:
+    """The host; cpu_features_used: what the tiers of the kernels that ran need of the CPU."""
+    info = kernels.describe()
+    used = {f for k in kernel_ids for f in TIER_FEATURES.get(_tier(k), ())}
+    return {
+        "cpu_model": info["cpu"] or "unknown",
+        "cpu_features_used": sorted(used & set(info["features"])),
+        "logical_cores": os.cpu_count() or 1,
+        "threads": list(dict.fromkeys(threads)),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def model_info(model: Model) -> dict[str, Any]:
+    tensors = model.file.tensors.values()
+    return {
+        "path": str(model.path.resolve()),
+        "sha256": file_sha256(model.path),
+        "bytes": model.file.size,
+        "architecture": model.config.arch,
+        "parameter_count": sum(t.n_elements for t in tensors),
+        "vocab_size": model.config.vocab_size,
+        "tensor_types": dict(sorted(Counter(t.wtype.name for t in tensors).items())),
+    }
+
+
+def file_sha256(path: str | Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as exc:
+        raise BenchError(f"{path}: cannot read the model to hash it: {exc}") from None
+
+
+def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
+    """A llama-bench-style table of a generation receipt: tok/s as mean ± sd, with the medians
+    of time to first token, inter-token latency and peak RSS, and decode's weight bandwidth
+    (file bytes per token x tok/s, the figure that meets the memory's read bandwidth)."""
+    console = console or Console()
+    model = doc["model"]
+    title = (
+        f"{Path(model['path']).name}: {model['bytes'] / 1e6:,.1f} MB, "
+        f"{model['parameter_count'] / 1e6:,.1f} M params, {doc['backend']} "
+        f"({doc['compute_path']}: {', '.join(k['id'] for k in doc['kernels'])})"
+    )
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    columns = ["threads", "test", "t/s", "TTFT ms", "ITL p50", "ITL p99", "GB/s", "RSS MB"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "test" else "right", no_wrap=True)
+    for run in doc["runs"]:
+        s = run["summary"]
+        tps = s["tokens_per_second"]
+        sd = f" ± {tps['sd']:.2f}" if tps["sd"] is not None else ""
+
+        def median(metric: str, s: dict = s) -> str:
+            return f"{s[metric]['median']:.2f}" if metric in s else ""
+
+        bandwidth = model["bytes"] * tps["mean"] / 1e9 if run["kind"] == "decode" else None
+        table.add_row(
+            str(run["threads"]),
+            run["name"],
+            f"{tps['mean']:.2f}{sd}",
+            median("ttft_ms"),
+            median("itl_p50_ms"),
+            median("itl_p99_ms"),
+            f"{bandwidth:.2f}" if bandwidth is not None else "",
+            f"{s['peak_rss_mb']['median']:.1f}",
+        )
+    console.print(table)
+    det = "yes" if doc["deterministic"] else "NO: repetitions generated different ids"
+    console.print(
+        "t/s: mean ± sd over the repetitions; TTFT, ITL (inter-token latency, ms), RSS (peak, "
+        "MB): medians; GB/s: weights read per second in decode (file size x t/s). "
+        f"Deterministic: {det}."
+    )
+
+
+def preset_model(preset: str) -> Path:
+    """The synthetic model of a preset ("2b": bitnet-b1.58-2B-4T's shape, I2_S weights, F16
+    embedding), made once in the cache directory ($PYBITNET_CACHE, else ~/.cache/pybitnet)."""
+    from pybitnet.model.synthetic import PRESETS, make_model
+
+    if preset not in PRESETS:
+        raise BenchError(f"unknown preset {preset!r}; presets are {', '.join(PRESETS)}")
+    params = {"arch": "bitnet-b1.58", "weight_type": "I2_S", "embd_type": "F16", "seed": 0}
+    cache = Path(os.environ.get("PYBITNET_CACHE") or Path.home() / ".cache" / "pybitnet")
+    name = (
+        f"synthetic-{preset}-{params['arch']}-{params['weight_type']}-{params['embd_type']}"
+        f"-s{params['seed']}-pybitnet{pybitnet.__version__}.gguf"
+    ).lower()
+    path = cache / name
+    if not path.exists():
+        partial = path.with_name(f"{name}.{os.getpid()}.partial")
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            make_model(partial, preset, **params)
+            partial.replace(path)  # atomic: a killed run never leaves a truncated model
+        except OSError as exc:
+            raise BenchError(f"{path}: cannot write the {preset} preset model: {exc}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+    return path
