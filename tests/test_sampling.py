@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from itertools import pairwise
 
 import numpy as np
@@ -201,18 +200,6 @@ def test_minus_infinity_logits_are_never_drawn():
     logits = np.array([-np.inf, 0.0, -np.inf, 0.0], dtype=np.float32)
     sampler = Sampler(SamplerConfig(temperature=1.0, top_k=3, top_p=1.0, min_p=0.0, seed=1))
     assert {sampler.sample(logits) for _ in range(200)} == {1, 3}
-
-
-def test_sampling_a_large_vocabulary_with_a_small_top_k_takes_well_under_a_millisecond():
-    logits = np.random.default_rng(5).standard_normal(128_256).astype(np.float32)
-    sampler = Sampler(SamplerConfig(seed=0, repeat_penalty=1.1))
-    recent = list(range(0, 6400, 100))
-    best = float("inf")
-    for _ in range(30):
-        start = time.perf_counter()
-        sampler.sample(logits, recent)
-        best = min(best, time.perf_counter() - start)
-    assert best < 2e-3  # a full sort of 128k logits alone takes several ms on this machine
 
 
 @pytest.mark.parametrize(

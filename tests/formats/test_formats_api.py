@@ -3,8 +3,6 @@ ternarize_absmean."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -183,7 +181,7 @@ def test_ternarize_absmean_refuses_empty_or_non_finite(w: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("name", ["TQ2_0", "I2_S"])
-def test_bitnet_2b_sized_tensor_is_fast(name: str) -> None:
+def test_bitnet_2b_sized_tensor_dequantizes_like_its_unpacked_codes(name: str) -> None:
     # ffn_down of bitnet-b1.58-2B-4T: (2560, 6912); built from random valid bytes, not quantize
     shape = (2560, 6912)
     rng = np.random.default_rng(0)
@@ -194,9 +192,8 @@ def test_bitnet_2b_sized_tensor_is_fast(name: str) -> None:
     else:
         data[-32:] = 0
         data[-32:-28] = np.frombuffer(np.float32(0.01).tobytes(), np.uint8)
-    start = time.perf_counter()
     values = formats.dequantize(name, data, shape)
-    codes, _ = formats.unpack_ternary(name, data, shape)
-    elapsed = time.perf_counter() - start
-    assert values.shape == codes.shape == shape
-    assert elapsed < 1.0, f"{name} dequantize + unpack of {shape} took {elapsed:.2f} s"
+    codes, scales = formats.unpack_ternary(name, data, shape)
+    groups = scales.shape[1]
+    expanded = np.repeat(scales, shape[1] // groups, axis=1)
+    assert np.array_equal(values, codes * expanded)

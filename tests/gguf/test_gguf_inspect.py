@@ -139,8 +139,8 @@ def sparse_2b_model(path: Path) -> int:
 
 @pytest.mark.slow
 def test_inspect_reads_no_tensor_data(tmp_path: Path) -> None:
-    """On a 1.2 GB 2B-shaped file, inspect takes well under a second and its resident memory
-    grows by far less than the 656 MB embedding it would map in if it read the data."""
+    """On a 1.2 GB 2B-shaped file, inspect's resident memory grows by far less than the 656 MB
+    embedding it would map in if it read the data (its time is in benchmarks/, not asserted)."""
     path = tmp_path / "2b.gguf"
     n_tensors = sparse_2b_model(path)
     assert path.stat().st_size > 1_100_000_000
@@ -158,5 +158,4 @@ def test_inspect_reads_no_tensor_data(tmp_path: Path) -> None:
     result = json.loads(out.stdout)
     assert result["tensors"] == n_tensors == 332 and result["vocab"] == 128256
     assert result["types"]["I2_S"]["count"] == 210
-    assert result["seconds"] < 1.0, result
     assert result["grown_kib"] < 100 * 1024, result
