@@ -113,3 +113,52 @@ def test_weights_read_from_each_ternary_format(fmt, tier, rng):
         np.testing.assert_array_equal(y, expected)
     else:
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def ternary_file_bytes(rng, wtype, rows, cols):
+    """A ternary tensor in `wtype` (random codes; TQ: random float16 block scales)."""
+    codes = rng.integers(-1, 2, (rows, cols)).astype(np.float32)
+    if wtype == "I2_S":
+        return formats.quantize(wtype, codes * 0.75)
+    d = rng.uniform(0.5, 1.5, (rows, cols // 256, 1)).astype(np.float16).astype(np.float32)
+    return formats.quantize(wtype, (codes.reshape(rows, -1, 256) * d).reshape(rows, cols))
+
+
+# I2_S: rows of whole 128-blocks (the fast path, incl. a half group) and rows that straddle blocks
+PACKED = [
+    ("I2_S", 384, [8, 4, 12]),
+    ("I2_S", 256, [5, 3]),
+    ("I2_S", 200, [16, 32]),
+    ("TQ2_0", 512, [8, 5, 7]),
+    ("TQ1_0", 256, [8, 3]),
+]
+
+
+@pytest.mark.parametrize("tier", [*NATIVE_TIERS, "numpy"])
+@pytest.mark.parametrize("wtype, cols, part_rows", PACKED)
+def test_packed_parts_equal_the_unpacked_codes_stacked(tier, wtype, cols, part_rows, rng):
+    parts, codes, scales = [], [], []
+    for rows in part_rows:
+        data = ternary_file_bytes(rng, wtype, rows, cols)
+        c, s = formats.unpack_ternary(wtype, data, (rows, cols))
+        parts.append((wtype, data, rows))
+        codes.append(c)
+        scales.append(s)
+    k = kernels.get("bitlinear", tier)
+    packed = k.prepare_packed(parts, cols, np.concatenate(scales))
+    unpacked = k.prepare(np.concatenate(codes), np.concatenate(scales))
+    x = random_activations(rng, 3, cols)
+    np.testing.assert_array_equal(k(x, packed), k(x, unpacked))
+
+
+@pytest.mark.parametrize("tier", NATIVE_TIERS)
+@pytest.mark.parametrize("wtype", ["I2_S", "TQ2_0"])
+def test_packed_code_3_is_a_format_error_naming_the_element(tier, wtype, rng):
+    good = ternary_file_bytes(rng, wtype, 4, 256)
+    bad = ternary_file_bytes(rng, wtype, 4, 256)
+    # bits 1-0: TQ2_0 block 1 byte 4 holds element 256 + 4; I2_S byte 5 holds element 96 + 5
+    bad[70 if wtype == "TQ2_0" else 5] |= 0x03
+    k = kernels.get("bitlinear", tier)
+    element = "260" if wtype == "TQ2_0" else "101"
+    with pytest.raises(FormatError, match=f"part 1: element {element} .*code 3"):
+        k.prepare_packed([(wtype, good, 4), (wtype, bad, 4)], 256, np.ones((8, 1), np.float32))

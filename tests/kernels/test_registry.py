@@ -12,7 +12,22 @@ from pybitnet.errors import PyBitnetError
 # Receipts name these ids: changing one breaks every receipt written before.
 STABLE_IDS = {
     f"{op}_{tier}"
-    for op in ("i2s_dequant", "bitlinear")
+    for op in (
+        "i2s_dequant",
+        "bitlinear",
+        "linear_f32",
+        "linear_f16",
+        "linear_bf16",
+        "linear_q8_0",
+        "linear_q4_0",
+        "linear_q4_1",
+        "linear_int8",
+        "embedding",
+        "rmsnorm",
+        "rope",
+        "gated",
+        "attention",
+    )
     for tier in ("avx512", "avx2", "scalar", "numpy")
 }
 

@@ -1,14 +1,17 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "cpu.h"
+#include "ops.h"
 #include "ternary.h"
 #include "threadpool.h"
 #include "tiers.h"
@@ -54,6 +57,31 @@ nb::ndarray<nb::numpy, T> new_array(std::initializer_list<size_t> shape) {
     T *data = new T[n > 0 ? n : 1];
     nb::capsule owner(data, [](void *p) noexcept { delete[] static_cast<T *>(p); });
     return nb::ndarray<nb::numpy, T>(data, shape, owner);
+}
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+// A float or Q-format matrix in its file's bytes (kept alive by holding the array).
+struct DenseMatrix {
+    DenseView view;
+    nb::object owner;
+};
+
+int64_t dense_row_bytes(int fmt, int64_t cols) {
+    switch (fmt) {
+    case 0: return 4 * cols;
+    case 1: case 30: return 2 * cols;
+    case 8: return cols / 32 * 34;
+    case 2: return cols / 32 * 18;
+    case 3: return cols / 32 * 20;
+    default: throw nb::value_error(("no dense kernel for ggml type " + str(fmt)).c_str());
+    }
+}
+
+void check_cols(const char *what, int64_t x_cols, int64_t w_cols) {
+    if (x_cols != w_cols)
+        throw nb::value_error((std::string(what) + ": x has " + str(x_cols) +
+                               " columns, the weights " + str(w_cols)).c_str());
 }
 
 }  // namespace
@@ -156,9 +184,219 @@ NB_MODULE(_native, m) {
                 }
             },
             "codes"_a, "scales"_a)
+        .def(
+            "__init__",
+            [](TernaryMatrix *self,
+               const std::vector<std::tuple<int, nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>, int64_t>> &parts,
+               int64_t cols, Array<const float, nb::ndim<2>> scales) {
+                std::vector<TernaryMatrix::Packed> packed;
+                int64_t rows = 0;
+                for (const auto &[fmt, data, part_rows] : parts) {
+                    const int64_t n = part_rows * cols;
+                    int64_t need;
+                    if (fmt == 36) {
+                        if (n % 128 != 0) throw nb::value_error("I2_S needs a multiple of 128 elements");
+                        need = n / 4 + 32;
+                    } else if (fmt == 35 || fmt == 34) {
+                        if (cols % 256 != 0) throw nb::value_error("TQ1_0/TQ2_0 rows must be whole 256-blocks");
+                        need = n / 256 * (fmt == 35 ? 66 : 54);
+                    } else {
+                        throw nb::value_error(("ggml type " + str(fmt) + " is not ternary").c_str());
+                    }
+                    if (part_rows < 1 || static_cast<int64_t>(data.shape(0)) != need)
+                        throw nb::value_error(("ternary part has " + str(data.shape(0)) + " bytes, needs " + str(need)).c_str());
+                    packed.push_back({fmt, data.data(), part_rows});
+                    rows += part_rows;
+                }
+                const int64_t groups = scales.shape(1);
+                if (static_cast<int64_t>(scales.shape(0)) != rows ||
+                    !(groups == 1 || (cols % 256 == 0 && groups == cols / 256)))
+                    throw nb::value_error("scales must be (rows, 1) or (rows, cols / 256)");
+                int64_t bad, bad_part;
+                {
+                    nb::gil_scoped_release released;
+                    new (self) TernaryMatrix(packed, cols, scales.data(), groups, &bad, &bad_part);
+                }
+                if (bad >= 0) {
+                    self->~TernaryMatrix();
+                    raise_format_error("ternary part " + str(bad_part) + ": element " + str(bad) +
+                                       " (row " + str(bad / cols) + ", column " + str(bad % cols) +
+                                       ") has the invalid 2-bit code 3");
+                }
+            },
+            "parts"_a, "cols"_a, "scales"_a,
+            "parts: [(ggml type, bytes, rows)] stacked row-wise, straight from the file.")
         .def_prop_ro("shape", [](const TernaryMatrix &w) { return nb::make_tuple(w.rows(), w.cols()); })
         .def_prop_ro("groups", &TernaryMatrix::groups)
         .def_prop_ro("nbytes", &TernaryMatrix::nbytes);
+
+    nb::class_<DenseMatrix>(m, "DenseMatrix", "A float or Q-format matrix read in place.")
+        .def(
+            "__init__",
+            [](DenseMatrix *self, nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> data,
+               int fmt, int64_t rows, int64_t cols, nb::handle owner) {
+                const bool blocks = fmt == 2 || fmt == 3 || fmt == 8;
+                if (rows < 1 || cols < 1 || (blocks && cols % 32 != 0))
+                    throw nb::value_error(("bad matrix shape (" + str(rows) + ", " + str(cols) +
+                                           ") for ggml type " + str(fmt)).c_str());
+                const int64_t row_bytes = dense_row_bytes(fmt, cols);
+                if (static_cast<int64_t>(data.shape(0)) != rows * row_bytes)
+                    throw nb::value_error(("matrix data has " + str(data.shape(0)) +
+                                           " bytes, its shape needs " + str(rows * row_bytes)).c_str());
+                new (self) DenseMatrix{{data.data(), rows, cols, row_bytes, fmt},
+                                       nb::borrow(owner)};
+            },
+            "data"_a, "fmt"_a, "rows"_a, "cols"_a, "owner"_a,
+            "data: the matrix's bytes; owner: the object that keeps them alive.")
+        .def_prop_ro("shape", [](const DenseMatrix &w) { return nb::make_tuple(w.view.rows, w.view.cols); })
+        .def_prop_ro("fmt", [](const DenseMatrix &w) { return w.view.fmt; })
+        .def_prop_ro("nbytes", [](const DenseMatrix &w) { return w.view.rows * w.view.row_bytes; });
+
+    m.def(
+        "dense_linear",
+        [](const std::string &tier, const DenseMatrix &w, Array<const float, nb::ndim<2>> x) {
+            const TierKernels &t = tier_named(tier);
+            check_cols("dense_linear", x.shape(1), w.view.cols);
+            const int64_t n = x.shape(0);
+            auto y = new_array<float>({static_cast<size_t>(n), static_cast<size_t>(w.view.rows)});
+            {
+                nb::gil_scoped_release released;
+                dense_linear(t, w.view, x.data(), n, y.data());
+            }
+            return y;
+        },
+        "tier"_a, "w"_a, "x"_a, "y (n, rows) = x (n, cols) . w^T in float32.");
+
+    m.def(
+        "dense_rows",
+        [](const std::string &tier, const DenseMatrix &w, Array<const int64_t, nb::ndim<1>> ids) {
+            const TierKernels &t = tier_named(tier);
+            const int64_t n = ids.shape(0);
+            for (int64_t i = 0; i < n; ++i)
+                if (ids.data()[i] < 0 || ids.data()[i] >= w.view.rows)
+                    throw nb::value_error(("row " + str(ids.data()[i]) + " is outside [0, " +
+                                           str(w.view.rows) + ")").c_str());
+            auto out = new_array<float>({static_cast<size_t>(n), static_cast<size_t>(w.view.cols)});
+            {
+                nb::gil_scoped_release released;
+                t.dense_rows(w.view, ids.data(), n, out.data());
+            }
+            return out;
+        },
+        "tier"_a, "w"_a, "ids"_a, "Rows ids of w as float32 (n, cols).");
+
+    nb::class_<Int8Matrix>(m, "Int8Matrix", "A dense matrix quantized per row to int8.")
+        .def(
+            "__init__",
+            [](Int8Matrix *self, const std::string &tier, const DenseMatrix &w) {
+                const TierKernels &t = tier_named(tier);
+                nb::gil_scoped_release released;
+                new (self) Int8Matrix(t, w.view);
+            },
+            "tier"_a, "w"_a)
+        .def_prop_ro("shape", [](const Int8Matrix &w) { return nb::make_tuple(w.rows(), w.cols()); })
+        .def_prop_ro("nbytes", &Int8Matrix::nbytes)
+        .def("quantized", [](const Int8Matrix &w) {
+            // (q int8 (rows, cols), scales float32 (rows,)): copies, for tests.
+            const Int8View v = w.view();
+            auto q = new_array<int8_t>({static_cast<size_t>(v.rows), static_cast<size_t>(v.cols)});
+            auto s = new_array<float>({static_cast<size_t>(v.rows)});
+            for (int64_t r = 0; r < v.rows; ++r) {
+                std::memcpy(q.data() + r * v.cols, v.q + r * v.kp, v.cols);
+                s.data()[r] = v.scales[r];
+            }
+            return nb::make_tuple(q, s);
+        });
+
+    m.def(
+        "int8_linear",
+        [](const std::string &tier, const Int8Matrix &w, Array<const float, nb::ndim<2>> x) {
+            const TierKernels &t = tier_named(tier);
+            check_cols("int8_linear", x.shape(1), w.cols());
+            const int64_t n = x.shape(0);
+            auto y = new_array<float>({static_cast<size_t>(n), static_cast<size_t>(w.rows())});
+            {
+                nb::gil_scoped_release released;
+                int8_linear(t, w, x.data(), n, y.data());
+            }
+            return y;
+        },
+        "tier"_a, "w"_a, "x"_a, "y (n, rows) = int8 w . x quantized per row to int8.");
+
+    m.def(
+        "rmsnorm",
+        [](const std::string &tier, Array<const float, nb::ndim<2>> x, Array<const float, nb::ndim<1>> w,
+           float eps) {
+            const TierKernels &t = tier_named(tier);
+            const int64_t n = x.shape(0), dim = x.shape(1);
+            check_cols("rmsnorm", dim, w.shape(0));
+            auto out = new_array<float>({static_cast<size_t>(n), static_cast<size_t>(dim)});
+            {
+                nb::gil_scoped_release released;
+                rmsnorm(t, x.data(), w.data(), n, dim, eps, out.data());
+            }
+            return out;
+        },
+        "tier"_a, "x"_a, "w"_a, "eps"_a, "x / sqrt(mean(x^2) + eps) * w, row by row.");
+
+    m.def(
+        "rope",
+        [](const std::string &tier, Array<float, nb::ndim<3>> x, Array<const float, nb::ndim<2>> cos,
+           Array<const float, nb::ndim<2>> sin, int64_t rope_dim, bool neox) {
+            const TierKernels &t = tier_named(tier);
+            const int64_t n = x.shape(0), heads = x.shape(1), head_dim = x.shape(2);
+            if (rope_dim < 0 || rope_dim % 2 || rope_dim > head_dim ||
+                static_cast<int64_t>(cos.shape(0)) != n || static_cast<int64_t>(sin.shape(0)) != n ||
+                static_cast<int64_t>(cos.shape(1)) != rope_dim / 2 ||
+                static_cast<int64_t>(sin.shape(1)) != rope_dim / 2)
+                throw nb::value_error("rope: cos and sin must be (n, rope_dim / 2), rope_dim even and <= head_dim");
+            nb::gil_scoped_release released;
+            t.rope(x.data(), n, heads, head_dim, rope_dim, cos.data(), sin.data(), neox);
+        },
+        "tier"_a, "x"_a, "cos"_a, "sin"_a, "rope_dim"_a, "neox"_a,
+        "Rotates x (n, heads, head_dim) in place by per-position angles.");
+
+    m.def(
+        "gated",
+        [](const std::string &tier, const std::string &act, Array<const float, nb::ndim<2>> g,
+           Array<const float, nb::ndim<2>> u) {
+            const TierKernels &t = tier_named(tier);
+            if (act != "silu" && act != "relu2") throw nb::value_error(("unknown activation " + act).c_str());
+            if (g.shape(0) != u.shape(0) || g.shape(1) != u.shape(1))
+                throw nb::value_error("gated: g and u must have the same shape");
+            auto out = new_array<float>({g.shape(0), g.shape(1)});
+            {
+                nb::gil_scoped_release released;
+                gated(t, act == "silu" ? 0 : 1, g.data(), u.data(),
+                      static_cast<int64_t>(g.shape(0) * g.shape(1)), out.data());
+            }
+            return out;
+        },
+        "tier"_a, "act"_a, "g"_a, "u"_a, "act(g) * u elementwise; act silu or relu2.");
+
+    m.def(
+        "attention",
+        [](const std::string &tier, Array<const float, nb::ndim<3>> q, Array<const float, nb::ndim<3>> kt,
+           Array<const float, nb::ndim<3>> v, int64_t start) {
+            const TierKernels &t = tier_named(tier);
+            const int64_t n = q.shape(0), heads = q.shape(1), d = q.shape(2);
+            const int64_t n_kv = kt.shape(0), ctx = kt.shape(2);
+            if (static_cast<int64_t>(kt.shape(1)) != d || static_cast<int64_t>(v.shape(0)) != n_kv ||
+                static_cast<int64_t>(v.shape(1)) != ctx || static_cast<int64_t>(v.shape(2)) != d ||
+                n_kv < 1 || heads % n_kv != 0 || ctx % 16 != 0 || start < 0 || start + n > ctx)
+                throw nb::value_error("attention: need q (n, heads, d), kt (n_kv, d, ctx), v (n_kv, ctx, d), "
+                                      "heads % n_kv == 0, ctx % 16 == 0, start + n <= ctx");
+            auto out = new_array<float>({static_cast<size_t>(n), static_cast<size_t>(heads * d)});
+            const AttentionArgs args{q.data(), kt.data(), v.data(), out.data(), n, heads, n_kv, d,
+                                     ctx, start, 1.0f / std::sqrt(static_cast<float>(d))};
+            {
+                nb::gil_scoped_release released;
+                attention(t, args);
+            }
+            return out;
+        },
+        "tier"_a, "q"_a, "kt"_a, "v"_a, "start"_a,
+        "Causal attention of queries at positions start.. over the cached keys and values.");
 
     m.def(
         "bitlinear",

@@ -16,6 +16,18 @@ class TernaryMatrix {
     TernaryMatrix(const int8_t *codes, int64_t rows, int64_t cols, const float *scales,
                   int64_t groups, int64_t *bad);
 
+    // One part of a matrix stored in a file's format: `rows` rows of the matrix, in order.
+    struct Packed {
+        int fmt;  // ggml type id: 34 TQ1_0, 35 TQ2_0, 36 I2_S
+        const uint8_t *data;
+        int64_t rows;
+    };
+    // The rows of every part, one under the other (e.g. attn_q, attn_k, attn_v as one matrix),
+    // decoded straight from the file's bytes; scales as above, for all the rows. Returns in *bad
+    // the flat index (in its part) of the first invalid code 3, else -1; *bad_part its part.
+    TernaryMatrix(const std::vector<Packed> &parts, int64_t cols, const float *scales,
+                  int64_t groups, int64_t *bad, int64_t *bad_part);
+
     TernaryView view() const { return {codes_.get(), scales_.data(), rows_, cols_, kp_, groups_}; }
     int64_t rows() const { return rows_; }
     int64_t cols() const { return cols_; }
@@ -26,6 +38,11 @@ class TernaryMatrix {
     }
 
   private:
+    TernaryMatrix(int64_t rows, int64_t cols, const float *scales, int64_t groups);
+    // Packs rows [t * kTileRows, ...) of tile t from row(r, buffer), which returns the row's
+    // int8 codes (cols of them, -1..1) or null when it holds an invalid code.
+    template <typename RowCodes>
+    bool pack_tile(int64_t t, const RowCodes &row);
     struct Free {
         void operator()(uint8_t *p) const { std::free(p); }
     };

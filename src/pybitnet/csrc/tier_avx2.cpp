@@ -3,6 +3,9 @@
 // planes to 2048, so the int16 sums never saturate.
 #include <immintrin.h>
 
+#include <math.h>
+#include <string.h>
+
 #include "tiers.h"
 
 namespace pybitnet {
@@ -126,8 +129,60 @@ struct Isa {
 
 #include "matmul_tiles.h"
 
+struct Vf {
+    static constexpr int N = 8, DB = 2;
+    using T = __m256;
+    static T zero() { return _mm256_setzero_ps(); }
+    static T set1(float f) { return _mm256_set1_ps(f); }
+    static T load(const float *p) { return _mm256_loadu_ps(p); }
+    static void store(float *p, T v) { _mm256_storeu_ps(p, v); }
+    static T add(T a, T b) { return _mm256_add_ps(a, b); }
+    static T sub(T a, T b) { return _mm256_sub_ps(a, b); }
+    static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+    static T div(T a, T b) { return _mm256_div_ps(a, b); }
+    static T max(T a, T b) { return _mm256_max_ps(a, b); }
+    static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+    static float hsum(T v) {
+        __m128 t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+        t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
+        return _mm_cvtss_f32(t);
+    }
+    static float hmax(T v) {
+        __m128 t = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        t = _mm_max_ps(t, _mm_movehl_ps(t, t));
+        t = _mm_max_ss(t, _mm_shuffle_ps(t, t, 1));
+        return _mm_cvtss_f32(t);
+    }
+    static T load_f16(const uint16_t *p) {
+        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+    }
+    static float half(uint16_t h) { return _cvtsh_ss(h); }
+    // Cephes' expf (see tier_avx512.cpp); 2^n built in the exponent bits (|n| <= 127 here).
+    static T exp(T x) {
+        x = _mm256_max_ps(_mm256_min_ps(x, set1(88.0f)), set1(-87.3f));
+        const T n = _mm256_round_ps(mul(x, set1(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        T r = _mm256_fnmadd_ps(n, set1(0.693359375f), x);
+        r = _mm256_fnmadd_ps(n, set1(-2.12194440e-4f), r);
+        T p = set1(1.9875691500e-4f);
+        p = fmadd(p, r, set1(1.3981999507e-3f));
+        p = fmadd(p, r, set1(8.3334519073e-3f));
+        p = fmadd(p, r, set1(4.1665795894e-2f));
+        p = fmadd(p, r, set1(1.6666665459e-1f));
+        p = fmadd(p, r, set1(5.0000001201e-1f));
+        p = fmadd(p, mul(r, r), add(r, set1(1.0f)));
+        const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+        return mul(p, _mm256_castsi256_ps(e));
+    }
+};
+
+#include "float_tiles.h"
+
 }  // namespace
 
-const TierKernels avx2_kernels = {"avx2", i2s_dequant, quantize, matmul};
+const TierKernels avx2_kernels = {"avx2",      i2s_dequant, quantize, matmul, dense_matmul,
+                                  dense_rows,  int8_matmul, rmsnorm,  rope,   gated,
+                                  attention};
 
 }  // namespace pybitnet

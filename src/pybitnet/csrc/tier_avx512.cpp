@@ -2,6 +2,9 @@
 // vpdpbusd with the codes (0..2) as its unsigned operand and x_q as the signed one.
 #include <immintrin.h>
 
+#include <math.h>
+#include <string.h>
+
 #include "tiers.h"
 
 namespace pybitnet {
@@ -90,8 +93,81 @@ struct Isa {
 
 #include "matmul_tiles.h"
 
+struct Vf {
+    static constexpr int N = 16, DB = 4;
+    using T = __m512;
+    static T zero() { return _mm512_setzero_ps(); }
+    static T set1(float f) { return _mm512_set1_ps(f); }
+    static T load(const float *p) { return _mm512_loadu_ps(p); }
+    static void store(float *p, T v) { _mm512_storeu_ps(p, v); }
+    static T add(T a, T b) { return _mm512_add_ps(a, b); }
+    static T sub(T a, T b) { return _mm512_sub_ps(a, b); }
+    static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+    static T div(T a, T b) { return _mm512_div_ps(a, b); }
+    static T max(T a, T b) { return _mm512_max_ps(a, b); }
+    static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+    static float hsum(T v) { return _mm512_reduce_add_ps(v); }
+    static float hmax(T v) { return _mm512_reduce_max_ps(v); }
+    static T load_f16(const uint16_t *p) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
+    }
+    static float half(uint16_t h) { return _cvtsh_ss(h); }
+    // Cephes' expf: exp(x) = 2^n * p(r), r = x - n ln 2, |r| <= ln 2 / 2.
+    static T exp(T x) {
+        x = _mm512_max_ps(_mm512_min_ps(x, set1(88.0f)), set1(-87.3f));
+        const T n = _mm512_roundscale_ps(mul(x, set1(1.44269504088896341f)),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        T r = _mm512_fnmadd_ps(n, set1(0.693359375f), x);
+        r = _mm512_fnmadd_ps(n, set1(-2.12194440e-4f), r);
+        T p = set1(1.9875691500e-4f);
+        p = fmadd(p, r, set1(1.3981999507e-3f));
+        p = fmadd(p, r, set1(8.3334519073e-3f));
+        p = fmadd(p, r, set1(4.1665795894e-2f));
+        p = fmadd(p, r, set1(1.6666665459e-1f));
+        p = fmadd(p, r, set1(5.0000001201e-1f));
+        p = fmadd(p, mul(r, r), add(r, set1(1.0f)));
+        return _mm512_scalef_ps(p, n);
+    }
+};
+
+// int8 weights . int8 activations with vpdpbusd, whose first operand is unsigned: x_q + 128
+// (x_q xor 0x80) as u8, then subtract 128 * sum(q_row).
+#define PYBITNET_TIER_INT8_MATMUL
+void int8_matmul(const Int8View &w, const QuantizedRows &x, int64_t r0, int64_t r1, float *y) {
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    for (int64_t r = r0; r < r1; r += kTileRows) {
+        for (int64_t b = 0; b < x.n; b += 2) {
+            const int nb = x.n - b >= 2 ? 2 : 1;
+            __m512i acc[kTileRows][2];
+            for (int i = 0; i < kTileRows; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+            for (int64_t k = 0; k < w.kp; k += 64) {
+                __m512i xv[2];
+                for (int j = 0; j < nb; ++j)
+                    xv[j] = _mm512_xor_si512(_mm512_loadu_si512(x.q + (b + j) * x.kp + k), flip);
+                for (int i = 0; i < kTileRows; ++i) {
+                    const int64_t row = r + i < w.rows ? r + i : w.rows - 1;
+                    const int8_t *wr = w.q + row * w.kp + k;
+                    __builtin_prefetch(wr + 2048);
+                    const __m512i wv = _mm512_loadu_si512(wr);
+                    for (int j = 0; j < nb; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv[j], wv);
+                }
+            }
+            for (int i = 0; i < kTileRows && r + i < w.rows; ++i)
+                for (int j = 0; j < nb; ++j) {
+                    const int32_t dot = _mm512_reduce_add_epi32(acc[i][j]) - 128 * w.sums[r + i];
+                    y[(b + j) * w.rows + r + i] =
+                        static_cast<float>(dot) * w.scales[r + i] / x.sx[b + j];
+                }
+        }
+    }
+}
+
+#include "float_tiles.h"
+
 }  // namespace
 
-const TierKernels avx512_kernels = {"avx512", i2s_dequant, quantize, matmul};
+const TierKernels avx512_kernels = {"avx512", i2s_dequant,  quantize, matmul, dense_matmul,
+                                    dense_rows, int8_matmul, rmsnorm,  rope,   gated,
+                                    attention};
 
 }  // namespace pybitnet

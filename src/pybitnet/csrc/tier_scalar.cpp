@@ -1,6 +1,8 @@
 // The portable tier: plain C++ for the baseline ISA of any target (the compiler may
 // auto-vectorise it). The other tiers must agree with it bit for bit.
-#include <cmath>
+
+#include <math.h>
+#include <string.h>
 
 #include "tiers.h"
 
@@ -72,8 +74,48 @@ struct Isa {
 
 #include "matmul_tiles.h"
 
+struct Vf {
+    static constexpr int N = 1, DB = 4;
+    using T = float;
+    static T zero() { return 0.0f; }
+    static T set1(float f) { return f; }
+    static T load(const float *p) { return *p; }
+    static void store(float *p, T v) { *p = v; }
+    static T add(T a, T b) { return a + b; }
+    static T sub(T a, T b) { return a - b; }
+    static T mul(T a, T b) { return a * b; }
+    static T div(T a, T b) { return a / b; }
+    static T max(T a, T b) { return fmaxf(a, b); }
+    static T fmadd(T a, T b, T c) { return a * b + c; }
+    static float hsum(T v) { return v; }
+    static float hmax(T v) { return v; }
+    // IEEE binary16 to binary32, exactly (subnormals, infinities and NaN included).
+    static float half(uint16_t h) {
+        const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+        const uint32_t exp = (h >> 10) & 31, mant = h & 1023;
+        float magnitude;
+        if (exp == 0) {
+            magnitude = ldexpf(static_cast<float>(mant), -24);
+        } else {
+            const uint32_t bits = exp == 31 ? 0x7f800000u | (mant << 13) : ((exp + 112) << 23) | (mant << 13);
+            memcpy(&magnitude, &bits, sizeof bits);
+        }
+        uint32_t out;
+        memcpy(&out, &magnitude, sizeof out);
+        out |= sign;
+        memcpy(&magnitude, &out, sizeof out);
+        return magnitude;
+    }
+    static T load_f16(const uint16_t *p) { return half(*p); }
+    static T exp(T x) { return expf(fmaxf(fminf(x, 88.0f), -87.3f)); }
+};
+
+#include "float_tiles.h"
+
 }  // namespace
 
-const TierKernels scalar_kernels = {"scalar", i2s_dequant, quantize, matmul};
+const TierKernels scalar_kernels = {"scalar",   i2s_dequant, quantize, matmul, dense_matmul,
+                                    dense_rows, int8_matmul, rmsnorm,  rope,   gated,
+                                    attention};
 
 }  // namespace pybitnet

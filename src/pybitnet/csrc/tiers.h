@@ -40,6 +40,37 @@ struct QuantizedRows {
     int64_t n, kp;
 };
 
+// A float or block-quantized matrix as its GGUF file stores it (no repacking): `rows` rows of
+// `cols` elements, row r at data + r * row_bytes. fmt is the ggml type id: F32 0, F16 1, Q4_0 2,
+// Q4_1 3, Q8_0 8, BF16 30 (SPEC section 2). Q formats have cols % 32 == 0.
+struct DenseView {
+    const uint8_t *data;
+    int64_t rows, cols, row_bytes;
+    int fmt;
+};
+// Decoding works in chunks of 32 columns (one Q block); a matrix is read as kDenseChunk-column
+// pieces of kTileRows rows.
+constexpr int kDenseChunk = 32;
+
+// Weights quantized per row to int8 (the int8 output head): w = q * scales[row], rows padded to
+// kp = a multiple of 256 columns with zeros; sums = sum of q over each row.
+struct Int8View {
+    const int8_t *q;
+    const float *scales;
+    const int32_t *sums;
+    int64_t rows, cols, kp;
+};
+
+// Causal attention of n query positions start .. start + n - 1 over the cached keys and values
+// 0 .. start + n - 1 of one layer. kt: n_kv x d x ctx (keys transposed, so scores vectorise over
+// positions); v: n_kv x ctx x d; q and out: n x n_heads x d. ctx is a multiple of 16.
+struct AttentionArgs {
+    const float *q, *kt, *v;
+    float *out;
+    int64_t n, n_heads, n_kv, d, ctx, start;
+    float scale;  // 1 / sqrt(d)
+};
+
 struct TierKernels {
     const char *name;
     // I2_S codes (n / 4 bytes, n % 128 == 0) to n floats (code - 1) * scale. Returns -1, or the
@@ -53,6 +84,25 @@ struct TierKernels {
     // y is n x w.rows, row-major.
     void (*matmul)(const TernaryView &w, const QuantizedRows &x, int64_t r0, int64_t r1,
                    float *y);
+    // y (n x w.rows) rows r0..r1 (a multiple of kTileRows) = x (n x w.cols) . w^T in float32.
+    // x must hold n rows of round_up(cols, kDenseChunk) floats (zero-padded).
+    void (*dense_matmul)(const DenseView &w, const float *x, int64_t n, int64_t r0, int64_t r1,
+                         float *y);
+    // Rows ids[0..n) of w, dequantized into out (n x w.cols).
+    void (*dense_rows)(const DenseView &w, const int64_t *ids, int64_t n, float *out);
+    // y[b, r] = (q_r . x_q,b) * scales[r] / s_x[b] for weight rows r0..r1 (multiple of kTileRows).
+    void (*int8_matmul)(const Int8View &w, const QuantizedRows &x, int64_t r0, int64_t r1,
+                        float *y);
+    // out = x / sqrt(mean(x^2) + eps) * w for rows r0..r1 of x (rows of dim).
+    void (*rmsnorm)(const float *x, const float *w, int64_t dim, float eps, int64_t r0,
+                    int64_t r1, float *out);
+    // Rotates x (n x heads x head_dim) in place; cos, sin: n x rope_dim / 2 (per position).
+    void (*rope)(float *x, int64_t n, int64_t heads, int64_t head_dim, int64_t rope_dim,
+                 const float *cos, const float *sin, bool neox);
+    // out[i] = act(g[i]) * u[i] for i in [i0, i1); act 0: silu, 1: relu^2.
+    void (*gated)(int act, const float *g, const float *u, int64_t i0, int64_t i1, float *out);
+    // Query positions i0..i1 of kv head `kv` (all the q heads that read it).
+    void (*attention)(const AttentionArgs &a, int64_t kv, int64_t i0, int64_t i1, float *scratch);
 };
 
 extern const TierKernels scalar_kernels;

@@ -58,3 +58,98 @@ def bitlinear(x: np.ndarray, w: TernaryCodes) -> np.ndarray:
         return dots[0].T.astype(np.float32) * w.scales[:, 0] / s_x
     y = np.einsum("gon,og->no", dots.astype(np.float64), w.scales.astype(np.float64))
     return (y / s_x).astype(np.float32)
+
+
+def prepare_ternary_packed(
+    parts: list[tuple[str, np.ndarray, int]], cols: int, scales: np.ndarray
+) -> TernaryCodes:
+    """Like prepare_ternary, from file bytes: parts [(type name, bytes, rows)] stacked row-wise."""
+    codes = [formats.unpack_ternary(name, data, (rows, cols))[0] for name, data, rows in parts]
+    return prepare_ternary(np.concatenate(codes), scales)
+
+
+def prepare_dense(wtype: str, data: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A float or Q-format matrix, dequantized to float32 once."""
+    return formats.dequantize(wtype, data, shape)
+
+
+def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """y (n, out) = x (n, in) . w^T in float32."""
+    return x @ w.T
+
+
+@dataclass(frozen=True)
+class Int8Rows:
+    """A matrix quantized per row: w ~ q * scales[:, None]; q int8 (out, in), scales float32."""
+
+    q: np.ndarray
+    scales: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.q.shape
+
+
+def prepare_int8(wtype: str, data: np.ndarray, shape: tuple[int, int]) -> Int8Rows:
+    """Per-row int8: s = max|w_row| / 127, q = rint(w / s) (0 where the row is all zeros)."""
+    w = formats.dequantize(wtype, data, shape)
+    scales = np.abs(w).max(axis=1) / np.float32(127)
+    safe = np.where(scales > 0, scales, np.float32(1))
+    return Int8Rows(np.rint(w / safe[:, None]).astype(np.int8), scales.astype(np.float32))
+
+
+def int8_linear(x: np.ndarray, w: Int8Rows) -> np.ndarray:
+    """(x_q . q_row) * s_row / s_x with x quantized per row as BitLinear does (exact integers)."""
+    x_q, s_x = quantize_activations(x)
+    dots = x_q.astype(np.int64) @ w.q.T.astype(np.int64)
+    return dots.astype(np.float32) * w.scales / s_x
+
+
+def embedding(w: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w[ids])
+
+
+def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    ms = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
+    return (x / np.sqrt(ms + np.float32(eps)) * weight).astype(np.float32)
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, rope_dim: int, neox: bool) -> np.ndarray:
+    """x (n, heads, head_dim) rotated in place by cos, sin (n, rope_dim / 2); returns x.
+    NEOX pairs element j with j + rope_dim / 2; NORM pairs 2j with 2j + 1."""
+    half = rope_dim // 2
+    first = np.arange(half) if neox else np.arange(0, rope_dim, 2)
+    second = first + (half if neox else 1)
+    a, b = x[..., first], x[..., second]
+    c, s = cos[:, None, :], sin[:, None, :]
+    x[..., first] = a * c - b * s
+    x[..., second] = a * s + b * c
+    return x
+
+
+def gated(act: str, g: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """act(g) * u with act silu (g * sigmoid(g)) or relu2 (max(g, 0)^2)."""
+    if act == "silu":
+        with np.errstate(over="ignore"):
+            a = g / (np.float32(1) + np.exp(-g))
+    else:
+        a = np.square(np.maximum(g, np.float32(0)))
+    return (a * u).astype(np.float32)
+
+
+def attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
+    """Causal softmax attention of q (n, H, d) at positions start.. over the cache's keys kt
+    (n_kv, d, ctx) (transposed) and values v (n_kv, ctx, d); q head i reads kv head
+    i // (H / n_kv). Returns (n, H * d)."""
+    n, n_heads, d = q.shape
+    n_kv = kt.shape[0]
+    total = start + n
+    qg = q.reshape(n, n_kv, n_heads // n_kv, d)
+    scores = np.einsum("nkgd,kdt->kgnt", qg, kt[:, :, :total]) / np.float32(np.sqrt(d))
+    future = np.arange(total)[None, :] > (start + np.arange(n))[:, None]
+    scores[..., future] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    out = np.einsum("kgnt,ktd->nkgd", probs, v[:, :total])
+    return np.ascontiguousarray(out.reshape(n, n_heads * d), dtype=np.float32)

@@ -75,14 +75,15 @@ def profile() -> Iterator[Profile]:
 class Kernel:
     """One operation on one tier. Calling it runs the operation, counted by open profiles.
 
-    ``prepare`` (BitLinear only) turns weights into the form this kernel takes; it runs once,
-    at load, and is not counted."""
+    ``prepare`` (the linear kernels) turns weights into the form this kernel takes; it runs
+    once, at load, and is not counted."""
 
     id: str
     op: str
     tier: str
     _run: Callable[..., Any] = field(repr=False)
     _prepare: Callable[..., Any] | None = field(default=None, repr=False)
+    _prepare_packed: Callable[..., Any] | None = field(default=None, repr=False)
 
     @property
     def native(self) -> bool:
@@ -104,6 +105,13 @@ class Kernel:
         if self._prepare is None:
             raise PyBitnetError(f"kernel {self.id} takes no prepared weights")
         return self._prepare(*args)
+
+    def prepare_packed(self, *args: Any) -> Any:
+        """BitLinear weights straight from file bytes: (parts [(type name, bytes, rows)], cols,
+        scales (rows, groups)); the parts are stacked row-wise into one matrix."""
+        if self._prepare_packed is None:
+            raise PyBitnetError(f"kernel {self.id} takes no packed weights")
+        return self._prepare_packed(*args)
 
 
 def supported_tiers() -> tuple[str, ...]:
@@ -155,6 +163,16 @@ def _native_prepare(codes: np.ndarray, scales: np.ndarray) -> Any:
     )
 
 
+def _native_prepare_packed(
+    parts: list[tuple[str, np.ndarray, int]], cols: int, scales: np.ndarray
+) -> Any:
+    native_parts = [
+        (formats.weight_type(name).id, np.ascontiguousarray(data, np.uint8).ravel(), rows)
+        for name, data, rows in parts
+    ]
+    return _native.TernaryMatrix(native_parts, cols, np.ascontiguousarray(scales, np.float32))
+
+
 def _checked_bitlinear(run: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     def bitlinear(x: np.ndarray, w: Any) -> np.ndarray:
         if x.ndim != 2 or x.shape[1] != w.shape[1]:
@@ -170,35 +188,163 @@ def _checked_bitlinear(run: Callable[..., np.ndarray]) -> Callable[..., np.ndarr
 def _checked_prepare(prepare: Callable[..., Any]) -> Callable[..., Any]:
     def checked(codes: np.ndarray, scales: np.ndarray) -> Any:
         rows, cols = codes.shape
-        groups = scales.shape[1] if scales.ndim == 2 else 0
-        if scales.shape[0] != rows or not (
-            groups == 1 or (cols % 256 == 0 and groups * 256 == cols)
-        ):
-            raise FormatError(
-                f"ternary scales of shape {scales.shape} do not fit codes of shape {codes.shape}: "
-                "need (rows, 1) or (rows, cols / 256)"
-            )
+        _check_scales(scales, rows, cols, f"codes of shape {codes.shape}")
         return prepare(codes, scales)
 
     return checked
 
 
+def _checked_prepare_packed(prepare: Callable[..., Any]) -> Callable[..., Any]:
+    def checked(parts: list[tuple[str, np.ndarray, int]], cols: int, scales: np.ndarray) -> Any:
+        rows = sum(part[2] for part in parts)
+        _check_scales(scales, rows, cols, f"{len(parts)} parts of {rows} rows of {cols}")
+        return prepare(parts, cols, scales)
+
+    return checked
+
+
+def _check_scales(scales: np.ndarray, rows: int, cols: int, what: str) -> None:
+    groups = scales.shape[1] if scales.ndim == 2 else 0
+    if scales.shape[0] != rows or not (groups == 1 or (cols % 256 == 0 and groups * 256 == cols)):
+        raise FormatError(
+            f"ternary scales of shape {scales.shape} do not fit {what}: "
+            "need (rows, 1) or (rows, cols / 256)"
+        )
+
+
+# The float and Q formats a dense linear kernel reads in place (SPEC section 2).
+DENSE_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+
+
+def _native_prepare_dense(wtype: str, data: np.ndarray, shape: tuple[int, int]) -> Any:
+    rows, cols = shape
+    data = np.ascontiguousarray(data, np.uint8).ravel()
+    return _native.DenseMatrix(data, formats.weight_type(wtype).id, rows, cols, data)
+
+
+def _native_linear(tier: str, op: str, x: np.ndarray, w: Any) -> np.ndarray:
+    x = np.ascontiguousarray(x, np.float32)
+    if isinstance(w, _native.Int8Matrix):
+        return _native.int8_linear(tier, w, x)
+    if not isinstance(w, _native.DenseMatrix):
+        raise PyBitnetError(f"{op}_{tier} needs weights from its own prepare(), got {w!r}")
+    return _native.dense_linear(tier, w, x)
+
+
+def _checked_linear(op: str, run: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    def linear(x: np.ndarray, w: Any) -> np.ndarray:
+        if x.ndim != 2 or x.shape[1] != w.shape[1]:
+            raise PyBitnetError(
+                f"{op}: input of shape {x.shape} does not fit weights of shape {w.shape} "
+                "(need (n, in_features))"
+            )
+        return run(x, w)
+
+    return linear
+
+
+def _checked_prepare_dense(wtype: str, prepare: Callable[..., Any]) -> Callable[..., Any]:
+    def checked(data: np.ndarray, shape: tuple[int, int]) -> Any:
+        rows, cols = shape
+        t = formats.weight_type(wtype)
+        if rows < 1 or cols < 1 or cols % t.block_size:
+            raise FormatError(f"{wtype} matrix of shape {shape}: rows must be whole blocks")
+        if data.size != formats.tensor_nbytes(t, cols, rows * cols):
+            raise FormatError(
+                f"{wtype} matrix of shape {shape} needs "
+                f"{formats.tensor_nbytes(t, cols, rows * cols)} bytes, got {data.size}"
+            )
+        return prepare(wtype, data, shape)
+
+    return checked
+
+
+def _native_prepare_int8(tier: str, wtype: str, data: np.ndarray, shape: tuple[int, int]) -> Any:
+    return _native.Int8Matrix(tier, _native_prepare_dense(wtype, data, shape))
+
+
+def _native_embedding(tier: str, w: Any, ids: np.ndarray) -> np.ndarray:
+    return _native.dense_rows(tier, w, np.ascontiguousarray(ids, np.int64))
+
+
+def _native_rope(
+    tier: str, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, rope_dim: int, neox: bool
+) -> np.ndarray:
+    _native.rope(tier, x, cos, sin, rope_dim, neox)
+    return x
+
+
+def _native_attention(
+    tier: str, q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int
+) -> np.ndarray:
+    return _native.attention(tier, np.ascontiguousarray(q, np.float32), kt, v, start)
+
+
+def _run(tier: str, name: str) -> Callable[..., Any]:
+    """The numpy function `name` of kernels/reference.py, or the native one on `tier`."""
+    if tier == "numpy":
+        return getattr(reference, name)
+    native = {
+        "rmsnorm": partial(_native.rmsnorm, tier),
+        "gated": partial(_native.gated, tier),
+        "rope": partial(_native_rope, tier),
+        "attention": partial(_native_attention, tier),
+        "embedding": partial(_native_embedding, tier),
+    }
+    return native[name]
+
+
 @cache
 def _make(op: str, tier: str) -> Kernel:
     kid = f"{op}_{tier}"
+    numpy_tier = tier == "numpy"
     if op == "i2s_dequant":
-        run = reference.i2s_dequant if tier == "numpy" else partial(_native_i2s_dequant, tier)
+        run = reference.i2s_dequant if numpy_tier else partial(_native_i2s_dequant, tier)
         return Kernel(kid, op, tier, run)
     if op == "bitlinear":
-        if tier == "numpy":
+        if numpy_tier:
             run, prepare = reference.bitlinear, reference.prepare_ternary
+            packed = reference.prepare_ternary_packed
         else:
             run, prepare = partial(_native_bitlinear, tier), _native_prepare
-        return Kernel(kid, op, tier, _checked_bitlinear(run), _checked_prepare(prepare))
+            packed = _native_prepare_packed
+        return Kernel(
+            kid,
+            op,
+            tier,
+            _checked_bitlinear(run),
+            _checked_prepare(prepare),
+            _checked_prepare_packed(packed),
+        )
+    if op.startswith("linear_"):
+        wtype = "int8" if op == "linear_int8" else op.removeprefix("linear_").upper()
+        if op == "linear_int8":
+            run = reference.int8_linear if numpy_tier else partial(_native_linear, tier, op)
+            prepare = reference.prepare_int8 if numpy_tier else partial(_native_prepare_int8, tier)
+            # prepare(wtype, data, shape): quantizes any dense matrix to int8 rows
+            return Kernel(kid, op, tier, _checked_linear(op, run), prepare)
+        if wtype in DENSE_FORMATS:
+            run = reference.linear if numpy_tier else partial(_native_linear, tier, op)
+            prepare = reference.prepare_dense if numpy_tier else _native_prepare_dense
+            return Kernel(
+                kid, op, tier, _checked_linear(op, run), _checked_prepare_dense(wtype, prepare)
+            )
+    if op in ("embedding", "rmsnorm", "rope", "gated", "attention"):
+        return Kernel(kid, op, tier, _run(tier, op))
     raise PyBitnetError(f"unknown kernel op {op!r}; known: {', '.join(OPS)}")
 
 
-OPS = ("i2s_dequant", "bitlinear")
+OPS = (
+    "i2s_dequant",
+    "bitlinear",
+    *(f"linear_{name.lower()}" for name in DENSE_FORMATS),
+    "linear_int8",
+    "embedding",
+    "rmsnorm",
+    "rope",
+    "gated",
+    "attention",
+)
 
 
 def known_ids() -> frozenset[str]:

@@ -1,0 +1,356 @@
+// The float kernels shared by every tier: dense (float and block-quantized) matmul, int8 matmul,
+// RMSNorm, RoPE, the gated activations and attention. Each tier unit includes this file inside
+// its anonymous namespace after defining `struct Vf`, a float vector of Vf::N lanes:
+//   T; DB (activation rows per register tile); zero(), set1(f), load(p), store(p, v)
+//   (unaligned), add, sub, mul, div, max,
+//   fmadd(a, b, c) = a * b + c, hsum, hmax, exp (|error| of a few ulp; inputs clamped to
+//   [-87.3, 88]), load_f16(p) (N float16 values), half(h) (one float16 value).
+// No standard-library templates here (see tiers.h).
+// Uses C library functions only (sqrtf, expf, memcpy), included by the tier unit.
+
+constexpr int R = kTileRows;
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// ---- dense matrices (SPEC section 2 layouts, decoded as gguf.quants.dequantize does) ----
+
+// Columns 32c .. 32c + 31 of row r of w as floats (zeros past the row's end).
+inline void decode_chunk(const DenseView &w, int64_t r, int64_t c, float *out) {
+    const uint8_t *row = w.data + r * w.row_bytes;
+    const int64_t k0 = int64_t{kDenseChunk} * c;
+    const int64_t live = min64(kDenseChunk, w.cols - k0);
+    switch (w.fmt) {
+    case 0: {  // F32
+        const float *src = reinterpret_cast<const float *>(row) + k0;
+        for (int64_t i = 0; i < kDenseChunk; ++i) out[i] = i < live ? src[i] : 0.0f;
+        break;
+    }
+    case 1: {  // F16
+        const uint16_t *src = reinterpret_cast<const uint16_t *>(row) + k0;
+        if (live == kDenseChunk) {
+            for (int i = 0; i < kDenseChunk; i += Vf::N) Vf::store(out + i, Vf::load_f16(src + i));
+        } else {
+            for (int64_t i = 0; i < kDenseChunk; ++i) out[i] = i < live ? Vf::half(src[i]) : 0.0f;
+        }
+        break;
+    }
+    case 30: {  // BF16: the high half of a float32
+        const uint16_t *src = reinterpret_cast<const uint16_t *>(row) + k0;
+        for (int64_t i = 0; i < kDenseChunk; ++i) {
+            const uint32_t bits = i < live ? static_cast<uint32_t>(src[i]) << 16 : 0u;
+            memcpy(out + i, &bits, sizeof bits);
+        }
+        break;
+    }
+    case 8: {  // Q8_0: f16 d, 32 int8; q * d
+        const uint8_t *b = row + 34 * c;
+        uint16_t h;
+        memcpy(&h, b, 2);
+        const float d = Vf::half(h);
+        const int8_t *q = reinterpret_cast<const int8_t *>(b + 2);
+        for (int i = 0; i < 32; ++i) out[i] = static_cast<float>(q[i]) * d;
+        break;
+    }
+    case 2: {  // Q4_0: f16 d, 16 bytes (low nibbles 0..15, high 16..31); (q - 8) * d
+        const uint8_t *b = row + 18 * c;
+        uint16_t h;
+        memcpy(&h, b, 2);
+        const float d = Vf::half(h);
+        for (int i = 0; i < 16; ++i) {
+            out[i] = static_cast<float>((b[2 + i] & 15) - 8) * d;
+            out[i + 16] = static_cast<float>((b[2 + i] >> 4) - 8) * d;
+        }
+        break;
+    }
+    case 3: {  // Q4_1: f16 d, f16 m, 16 bytes as Q4_0; q * d + m
+        const uint8_t *b = row + 20 * c;
+        uint16_t h[2];
+        memcpy(h, b, 4);
+        const float d = Vf::half(h[0]), m = Vf::half(h[1]);
+        for (int i = 0; i < 16; ++i) {
+            out[i] = static_cast<float>(b[4 + i] & 15) * d + m;
+            out[i + 16] = static_cast<float>(b[4 + i] >> 4) * d + m;
+        }
+        break;
+    }
+    default:
+        for (int i = 0; i < kDenseChunk; ++i) out[i] = NAN;  // the binding checks fmt first
+    }
+}
+
+void dense_rows(const DenseView &w, const int64_t *ids, int64_t n, float *out) {
+    float buf[kDenseChunk];
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c * kDenseChunk < w.cols; ++c) {
+            decode_chunk(w, ids[i], c, buf);
+            const int64_t k0 = int64_t{kDenseChunk} * c;
+            memcpy(out + i * w.cols + k0, buf, sizeof(float) * min64(kDenseChunk, w.cols - k0));
+        }
+}
+
+// A panel of columns: decoded once per tile of rows, then used by every activation row.
+constexpr int64_t kPanel = 512;
+
+// acc[i][j] += wt row i . x row j over the panel's k columns (k a multiple of Vf::N).
+template <int B>
+inline void panel_fma(const float *wt, const float *x, int64_t xstride, int64_t k,
+                      typename Vf::T acc[R][B]) {
+    for (int64_t c = 0; c < k; c += Vf::N) {
+        typename Vf::T xv[B];
+        for (int j = 0; j < B; ++j) xv[j] = Vf::load(x + j * xstride + c);
+        for (int i = 0; i < R; ++i) {
+            const typename Vf::T wv = Vf::load(wt + i * kPanel + c);
+            for (int j = 0; j < B; ++j) acc[i][j] = Vf::fmadd(wv, xv[j], acc[i][j]);
+        }
+    }
+}
+
+inline void decode_panel(const DenseView &w, int64_t r, int64_t p, int64_t k, float *wt) {
+    for (int i = 0; i < R; ++i) {
+        const int64_t row = r + i < w.rows ? r + i : w.rows - 1;  // ragged tile: repeat a row
+        for (int64_t c = 0; c < k; c += kDenseChunk) {
+            __builtin_prefetch(w.data + row * w.row_bytes + (p + c) * w.row_bytes / w.cols + 1024);
+            decode_chunk(w, row, (p + c) / kDenseChunk, wt + i * kPanel + c);
+        }
+    }
+}
+
+// F16 rows one at a time against activation rows b .. b + B - 1 (cols % 32 == 0): the tied
+// output layer of BitNet models, the largest matrix decoding reads. Converted in registers and
+// read as one sequential stream, which reaches the memory bandwidth for one activation row
+// (several rows read side by side, each its own stream, reached half of it). With more
+// activation rows the x loads limit it (Zen 4: one 512-bit load per cycle), so those take the
+// tiled path.
+template <int B>
+inline void f16_rows(const DenseView &w, const float *x, int64_t r0, int64_t r1, int64_t b,
+                     float *y) {
+    constexpr int U = 32 / Vf::N;  // independent accumulators per activation row
+    for (int64_t r = r0; r < r1; ++r) {
+        const uint16_t *row = reinterpret_cast<const uint16_t *>(w.data + r * w.row_bytes);
+        typename Vf::T acc[B][U];
+        for (int j = 0; j < B; ++j)
+            for (int u = 0; u < U; ++u) acc[j][u] = Vf::zero();
+        for (int64_t c = 0; c < w.cols; c += 32)
+            for (int u = 0; u < U; ++u) {
+                const typename Vf::T wv = Vf::load_f16(row + c + u * Vf::N);
+                for (int j = 0; j < B; ++j)
+                    acc[j][u] = Vf::fmadd(wv, Vf::load(x + (b + j) * w.cols + c + u * Vf::N), acc[j][u]);
+            }
+        for (int j = 0; j < B; ++j) {
+            typename Vf::T sum = acc[j][0];
+            for (int u = 1; u < U; ++u) sum = Vf::add(sum, acc[j][u]);
+            y[(b + j) * w.rows + r] = Vf::hsum(sum);
+        }
+    }
+}
+
+// Activation rows b .. b + B - 1 against weight rows r .. r + R - 1, whole rows at a time
+// (accumulators stay in registers across panels): for small n.
+template <int B>
+inline void dense_tile(const DenseView &w, const float *x, int64_t kc, int64_t r, int64_t b,
+                       float *wt, float *y) {
+    if (B == 1 && w.fmt == 1 && kc == w.cols) {
+        f16_rows<B>(w, x, r, min64(r + R, w.rows), b, y);
+        return;
+    }
+    typename Vf::T acc[R][B];
+    for (int i = 0; i < R; ++i)
+        for (int j = 0; j < B; ++j) acc[i][j] = Vf::zero();
+    for (int64_t p = 0; p < kc; p += kPanel) {
+        const int64_t k = min64(kPanel, kc - p);
+        decode_panel(w, r, p, k, wt);
+        panel_fma<B>(wt, x + b * kc + p, kc, k, acc);
+    }
+    for (int i = 0; i < R && r + i < w.rows; ++i)
+        for (int j = 0; j < B; ++j) y[(b + j) * w.rows + r + i] = Vf::hsum(acc[i][j]);
+}
+
+template <int B>
+inline void dense_tile_rest(const DenseView &w, const float *x, int64_t n, int64_t kc, int64_t r,
+                            int64_t b, float *wt, float *y) {
+    if constexpr (B > 0) {
+        for (; b + B <= n; b += B) dense_tile<B>(w, x, kc, r, b, wt, y);
+        dense_tile_rest<B - 1>(w, x, n, kc, r, b, wt, y);
+    }
+}
+
+// Many activation rows: each panel of the weight tile is decoded once and used by all n rows,
+// whose partial sums are added into y.
+template <int B>
+inline void dense_tile_many(const DenseView &w, const float *x, int64_t n, int64_t kc, int64_t r,
+                            float *wt, float *y) {
+    for (int64_t b = 0; b < n; ++b)
+        for (int i = 0; i < R && r + i < w.rows; ++i) y[b * w.rows + r + i] = 0.0f;
+    for (int64_t p = 0; p < kc; p += kPanel) {
+        const int64_t k = min64(kPanel, kc - p);
+        decode_panel(w, r, p, k, wt);
+        int64_t b = 0;
+        for (; b < n; b += B) {
+            typename Vf::T acc[R][B];
+            for (int i = 0; i < R; ++i)
+                for (int j = 0; j < B; ++j) acc[i][j] = Vf::zero();
+            // The last block may be partial: it reuses row n - 1 and drops the extra sums.
+            const float *xb = x + (b + B <= n ? b : n - B) * kc + p;
+            panel_fma<B>(wt, xb, kc, k, acc);
+            const int64_t b0 = b + B <= n ? b : n - B;
+            for (int i = 0; i < R && r + i < w.rows; ++i)
+                for (int j = (b0 < b ? static_cast<int>(b - b0) : 0); j < B; ++j)
+                    y[(b0 + j) * w.rows + r + i] += Vf::hsum(acc[i][j]);
+        }
+    }
+}
+
+void dense_matmul(const DenseView &w, const float *x, int64_t n, int64_t r0, int64_t r1,
+                  float *y) {
+    const int64_t kc = (w.cols + kDenseChunk - 1) / kDenseChunk * kDenseChunk;
+    alignas(64) float wt[R * kPanel];
+    for (int64_t r = r0; r < r1; r += R) {
+        if (n < 2 * Vf::DB)
+            dense_tile_rest<Vf::DB>(w, x, n, kc, r, 0, wt, y);
+        else
+            dense_tile_many<Vf::DB>(w, x, n, kc, r, wt, y);
+    }
+}
+
+// ---- int8 weights (the int8 output head); a tier with a faster dot product defines its own ----
+#ifndef PYBITNET_TIER_INT8_MATMUL
+void int8_matmul(const Int8View &w, const QuantizedRows &x, int64_t r0, int64_t r1, float *y) {
+    for (int64_t r = r0; r < min64(r1, w.rows); ++r) {
+        const int8_t *wr = w.q + r * w.kp;
+        for (int64_t b = 0; b < x.n; ++b) {
+            const int8_t *xb = x.q + b * x.kp;
+            int32_t dot = 0;
+            for (int64_t k = 0; k < w.kp; ++k) dot += static_cast<int32_t>(wr[k]) * xb[k];
+            y[b * w.rows + r] = static_cast<float>(dot) * w.scales[r] / x.sx[b];
+        }
+    }
+}
+#endif
+
+// ---- elementwise ops ----
+
+void rmsnorm(const float *x, const float *w, int64_t dim, float eps, int64_t r0, int64_t r1,
+             float *out) {
+    for (int64_t r = r0; r < r1; ++r) {
+        const float *xr = x + r * dim;
+        float *o = out + r * dim;
+        typename Vf::T acc = Vf::zero();
+        int64_t i = 0;
+        for (; i + Vf::N <= dim; i += Vf::N) {
+            const typename Vf::T v = Vf::load(xr + i);
+            acc = Vf::fmadd(v, v, acc);
+        }
+        float ss = Vf::hsum(acc);
+        for (; i < dim; ++i) ss += xr[i] * xr[i];
+        const float inv = 1.0f / sqrtf(ss / static_cast<float>(dim) + eps);
+        const typename Vf::T vi = Vf::set1(inv);
+        for (i = 0; i + Vf::N <= dim; i += Vf::N)
+            Vf::store(o + i, Vf::mul(Vf::mul(Vf::load(xr + i), vi), Vf::load(w + i)));
+        for (; i < dim; ++i) o[i] = xr[i] * inv * w[i];
+    }
+}
+
+void rope(float *x, int64_t n, int64_t heads, int64_t head_dim, int64_t rope_dim, const float *cos,
+          const float *sin, bool neox) {
+    const int64_t half = rope_dim / 2;
+    // NEOX pairs element j with j + rope_dim / 2; NORM pairs 2j with 2j + 1.
+    const int64_t stride = neox ? 1 : 2, offset = neox ? half : 1;
+    for (int64_t t = 0; t < n; ++t) {
+        const float *c = cos + t * half, *s = sin + t * half;
+        for (int64_t h = 0; h < heads; ++h) {
+            float *v = x + (t * heads + h) * head_dim;
+            for (int64_t j = 0; j < half; ++j) {
+                const float a = v[j * stride], b = v[j * stride + offset];
+                v[j * stride] = a * c[j] - b * s[j];
+                v[j * stride + offset] = a * s[j] + b * c[j];
+            }
+        }
+    }
+}
+
+void gated(int act, const float *g, const float *u, int64_t i0, int64_t i1, float *out) {
+    const typename Vf::T one = Vf::set1(1.0f), zero = Vf::zero();
+    int64_t i = i0;
+    for (; i + Vf::N <= i1; i += Vf::N) {
+        const typename Vf::T gv = Vf::load(g + i), uv = Vf::load(u + i);
+        typename Vf::T a;
+        if (act == 0) {
+            a = Vf::div(gv, Vf::add(one, Vf::exp(Vf::sub(zero, gv))));
+        } else {
+            const typename Vf::T m = Vf::max(gv, zero);
+            a = Vf::mul(m, m);
+        }
+        Vf::store(out + i, Vf::mul(a, uv));
+    }
+    for (; i < i1; ++i) {
+        const float a = act == 0 ? g[i] / (1.0f + expf(-g[i]))
+                                 : (g[i] > 0.0f ? g[i] : 0.0f) * (g[i] > 0.0f ? g[i] : 0.0f);
+        out[i] = a * u[i];
+    }
+}
+
+// ---- attention ----
+
+// Scores of up to 4 query heads (q[0..3], repeats allowed) against keys t .. t + N - 1.
+inline void scores4(const float *const q[4], const float *kt, int64_t ctx, int64_t d, int64_t t,
+                    typename Vf::T acc[4]) {
+    for (int g = 0; g < 4; ++g) acc[g] = Vf::zero();
+    for (int64_t e = 0; e < d; ++e) {
+        const typename Vf::T k = Vf::load(kt + e * ctx + t);
+        for (int g = 0; g < 4; ++g) acc[g] = Vf::fmadd(Vf::set1(q[g][e]), k, acc[g]);
+    }
+}
+
+void attention(const AttentionArgs &a, int64_t kv, int64_t i0, int64_t i1, float *scratch) {
+    const int64_t group = a.n_heads / a.n_kv, d = a.d, ctx = a.ctx;
+    const float *kt = a.kt + kv * d * ctx, *v = a.v + kv * ctx * d;
+    const typename Vf::T scale = Vf::set1(a.scale);
+    for (int64_t i = i0; i < i1; ++i) {
+        const int64_t T = a.start + i + 1;
+        const int64_t Tp = (T + Vf::N - 1) / Vf::N * Vf::N;  // <= ctx: ctx is a multiple of 16
+        const float *qi = a.q + (i * a.n_heads + kv * group) * d;
+        float *oi = a.out + (i * a.n_heads + kv * group) * d;
+        for (int64_t g0 = 0; g0 < group; g0 += 4) {
+            const float *q[4];
+            for (int g = 0; g < 4; ++g) q[g] = qi + min64(g0 + g, group - 1) * d;
+            for (int64_t t = 0; t < Tp; t += Vf::N) {
+                typename Vf::T acc[4];
+                scores4(q, kt, ctx, d, t, acc);
+                for (int g = 0; g < 4 && g0 + g < group; ++g)
+                    Vf::store(scratch + (g0 + g) * ctx + t, Vf::mul(acc[g], scale));
+            }
+        }
+        for (int64_t g = 0; g < group; ++g) {
+            float *s = scratch + g * ctx;
+            for (int64_t t = T; t < Tp; ++t) s[t] = -INFINITY;  // causal mask
+            typename Vf::T m = Vf::set1(-INFINITY);
+            for (int64_t t = 0; t < Tp; t += Vf::N) m = Vf::max(m, Vf::load(s + t));
+            const typename Vf::T mv = Vf::set1(Vf::hmax(m));
+            typename Vf::T sum = Vf::zero();
+            for (int64_t t = 0; t < Tp; t += Vf::N) {
+                const typename Vf::T p = Vf::exp(Vf::sub(Vf::load(s + t), mv));
+                Vf::store(s + t, p);
+                sum = Vf::add(sum, p);
+            }
+            for (int64_t t = T; t < Tp; ++t) s[t] = 0.0f;  // exp's clamp leaves ~1e-38 there
+            const float inv = 1.0f / Vf::hsum(sum);
+            float *o = oi + g * d;
+            int64_t e = 0;
+            for (; e + 4 * Vf::N <= d; e += 4 * Vf::N) {
+                typename Vf::T acc[4] = {Vf::zero(), Vf::zero(), Vf::zero(), Vf::zero()};
+                for (int64_t t = 0; t < T; ++t) {
+                    const typename Vf::T p = Vf::set1(s[t]);
+                    for (int j = 0; j < 4; ++j)
+                        acc[j] = Vf::fmadd(p, Vf::load(v + t * d + e + j * Vf::N), acc[j]);
+                }
+                for (int j = 0; j < 4; ++j)
+                    Vf::store(o + e + j * Vf::N, Vf::mul(acc[j], Vf::set1(inv)));
+            }
+            for (; e < d; ++e) {
+                float acc = 0.0f;
+                for (int64_t t = 0; t < T; ++t) acc += s[t] * v[t * d + e];
+                o[e] = acc * inv;
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+#include "ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "threadpool.h"
+
+namespace pybitnet {
+
+namespace {
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// About four pieces per thread, each a multiple of `align` (at least `min_piece`).
+int64_t piece_size(int64_t n, int threads, int64_t align, int64_t min_piece = 1) {
+    return std::max(round_up(min_piece, align), round_up((n + 4 * threads - 1) / (4 * threads), align));
+}
+
+template <typename F>
+void parallel_pieces(int64_t n, int64_t align, int64_t min_piece, const F &f) {
+    const auto workers = pool();
+    const int64_t piece = piece_size(n, workers->size(), align, min_piece);
+    workers->run((n + piece - 1) / piece, [&](int64_t i) { f(i * piece, std::min(n, (i + 1) * piece)); });
+}
+}  // namespace
+
+void dense_linear(const TierKernels &tier, const DenseView &w, const float *x, int64_t n, float *y) {
+    const int64_t kc = round_up(w.cols, kDenseChunk);
+    std::vector<float> padded;
+    if (kc != w.cols) {  // the kernels read whole chunks of activations
+        padded.assign(n * kc, 0.0f);
+        for (int64_t b = 0; b < n; ++b) std::memcpy(&padded[b * kc], x + b * w.cols, w.cols * sizeof(float));
+        x = padded.data();
+    }
+    parallel_pieces(w.rows, kTileRows, 4 * kTileRows,
+                    [&](int64_t r0, int64_t r1) { tier.dense_matmul(w, x, n, r0, r1, y); });
+}
+
+void Int8Matrix::Free::operator()(int8_t *p) const { std::free(p); }
+
+Int8Matrix::Int8Matrix(const TierKernels &tier, const DenseView &w)
+    : rows_(w.rows), cols_(w.cols), kp_(round_up(std::max<int64_t>(w.cols, 1), 256)),
+      scales_(w.rows), sums_(w.rows) {
+    void *p = std::aligned_alloc(64, round_up(std::max<int64_t>(rows_ * kp_, 64), 64));
+    if (p == nullptr) throw std::bad_alloc();
+    q_.reset(static_cast<int8_t *>(p));
+    parallel_pieces(rows_, 1, 64, [&](int64_t r0, int64_t r1) {
+        std::vector<float> row(w.cols);
+        for (int64_t r = r0; r < r1; ++r) {
+            tier.dense_rows(w, &r, 1, row.data());
+            float amax = 0.0f;
+            for (float v : row) amax = std::max(amax, std::fabs(v));
+            const float s = amax / 127.0f;
+            int8_t *q = q_.get() + r * kp_;
+            int32_t sum = 0;
+            for (int64_t k = 0; k < kp_; ++k) {
+                // rint: nearest, ties to even, as numpy.rint (|w / s| <= 127).
+                const float v = k < w.cols && s > 0.0f ? std::nearbyint(row[k] / s) : 0.0f;
+                q[k] = static_cast<int8_t>(v);
+                sum += q[k];
+            }
+            scales_[r] = s;
+            sums_[r] = sum;
+        }
+    });
+}
+
+void int8_linear(const TierKernels &tier, const Int8Matrix &w, const float *x, int64_t n, float *y) {
+    const Int8View v = w.view();
+    thread_local std::vector<int8_t> q_buf;
+    thread_local std::vector<float> sx_buf;
+    thread_local std::vector<int32_t> sums_buf;
+    q_buf.resize(n * v.kp);
+    sx_buf.resize(n);
+    sums_buf.resize(n * (v.kp / 256));
+    int8_t *q = q_buf.data();
+    float *sx = sx_buf.data();
+    int32_t *sums = sums_buf.data();
+    parallel_pieces(n, 1, 1, [&](int64_t r0, int64_t r1) { tier.quantize(x, v.cols, r0, r1, q, sx, sums, v.kp); });
+    const QuantizedRows xq{q, sx, sums, nullptr, n, v.kp};
+    parallel_pieces(v.rows, kTileRows, 4 * kTileRows,
+                    [&](int64_t r0, int64_t r1) { tier.int8_matmul(v, xq, r0, r1, y); });
+}
+
+void rmsnorm(const TierKernels &tier, const float *x, const float *w, int64_t n, int64_t dim,
+             float eps, float *out) {
+    // One row is a few microseconds: threads only pay off for a prompt's many rows.
+    parallel_pieces(n, 1, 16, [&](int64_t r0, int64_t r1) { tier.rmsnorm(x, w, dim, eps, r0, r1, out); });
+}
+
+void gated(const TierKernels &tier, int act, const float *g, const float *u, int64_t count, float *out) {
+    parallel_pieces(count, 64, 32768, [&](int64_t i0, int64_t i1) { tier.gated(act, g, u, i0, i1, out); });
+}
+
+void attention(const TierKernels &tier, const AttentionArgs &a) {
+    // Tasks: (kv head, block of query positions); later positions attend to more keys, so
+    // blocks are small enough for the pool to balance them.
+    const int64_t block = std::max<int64_t>(1, std::min<int64_t>(16, a.n / 8));
+    const int64_t blocks = (a.n + block - 1) / block;
+    const int64_t group = a.n_heads / a.n_kv;
+    pool()->run(a.n_kv * blocks, [&](int64_t task) {
+        thread_local std::vector<float> scratch;
+        scratch.resize(group * a.ctx);
+        const int64_t kv = task % a.n_kv, i0 = task / a.n_kv * block;
+        tier.attention(a, kv, i0, std::min(a.n, i0 + block), scratch.data());
+    });
+}
+
+}  // namespace pybitnet

@@ -1,0 +1,146 @@
+"""The float kernels (dense and int8 linear, embedding, RMSNorm, RoPE, gated activations,
+attention) on every native tier against the numpy kernels, on random and ragged shapes."""
+
+import numpy as np
+import pytest
+from kernel_helpers import NATIVE_TIERS
+
+from pybitnet import formats, kernels
+from pybitnet.kernels import reference
+from pybitnet.kernels.registry import DENSE_FORMATS
+
+TIERS = [*NATIVE_TIERS, "numpy"]
+# (rows, cols): rows not whole tiles of 4, columns not whole 32-chunks or 512-panels
+SHAPES = [(1, 32), (5, 64), (37, 96), (70, 608), (130, 1056)]
+RAGGED_COLS = [(3, 1), (9, 33), (17, 100)]  # float formats only: any row length
+BATCHES = [1, 2, 3, 5, 8, 9, 17]
+
+
+def dense_matrix(rng, wtype, rows, cols):
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    data = formats.quantize(wtype, w)
+    return data, formats.dequantize(wtype, data, (rows, cols))
+
+
+def float64_tolerance(x, w):
+    """float32 rounding of a dot product: a few epsilons of the sum of |terms|."""
+    return 1e-6 * (np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)) + 1e-30
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("wtype", DENSE_FORMATS)
+def test_dense_linear_matches_float64_of_dequantized_weights(tier, wtype, rng):
+    ragged = RAGGED_COLS if formats.weight_type(wtype).block_size == 1 else []
+    for rows, cols in SHAPES + ragged:
+        data, w = dense_matrix(rng, wtype, rows, cols)
+        kernel = kernels.get(f"linear_{wtype.lower()}", tier)
+        prepared = kernel.prepare(data, (rows, cols))
+        for n in BATCHES:
+            x = rng.standard_normal((n, cols)).astype(np.float32)
+            y = kernel(x, prepared)
+            assert y.dtype == np.float32 and y.shape == (n, rows)
+            expected = x.astype(np.float64) @ w.T.astype(np.float64)
+            assert np.all(np.abs(y - expected) <= float64_tolerance(x, w)), (rows, cols, n)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("wtype", DENSE_FORMATS)
+def test_embedding_rows_equal_dequantize(tier, wtype, rng):
+    rows, cols = 50, 96
+    data, w = dense_matrix(rng, wtype, rows, cols)
+    prepared = kernels.get(f"linear_{wtype.lower()}", tier).prepare(data, (rows, cols))
+    ids = np.array([3, 0, 49, 3, 17])
+    np.testing.assert_array_equal(kernels.get("embedding", tier)(prepared, ids), w[ids])
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_int8_linear_equals_numpy_bit_for_bit(tier, rng):
+    for rows, cols in [*SHAPES, (9, 100)]:
+        data, w = dense_matrix(rng, "F16", rows, cols)
+        data[: 2 * cols] = 0  # an all-zero row: scale 0, no division by zero
+        kernel = kernels.get("linear_int8", tier)
+        prepared = kernel.prepare("F16", data, (rows, cols))
+        expected_w = reference.prepare_int8("F16", data, (rows, cols))
+        for n in BATCHES[:4]:
+            x = rng.standard_normal((n, cols)).astype(np.float32)
+            np.testing.assert_array_equal(kernel(x, prepared), reference.int8_linear(x, expected_w))
+
+
+def test_int8_weights_are_rounded_per_row(rng):
+    data, w = dense_matrix(rng, "F32", 7, 64)
+    q8 = reference.prepare_int8("F32", data, (7, 64))
+    assert np.abs(q8.q).max(axis=1).tolist() == [127] * 7
+    assert np.all(np.abs(q8.q * q8.scales[:, None] - w) <= q8.scales[:, None] / 2 * (1 + 1e-6))
+
+
+@pytest.mark.parametrize("tier", NATIVE_TIERS)
+def test_rmsnorm(tier, rng):
+    for n, dim in [(1, 1), (3, 17), (5, 256), (40, 2560)]:
+        x = (rng.standard_normal((n, dim)) * rng.uniform(0.01, 100, (n, 1))).astype(np.float32)
+        w = rng.uniform(0.5, 1.5, dim).astype(np.float32)
+        expected = reference.rmsnorm(x.astype(np.float64), w, 1e-5)
+        y = kernels.get("rmsnorm", tier)(x, w, 1e-5)
+        np.testing.assert_allclose(y, expected, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("tier", NATIVE_TIERS)
+@pytest.mark.parametrize("neox", [True, False])
+@pytest.mark.parametrize("rope_dim", [64, 32, 2])
+def test_rope_rotates_pairs_in_place(tier, neox, rope_dim, rng):
+    x = rng.standard_normal((5, 3, 64)).astype(np.float32)
+    angles = rng.uniform(-100, 100, (5, rope_dim // 2))
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    expected = reference.rope(x.astype(np.float64), cos, sin, rope_dim, neox)
+    y = kernels.get("rope", tier)(x, cos, sin, rope_dim, neox)
+    assert y is x
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(y[..., rope_dim:], expected[..., rope_dim:])
+
+
+@pytest.mark.parametrize("tier", NATIVE_TIERS)
+@pytest.mark.parametrize("act", ["silu", "relu2"])
+def test_gated(tier, act, rng):
+    for count in [1, 15, 16, 1000, 70001]:
+        g = (rng.standard_normal((1, count)) * 10).astype(np.float32)
+        g[0, :3] = [-100.0, 100.0, 0.0][:count] if count >= 3 else g[0, :3]
+        u = rng.standard_normal((1, count)).astype(np.float32)
+        expected = reference.gated(act, g.astype(np.float64), u)
+        y = kernels.get("gated", tier)(act, g, u)
+        np.testing.assert_allclose(y, expected, rtol=2e-6, atol=1e-30)
+
+
+def cache_for(rng, n_kv, d, ctx, total):
+    k = rng.standard_normal((total, n_kv, d))
+    v = rng.standard_normal((total, n_kv, d))
+    kt = np.full((n_kv, d, ctx), 1e4, np.float32)  # stale entries past `total` must not count
+    vc = np.full((n_kv, ctx, d), np.nan, np.float32)
+    kt[:, :, :total] = k.transpose(1, 2, 0)
+    vc[:, :total] = v.transpose(1, 0, 2)
+    return kt, vc
+
+
+@pytest.mark.parametrize("tier", NATIVE_TIERS)
+@pytest.mark.parametrize(
+    "n, start, heads, n_kv, d",
+    [(1, 0, 4, 2, 64), (1, 40, 9, 3, 64), (7, 0, 20, 5, 128), (5, 11, 4, 4, 48), (33, 2, 8, 1, 8)],
+)
+def test_attention_is_causal_softmax_with_grouped_heads(tier, n, start, heads, n_kv, d, rng):
+    ctx = 64
+    kt, vc = cache_for(rng, n_kv, d, ctx, start + n)
+    q = rng.standard_normal((n, heads, d)).astype(np.float32)
+    expected = reference.attention(q.astype(np.float64), kt.astype(np.float64), vc, start)
+    y = kernels.get("attention", tier)(q, kt, vc, start)
+    assert y.shape == (n, heads * d)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=2e-6)
+
+
+def test_numpy_attention_matches_the_model_reference(rng):
+    from pybitnet.model import reference as model_reference
+
+    n, start, heads, n_kv, d = 6, 3, 6, 2, 16
+    kt, vc = cache_for(rng, n_kv, d, 32, start + n)
+    q = rng.standard_normal((n, heads, d))
+    k = kt[:, :, : start + n].transpose(2, 0, 1).astype(np.float64)
+    v = vc[:, : start + n].transpose(1, 0, 2).astype(np.float64)
+    expected = model_reference.attention(q, k, v, np.arange(start, start + n))
+    np.testing.assert_allclose(reference.attention(q, kt, vc, start), expected, rtol=1e-5)
