@@ -29,12 +29,34 @@ _SHIFTS = np.array([6, 4, 2, 0], np.uint8).reshape(1, 4, 1)
 def quantize(values: np.ndarray) -> np.ndarray:
     x = values.reshape(-1)
     scale = np.fmax.reduce(np.abs(x), initial=np.float32(0))
-    codes = np.where(x > 0, np.uint8(2), np.uint8(0))
-    codes[np.abs(x) < np.float64(1e-6)] = 1
-    packed = np.bitwise_or.reduce(codes.reshape(-1, 4, 32) << _SHIFTS, axis=1).reshape(-1)
+    codes = np.where(x > 0, np.int8(1), np.int8(-1))
+    codes[np.abs(x) < np.float64(1e-6)] = 0
+    return pack(codes, scale)
+
+
+def pack(codes: np.ndarray, scale: float) -> np.ndarray:
+    """The I2_S bytes of ternary ``codes`` (int8 in {-1, 0, 1}, taken flat, row-major; a multiple
+    of 128 of them) times one ``scale``: a 1-D uint8 array of len(codes) / 4 + 32 bytes."""
+    if codes.dtype != np.int8:
+        raise FormatError(f"I2_S packs int8 codes, got {codes.dtype}")
+    c = codes.reshape(-1)
+    if c.size % BLOCK:
+        raise FormatError(f"I2_S packs whole blocks of {BLOCK} codes, got {c.size}")
+    u = (c + np.int8(1)).view(np.uint8)  # code = w + 1; -2 (and anything below) wraps high
+    if u.size and u.max() > 2:
+        bad = int(np.argmax(u > 2))
+        raise FormatError(f"I2_S packs codes -1, 0 and 1, got {c[bad]} at index {bad}")
+    # Four codes of 2 bits each share a byte, element j of a block at shift 6 - 2*(j div 32).
+    # Shifting 8 codes at once as one uint64 is exact: a code (<= 2) shifted by <= 6 stays
+    # inside its own byte, whatever the byte order.
+    groups = u.view(np.uint64).reshape(-1, 4, 4)  # (block, j div 32, 32 bytes as 4 uint64)
+    packed = groups[:, 0] << np.uint64(6)
+    packed |= groups[:, 1] << np.uint64(4)
+    packed |= groups[:, 2] << np.uint64(2)
+    packed |= groups[:, 3]
     tail = np.zeros(TAIL_BYTES, np.uint8)
     tail[:4] = np.array([scale], "<f4").view(np.uint8)
-    return np.concatenate([packed, tail])
+    return np.concatenate([packed.view(np.uint8).reshape(-1), tail])
 
 
 def _codes_and_scale(data: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.float32]:

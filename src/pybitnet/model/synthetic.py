@@ -14,7 +14,6 @@ GGUF writer asks for them, so a 2B-parameter file is written one tensor at a tim
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import zlib
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import numpy as np
 
 from pybitnet import formats
 from pybitnet.errors import FormatError, ModelError
-from pybitnet.formats import WeightType
+from pybitnet.formats import WeightType, i2_s
 from pybitnet.gguf import TensorSpec, write_gguf
 from pybitnet.model.config import ARCHITECTURES
 from pybitnet.model.metadata import BYTE, CONTROL, FILE_TYPES, NORMAL, UNKNOWN, llama_tokenizer
@@ -64,10 +63,6 @@ PRESETS = {
 }
 EMBD_STD = 3.2  # / sqrt(dim)
 EMBD_ROWS_PER_CHUNK = 4096  # the embedding is made in chunks of rows to bound memory
-# The 81 bytes of four valid 2-bit codes (0, 1, 2) of the 2-bit ternary formats.
-_CODE_BYTES = np.array(
-    [a << 6 | b << 4 | c << 2 | d for a, b, c, d in itertools.product(range(3), repeat=4)], np.uint8
-)
 
 
 def make_model(
@@ -195,22 +190,14 @@ def _norm(wtype: WeightType, shape: tuple[int, ...], seed: tuple[int, int]) -> n
 
 
 def _ternary(wtype: WeightType, shape: tuple[int, int], seed: tuple[int, int]) -> np.ndarray:
-    """s * T in ``wtype``. The weights are drawn as I2_S bytes: with iid uniform codes, a byte of
-    four 2-bit codes c = w + 1 is uniform over the 81 bytes whose codes are all valid, whatever
-    order a format puts them in, so no codes need packing (2B shape: seconds, not a minute).
-    Other formats store the same weights, re-quantized."""
+    """s * T in ``wtype``, T drawn uniformly from {-1, 0, +1}. I2_S packs T as drawn (2B shape:
+    seconds); other formats store the same weights, re-quantized."""
     rng = np.random.default_rng(seed)
     scale = np.float32(np.float16(rng.uniform(0.5, 1.5) / np.sqrt(shape[1])))
-    n = shape[0] * shape[1]
-    n_i2s = -(-n // 128) * 128  # I2_S holds whole 128-weight blocks
-    codes = _CODE_BYTES[rng.integers(0, len(_CODE_BYTES), n_i2s // 4, dtype=np.uint8)]
-    tail = np.zeros(32, np.uint8)  # I2_S: the float32 scale, then padding (SPEC section 2)
-    tail[:4] = np.array([scale], "<f4").view(np.uint8)
-    i2_s = np.concatenate([codes, tail])
+    codes = rng.integers(-1, 2, shape, dtype=np.int8)
     if wtype.name == "I2_S":
-        return i2_s
-    weights = formats.unpack_ternary("I2_S", i2_s, (n_i2s,))[0].reshape(-1)[:n]
-    return formats.quantize(wtype, (weights * scale).reshape(shape))
+        return i2_s.pack(codes, scale)
+    return formats.quantize(wtype, codes * scale)
 
 
 def _embedding(wtype: WeightType, shape: tuple[int, int], seed: tuple[int, int]) -> np.ndarray:
