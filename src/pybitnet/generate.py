@@ -11,9 +11,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from pybitnet.chat import render_chat, template_for
+from pybitnet.engine import Engine
 from pybitnet.errors import ModelError
 from pybitnet.gguf import open_gguf
-from pybitnet.model import ModelConfig, ReferenceModel, Weights
+from pybitnet.model import ModelConfig, Weights
 from pybitnet.model.convert import default_model_path
 from pybitnet.sampling import Sampler, SamplerConfig, StopStrings
 from pybitnet.tokenizer import StreamDecoder, Tokenizer
@@ -26,12 +27,14 @@ class ForwardModel(Protocol):
 
     def new_cache(self, n_ctx: int | None = None) -> Any: ...
 
-    def forward(self, tokens: Sequence[int], cache: Any) -> np.ndarray: ...
+    def forward(
+        self, tokens: Sequence[int], cache: Any, *, last_only: bool = False
+    ) -> np.ndarray: ...
 
 
 def prefill(model: ForwardModel, cache: Any, tokens: Sequence[int]) -> np.ndarray:
     """Runs the whole prompt in one pass; returns the logits that predict the next token."""
-    return model.forward(tokens, cache)[-1]
+    return model.forward(tokens, cache, last_only=True)[-1]
 
 
 def decode_one_token(model: ForwardModel, cache: Any, token: int) -> np.ndarray:
@@ -67,9 +70,13 @@ class Completion:
 
 
 class Model:
-    """A GGUF model ready to generate text: tokenizer, weights and a forward pass."""
+    """A GGUF model ready to generate text: tokenizer, weights and the engine's forward pass
+    (native kernels; numpy ones under PYBITNET_KERNELS=reference). ``output_head="q8"`` holds
+    the output layer as int8 rows (see Engine)."""
 
-    def __init__(self, path: str | Path, *, n_ctx: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, n_ctx: int | None = None, output_head: str | None = None
+    ) -> None:
         self.path = Path(path)
         self.file = open_gguf(self.path)
         self.config = ModelConfig.from_metadata(self.file.metadata, str(self.path))
@@ -81,7 +88,7 @@ class Model:
                 f"token_embd.weight has only {self.config.vocab_size} rows"
             )
         self.n_ctx = min(n_ctx or self.config.context_length, self.config.context_length)
-        self.forward_model: ForwardModel = ReferenceModel(self.weights)
+        self.forward_model: ForwardModel = Engine(self.weights, output_head=output_head)
 
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False):
         return self.tokenizer.encode(text, add_bos=add_bos, parse_special=parse_special)
@@ -184,6 +191,9 @@ class Model:
             result.finish_reason = "length"
 
 
-def load(path: str | Path | None = None, *, n_ctx: int | None = None) -> Model:
+def load(
+    path: str | Path | None = None, *, n_ctx: int | None = None, output_head: str | None = None
+) -> Model:
     """Loads a GGUF model; with no path, the embedded TinyStories 3M BitNet model."""
-    return Model(path if path is not None else default_model_path(), n_ctx=n_ctx)
+    path = path if path is not None else default_model_path()
+    return Model(path, n_ctx=n_ctx, output_head=output_head)

@@ -47,8 +47,11 @@ class ReferenceModel:
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
         return KVCache(self.config, n_ctx)
 
-    def forward(self, tokens: Sequence[int], cache: KVCache) -> np.ndarray:
-        """Logits (len(tokens), vocab) for tokens at positions cache.length onwards."""
+    def forward(
+        self, tokens: Sequence[int], cache: KVCache, *, last_only: bool = False
+    ) -> np.ndarray:
+        """Logits (len(tokens), vocab) for tokens at positions cache.length onwards
+        (``last_only``: only the last position's, (1, vocab))."""
         c, w = self.config, self.weights
         n = len(tokens)
         ids = np.asarray(tokens, dtype=np.int64)
@@ -78,6 +81,8 @@ class ReferenceModel:
                 m = rmsnorm(m, blk.ffn_sub_norm, c.rms_eps)
             h = h + self.linear(m, blk.ffn_down)
         cache.length += n
+        if last_only:
+            h = h[-1:]
         return self.linear(rmsnorm(h, w.output_norm, c.rms_eps), w.output)
 
     def linear(self, x: np.ndarray, w: Tensor) -> np.ndarray:

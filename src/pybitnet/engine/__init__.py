@@ -1,0 +1,6 @@
+"""The fast forward pass: SPEC section 1 over the native kernels (kernels/), function for function
+like the numpy reference (model/reference.py), with a float32 KV cache and batched decoding."""
+
+from pybitnet.engine.model import Engine, KVCache
+
+__all__ = ["Engine", "KVCache"]

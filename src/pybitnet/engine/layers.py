@@ -1,0 +1,112 @@
+"""Linear layers prepared once at load: ternary weights repacked for BitLinear (several matrices
+that read the same input stacked into one), float and Q-format weights read in place."""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Sequence
+
+import numpy as np
+
+from pybitnet import kernels
+from pybitnet.errors import ModelError
+from pybitnet.model.weights import Tensor
+
+
+class Linear:
+    """``Linear(x)`` -> one output (n, out_i) per tensor, for tensors that share an input.
+
+    Ternary tensors of one type become a single BitLinear matrix (one activation quantization,
+    one kernel call; every output row is computed as it would be alone). Other tensors each get
+    a dense kernel for their format, or the int8 kernel when ``int8`` is set.
+    """
+
+    def __init__(self, tensors: Sequence[Tensor], tier: str, *, int8: bool = False) -> None:
+        self.names = [t.name for t in tensors]
+        self.rows = [t.shape[0] for t in tensors]
+        cols = {t.shape[1] for t in tensors}
+        types = {t.wtype.name for t in tensors}
+        if len(cols) != 1:
+            raise ModelError(f"{self.names}: stacked tensors need one input size, got {cols}")
+        self.cols = cols.pop()
+        if all(t.wtype.ternary for t in tensors) and len(types) == 1 and not int8:
+            self.kernel = kernels.get("bitlinear", tier)
+            self.prepared = [self.kernel.prepare_packed(*_packed(tensors, self.cols))]
+            self.scales = [1.0]  # folded into the ternary scales
+            for t in tensors:
+                release_pages(t.data)  # repacked: the file's pages are no longer needed
+            return
+        op = "linear_int8" if int8 else None
+        self.kernels, self.prepared, self.scales = [], [], []
+        for t in tensors:
+            if t.wtype.ternary:
+                raise ModelError(f"tensor {t.name}: mixed ternary types in one stacked layer")
+            kernel = kernels.get(op or _dense_op(t), tier)
+            self.kernels.append(kernel)
+            if int8:
+                self.prepared.append(kernel.prepare(t.wtype.name, t.data, t.shape))
+            else:
+                self.prepared.append(kernel.prepare(t.data, t.shape))
+            self.scales.append(t.scale)
+        self.kernel = None
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        if self.kernel is not None:  # one stacked BitLinear
+            y = self.kernel(x, self.prepared[0])
+            if len(self.rows) == 1:
+                return [y]
+            bounds = np.cumsum([0, *self.rows])
+            return [
+                np.ascontiguousarray(y[:, a:b])
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ]
+        outs = []
+        for kernel, w, scale in zip(self.kernels, self.prepared, self.scales, strict=True):
+            y = kernel(x, w)
+            outs.append(y if scale == 1.0 else y * np.float32(scale))
+        return outs
+
+
+def _dense_op(t: Tensor) -> str:
+    if t.wtype.name not in kernels.registry.DENSE_FORMATS:
+        raise ModelError(f"tensor {t.name}: no linear kernel reads {t.wtype.name}")
+    return f"linear_{t.wtype.name.lower()}"
+
+
+def _packed(tensors: Sequence[Tensor], cols: int) -> tuple[list, int, np.ndarray]:
+    """(parts, cols, scales) for a stacked BitLinear matrix; scales include each `.scale`.
+
+    The scales are the file's (I2_S: the tensor's float32; TQ: each block's float16 d), read
+    without unpacking the codes, which the kernel decodes itself."""
+    parts, scales = [], []
+    for t in tensors:
+        rows = t.shape[0]
+        if t.wtype.name == "I2_S":
+            n = rows * cols
+            s = t.data[n // 4 : n // 4 + 4].view("<f4").astype(np.float32)
+            scales.append(np.full((rows, 1), s[0], np.float32) * np.float32(t.scale))
+        else:
+            block = t.wtype.type_size
+            d = t.data.reshape(-1, block)[:, block - 2 :].copy().view("<f2").astype(np.float32)
+            scales.append(d.reshape(rows, cols // 256) * np.float32(t.scale))
+        parts.append((t.wtype.name, t.data, rows))
+    return parts, cols, np.concatenate(scales)
+
+
+def release_pages(data: np.ndarray) -> None:
+    """Drops a memory-mapped array's pages from this process (they stay in the page cache and
+    fault back in if read again): ternary weights live on as their repacked copy, and keeping
+    the file's pages too would count them twice in the resident set."""
+    base = data
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):  # np.frombuffer(mmap) keeps a memoryview of the map
+        base = base.obj
+    if not isinstance(base, mmap.mmap) or not hasattr(base, "madvise"):
+        return
+    root = np.frombuffer(base, np.uint8)
+    offset = data.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the array only
+    end = (offset + data.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > start:
+        base.madvise(mmap.MADV_DONTNEED, start, end - start)

@@ -1,0 +1,188 @@
+"""The engine's forward pass: model/reference.py's structure, in float32, over native kernels.
+
+Every op goes through the kernel registry, so `PYBITNET_KERNELS=reference` runs the same code
+on the numpy kernels, and `kernels.profile()` sees every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pybitnet import kernels
+from pybitnet.engine.layers import Linear
+from pybitnet.errors import ModelError
+from pybitnet.model.config import ModelConfig
+from pybitnet.model.weights import Weights
+
+# The attention kernel reads keys in runs of up to 16 positions: cache rows are padded to that.
+_CTX_ALIGN = 16
+OUTPUT_HEADS = (None, "q8")
+
+
+class KVCache:
+    """float32 keys and values of every layer, laid out for the attention kernel: keys
+    transposed (layers, kv_heads, head_dim, ctx), values (layers, kv_heads, ctx, head_dim).
+    Pages are touched only as positions are filled."""
+
+    def __init__(self, config: ModelConfig, n_ctx: int | None = None) -> None:
+        self.n_ctx = min(n_ctx or config.context_length, config.context_length)
+        ctx = -(-self.n_ctx // _CTX_ALIGN) * _CTX_ALIGN
+        c = config
+        self.k = np.zeros((c.n_layers, c.n_kv_heads, c.head_dim, ctx), np.float32)
+        self.v = np.zeros((c.n_layers, c.n_kv_heads, ctx, c.head_dim), np.float32)
+        self.length = 0
+
+    def reserve(self, n: int) -> None:
+        if self.length + n > self.n_ctx:
+            raise ModelError(
+                f"{self.length} cached + {n} new tokens exceed the context of {self.n_ctx} tokens"
+            )
+
+    def reset(self) -> None:
+        self.length = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+
+@dataclass(frozen=True)
+class _Block:
+    attn_norm: np.ndarray
+    qkv: Linear
+    attn_output: Linear
+    attn_sub_norm: np.ndarray | None
+    ffn_norm: np.ndarray
+    gate_up: Linear
+    ffn_down: Linear
+    ffn_sub_norm: np.ndarray | None
+
+
+class Engine:
+    """SPEC section 1 on the native kernels: ``forward(tokens, cache)`` -> float32 logits.
+
+    Ternary weights are repacked once, here; float and Q-format weights are read in place from
+    the file's memory map. ``output_head="q8"`` quantizes the output layer to int8 per row
+    (half the bytes of F16 per decoded token, at a small accuracy cost).
+    """
+
+    def __init__(self, weights: Weights, *, output_head: str | None = None) -> None:
+        if output_head not in OUTPUT_HEADS:
+            raise ModelError(f"output_head must be one of {OUTPUT_HEADS}, got {output_head!r}")
+        c = self.config = weights.config
+        self.tier = tier = kernels.selected_tier()
+        self._rmsnorm = kernels.get("rmsnorm", tier)
+        self._rope = kernels.get("rope", tier)
+        self._attention = kernels.get("attention", tier)
+        self._gated = kernels.get("gated", tier)
+        self._embedding = kernels.get("embedding", tier)
+        self.blocks = [
+            _Block(
+                attn_norm=_f32(b.attn_norm),
+                qkv=Linear([b.attn_q, b.attn_k, b.attn_v], tier),
+                attn_output=Linear([b.attn_output], tier),
+                attn_sub_norm=_f32(b.attn_sub_norm),
+                ffn_norm=_f32(b.ffn_norm),
+                gate_up=Linear([b.ffn_gate, b.ffn_up], tier),
+                ffn_down=Linear([b.ffn_down], tier),
+                ffn_sub_norm=_f32(b.ffn_sub_norm),
+            )
+            for b in weights.blocks
+        ]
+        embd = weights.token_embd
+        if embd.wtype.ternary:
+            raise ModelError(f"token_embd in {embd.wtype.name} is not supported by the engine")
+        self.token_embd = Linear([embd], tier)  # its kernel's prepared matrix serves the lookup
+        self.output_norm = _f32(weights.output_norm)
+        tied = weights.output is embd
+        if output_head == "q8":
+            self.output = Linear([weights.output], tier, int8=True)
+        else:
+            self.output = self.token_embd if tied else Linear([weights.output], tier)
+        # RoPE angles per position, as the reference computes them (float64), stored float32.
+        half = c.rope_dim // 2
+        freqs = c.rope_theta ** (-2.0 * np.arange(half) / c.rope_dim)
+        angles = np.arange(c.context_length)[:, None] * freqs
+        self._cos = np.cos(angles).astype(np.float32)
+        self._sin = np.sin(angles).astype(np.float32)
+
+    def new_cache(self, n_ctx: int | None = None) -> KVCache:
+        return KVCache(self.config, n_ctx)
+
+    def forward(
+        self, tokens: Sequence[int], cache: KVCache, *, last_only: bool = False
+    ) -> np.ndarray:
+        """Logits (len(tokens), vocab) float32 for tokens at positions cache.length onwards
+        (``last_only``: only the last position's, (1, vocab), as a prompt's prefill needs)."""
+        return self.forward_batch([(tokens, cache)], last_only=last_only)[0]
+
+    def forward_batch(
+        self, items: Sequence[tuple[Sequence[int], KVCache]], *, last_only: bool = False
+    ) -> list[np.ndarray]:
+        """forward() for several sequences (each its own cache) in one pass: every linear layer
+        is one kernel call over all their tokens, so the weights are read once per step."""
+        c = self.config
+        ids = [np.asarray(tokens, dtype=np.int64).reshape(-1) for tokens, _ in items]
+        caches = [cache for _, cache in items]
+        if len({id(cache) for cache in caches}) != len(caches):
+            raise ModelError("forward_batch: each sequence needs its own cache")
+        for seq, cache in zip(ids, caches, strict=True):
+            if seq.size == 0 or seq.min() < 0 or seq.max() >= c.vocab_size:
+                raise ModelError(f"token ids must be in [0, {c.vocab_size}), got {seq.tolist()!r}")
+            cache.reserve(seq.size)
+        spans = np.cumsum([0, *(seq.size for seq in ids)])
+        starts = [cache.length for cache in caches]
+        positions = np.concatenate(
+            [np.arange(s, s + seq.size) for s, seq in zip(starts, ids, strict=True)]
+        )
+        cos, sin = self._cos[positions], self._sin[positions]
+        n = len(positions)
+
+        h = self._embedding(self.token_embd.prepared[0], np.concatenate(ids))  # (n, dim)
+        for layer, blk in enumerate(self.blocks):
+            x = self.rmsnorm(h, blk.attn_norm)
+            q, k, v = blk.qkv(x)
+            q = self.rope(q.reshape(n, c.n_heads, c.head_dim), cos, sin)
+            k = self.rope(k.reshape(n, c.n_kv_heads, c.head_dim), cos, sin)
+            v = v.reshape(n, c.n_kv_heads, c.head_dim)
+            a = np.empty((n, c.n_heads * c.head_dim), np.float32)
+            for i, cache in enumerate(caches):
+                s, e, start = spans[i], spans[i + 1], starts[i]
+                cache.k[layer, :, :, start : start + e - s] = k[s:e].transpose(1, 2, 0)
+                cache.v[layer, :, start : start + e - s] = v[s:e].transpose(1, 0, 2)
+                a[s:e] = self.attention(q[s:e], cache.k[layer], cache.v[layer], start)
+            if c.sub_norms:
+                a = self.rmsnorm(a, blk.attn_sub_norm)
+            h = h + blk.attn_output(a)[0]
+
+            x = self.rmsnorm(h, blk.ffn_norm)
+            g, u = blk.gate_up(x)
+            m = self._gated(c.activation, g, u)
+            if c.sub_norms:
+                m = self.rmsnorm(m, blk.ffn_sub_norm)
+            h = h + blk.ffn_down(m)[0]
+        for seq, cache in zip(ids, caches, strict=True):
+            cache.length += seq.size
+        if last_only:
+            h = np.ascontiguousarray(h[spans[1:] - 1])
+            spans = np.arange(len(ids) + 1)
+        logits = self.output(self.rmsnorm(h, self.output_norm))[0]
+        return [logits[spans[i] : spans[i + 1]] for i in range(len(ids))]
+
+    def rmsnorm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        return self._rmsnorm(x, weight, self.config.rms_eps)
+
+    def rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        """Rotates x (n, heads, head_dim) in place by the positions' angles (SPEC section 1)."""
+        c = self.config
+        return self._rope(x, cos, sin, c.rope_dim, c.rope_neox)
+
+    def attention(self, q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
+        return self._attention(q, kt, v, start)
+
+
+def _f32(vector: np.ndarray | None) -> np.ndarray | None:
+    return None if vector is None else np.ascontiguousarray(vector, np.float32)
