@@ -1,0 +1,379 @@
+"""Accuracy of every ternary compute path against the float64 reference, on the same weights.
+
+    report = measure_accuracy()            # the embedded model, the built-in text, 128-token chunks
+    print_report(report); write_json(report, "accuracy.json")
+
+The model's ternary weights (codes and scales, any `.scale` tensor folded in) are written into
+each ternary format in a temporary GGUF, every other tensor copied as it is:
+- I2_S holds one float32 scale per tensor, so it holds the weights exactly when every block of a
+  tensor that has a nonzero weight has the same scale (I2_S and HF-derived models); a model with
+  several block scales in a tensor skips the I2_S path.
+- TQ1_0/TQ2_0 hold a float16 scale per 256-block, which would round a float32 scale: as
+  model/llama2c.py does, a tensor with one scale becomes blocks of d = 1 with the exact scale in an
+  F32 `.scale` tensor; a tensor with several block scales keeps its own (float16) ones.
+A format that cannot hold a tensor's shape (I2_S: whole 128-element blocks; TQ: rows of whole
+256-blocks) is skipped with a note. After writing, every ternary tensor of the new file is
+dequantized and compared with the model's: `weights_identical` is that check, not an assumption.
+
+On each file the numpy reference (float64, SPEC numerics) and the engine (the selected kernel tier,
+with the output layer as stored and as int8 rows, "q8") run the llama-perplexity procedure over a
+text. Every row compares the logits at every position of every chunk with a float64 reference:
+engine rows with the reference on the same file; reference rows with the reference on the model's
+own file, which with identical weights must give a cosine of 1 and an error of 0 (a check of the
+re-encoding and of the comparison itself). There are no lookup-table (TL1/TL2) kernels in the
+registry, so the report says so instead of measuring them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from pybitnet import formats, kernels
+from pybitnet.engine import Engine
+from pybitnet.engine.model import OUTPUT_HEADS
+from pybitnet.errors import FormatError, ModelError
+from pybitnet.formats import WeightType
+from pybitnet.generate import ForwardModel, Model
+from pybitnet.gguf import GGUFFile, TensorSpec, write_gguf
+from pybitnet.model.convert import default_model_path
+from pybitnet.model.metadata import FILE_TYPES
+from pybitnet.model.perplexity import PerplexityResult, perplexity
+from pybitnet.model.reference import ReferenceModel
+from pybitnet.model.synthetic import make_model
+
+TERNARY_PATHS = ("I2_S", "TQ2_0", "TQ1_0")
+LOOKUP_TABLE_NOTE = "TL1/TL2 (lookup-table kernels): the kernel registry has none to measure"
+
+# The default text: a short story in the style the embedded TinyStories model was trained on,
+# written for this file.
+BUILTIN_TEXT = """\
+Once upon a time, there was a little girl named Lily. She lived in a small house near the woods \
+with her mom, her dad and a big brown dog called Max. Every morning, Lily and Max went outside \
+to play in the garden. They liked to run after the butterflies and look for shiny stones.
+
+One day, Lily saw a red ball under a tree. "Look, Max!" she said. "A ball!" Max barked and \
+wagged his tail. Lily threw the ball, and Max ran to get it. He brought it back, and they played \
+again and again until the sun was high in the sky.
+
+Then Lily heard a small sound. It came from the bushes. She was a little scared, but she was \
+brave too. She looked behind the bushes and saw a tiny bird. The bird could not fly, because its \
+wing was hurt. Lily felt sad for the bird. She picked it up very gently and took it home to her \
+mom.
+
+Mom smiled and said, "You are a kind girl, Lily. We will help the bird get better." They put the \
+bird in a warm box with some soft grass and gave it water and seeds. Every day, Lily sat next to \
+the box and sang a happy song. After a few days, the bird could move its wing again.
+
+One sunny morning, Lily took the box outside. The bird hopped to the edge, looked at Lily and \
+flew up into the blue sky. Lily waved and laughed. Max barked at the bird, and the bird sang a \
+song back to them. Lily was very happy. She learned that being kind to others makes everyone \
+feel good. From that day on, the little bird came back to the garden every morning to sing for \
+Lily and Max.
+"""
+
+
+@dataclass(frozen=True)
+class PathAccuracy:
+    """One compute path over one weight format, compared with a float64 reference."""
+
+    path: str  # the ternary weight format
+    compute: str  # "reference (float64)" or "engine (<tier>)"
+    output_head: str  # the output layer as stored (its type), or "q8" (int8 rows)
+    compared_with: str  # which reference run the figures are relative to
+    weights_identical: bool  # the format holds exactly the model's weights (checked)
+    kernels: list[str]  # the registry's kernel ids that ran (the reference uses none)
+    cosine_mean: float  # cosine similarity of the logits, per position
+    cosine_min: float
+    rel_error: float  # ||logits - reference|| / ||reference|| over all positions
+    top1: float  # fraction of positions whose argmax agrees with the reference's
+    ppl: float
+    ppl_change: float  # ppl / reference ppl - 1
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    model: str
+    architecture: str
+    kernel_tier: str
+    text_tokens: int
+    n_ctx: int
+    n_chunks: int
+    positions: int  # logit rows compared per path
+    reference_ppl: float  # the float64 reference on the model's own file
+    paths: list[PathAccuracy]
+    skipped: list[str]  # one note per path that was not measured, saying why
+
+
+def measure_accuracy(
+    model: str | Path | None = None,
+    *,
+    preset: str | None = None,
+    text: str | None = None,
+    n_ctx: int = 128,
+    step: Callable[[str], None] | None = None,
+) -> AccuracyReport:
+    """Measure every ternary path of ``model`` (default: the embedded one) or of a synthetic
+    ``preset`` model (made in a temporary directory) over ``text`` (default: BUILTIN_TEXT) in
+    chunks of ``n_ctx`` tokens. ``step`` is told what runs next (for a progress display)."""
+    if model is not None and preset is not None:
+        raise ModelError("give a model file or a synthetic preset, not both")
+    with tempfile.TemporaryDirectory(prefix="pybitnet-accuracy-") as tmp:
+        workdir = Path(tmp)
+        if preset is not None:
+            path = make_model(workdir / f"synthetic-{preset}.gguf", preset)
+            name = f"synthetic preset {preset}"
+        else:
+            path = Path(model) if model is not None else default_model_path()
+            name = str(path)
+        return _measure(
+            path, name, text if text is not None else BUILTIN_TEXT, n_ctx, workdir, step
+        )
+
+
+def _measure(
+    path: Path,
+    name: str,
+    text: str,
+    n_ctx: int,
+    workdir: Path,
+    step: Callable[[str], None] | None,
+) -> AccuracyReport:
+    step = step or (lambda _: None)
+    source = Model(path, n_ctx=n_ctx)
+    if n_ctx > source.config.context_length:
+        raise ModelError(
+            f"{path}: a context of {n_ctx} tokens exceeds the model's context_length "
+            f"{source.config.context_length}"
+        )
+    ternary = [n for n, info in source.file.tensors.items() if info.wtype.ternary]
+    if not ternary:
+        raise ModelError(f"{path}: the model has no ternary tensors, so no ternary path to measure")
+    tokens = source.tokenize(text)
+    bos = source.tokenizer.bos_id if source.tokenizer.add_bos else None
+
+    def run(model: ForwardModel) -> tuple[PerplexityResult, list[np.ndarray]]:
+        return _run(model, tokens, n_ctx, bos)
+
+    step("float64 reference on the model file")
+    source_ppl, source_logits = run(ReferenceModel(source.weights))
+    rows, skipped = [], []
+    for fmt in map(formats.weight_type, TERNARY_PATHS):
+        target = workdir / f"{fmt.name.lower()}.gguf"
+        step(f"{fmt.name}: re-encoding the weights")
+        try:
+            reencode(source.file, fmt, target)
+        except FormatError as exc:
+            skipped.append(f"{fmt.name}: {exc}")
+            continue
+        m = Model(target, n_ctx=n_ctx)
+        identical = same_weights(source.file, m.file, ternary)
+        row = functools.partial(PathAccuracy, path=fmt.name, weights_identical=identical)
+
+        step(f"{fmt.name}: float64 reference")
+        ppl, logits = run(ReferenceModel(m.weights))
+        figures = compare(logits, source_logits)
+        rows.append(
+            row(
+                compute="reference (float64)",
+                output_head=m.weights.output.wtype.name,
+                compared_with="reference on the model file",
+                kernels=[],
+                **figures,
+                ppl=ppl.ppl,
+                ppl_change=ppl.ppl / source_ppl.ppl - 1,
+            )
+        )
+        for head in OUTPUT_HEADS:
+            label = head or m.weights.output.wtype.name
+            step(f"{fmt.name}: engine, output head {label}")
+            with kernels.profile() as prof:
+                engine = Engine(m.weights, output_head=head)
+                engine_ppl, engine_logits = run(engine)
+            rows.append(
+                row(
+                    compute=f"engine ({engine.tier})",
+                    output_head=label,
+                    compared_with="reference on this file",
+                    kernels=[k["id"] for k in prof.stats()],
+                    **compare(engine_logits, logits),
+                    ppl=engine_ppl.ppl,
+                    ppl_change=engine_ppl.ppl / ppl.ppl - 1,
+                )
+            )
+            del engine, engine_logits
+        m.file.close()
+        del m, logits
+        target.unlink()  # one re-encoded model on disk at a time
+    return AccuracyReport(
+        model=name,
+        architecture=source.config.arch,
+        kernel_tier=kernels.selected_tier(),
+        text_tokens=len(tokens),
+        n_ctx=n_ctx,
+        n_chunks=source_ppl.n_chunks,
+        positions=source_ppl.n_chunks * n_ctx,
+        reference_ppl=source_ppl.ppl,
+        paths=rows,
+        skipped=[*skipped, LOOKUP_TABLE_NOTE],
+    )
+
+
+def _run(
+    model: ForwardModel, tokens: Sequence[int], n_ctx: int, bos: int | None
+) -> tuple[PerplexityResult, list[np.ndarray]]:
+    """Perplexity by llama-perplexity's procedure, and the logits of every chunk it ran."""
+    logits: list[np.ndarray] = []
+
+    def chunk_logits(chunk: Sequence[int]) -> np.ndarray:
+        logits.append(model.forward(chunk, model.new_cache(n_ctx)))
+        return logits[-1]
+
+    return perplexity(chunk_logits, tokens, n_ctx, bos), logits
+
+
+def compare(logits: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> dict[str, float]:
+    """cosine_mean, cosine_min, rel_error and top1 of logits against reference, position by
+    position (rows of the concatenated chunks), in float64."""
+    a = np.concatenate(logits).astype(np.float64)
+    b = np.concatenate(reference).astype(np.float64)
+    if a.shape != b.shape:
+        raise ModelError(f"cannot compare logits of shape {a.shape} with {b.shape}")
+    # One formula for the three products, so that equal rows give a cosine of exactly 1.
+    ab, aa, bb = (np.einsum("ij,ij->i", x, y) for x, y in ((a, b), (a, a), (b, b)))
+    cosine = ab / np.sqrt(aa * bb)
+    return {
+        "cosine_mean": float(cosine.mean()),
+        "cosine_min": float(cosine.min()),
+        "rel_error": float(np.sqrt(np.square(a - b).sum() / bb.sum())),
+        "top1": float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))),
+    }
+
+
+def reencode(f: GGUFFile, fmt: WeightType, target: Path) -> None:
+    """Write ``f`` with its ternary weights in ``fmt`` (see the module docstring) to ``target``.
+
+    Raises FormatError naming the tensor when ``fmt`` cannot hold its shape or its scales. The
+    encoded tensors are held in memory until written (the size of the new file's ternary data).
+    """
+    folded = {_scale_name(n) for n, info in f.tensors.items() if info.wtype.ternary}
+    specs = []
+    for name, info in f.tensors.items():
+        if name in folded:  # a ternary weight's `.scale`: made again with its weight below
+            continue
+        if not info.wtype.ternary:
+            specs.append(TensorSpec(name, info.shape, info.wtype, f.tensor_bytes(name)))
+            continue
+        try:
+            formats.tensor_nbytes(fmt, info.shape[-1], info.n_elements)
+        except FormatError as exc:
+            raise FormatError(f"tensor {name} {list(info.ne)}: {exc}") from None
+        data, scale = _encode(f, name, fmt)
+        specs.append(TensorSpec(name, info.shape, fmt, data))
+        if scale is not None:
+            specs.append(TensorSpec(_scale_name(name), (1,), "F32", _f32_bytes(scale)))
+    metadata = dict(f.metadata)
+    if "general.file_type" in metadata:
+        metadata["general.file_type"] = np.uint32(FILE_TYPES[fmt.name])
+    write_gguf(target, metadata, specs, alignment=f.alignment, types=f.metadata_types)
+
+
+def _encode(f: GGUFFile, name: str, fmt: WeightType) -> tuple[np.ndarray, np.float32 | None]:
+    """(bytes in ``fmt``, the value of its `.scale` tensor or None) of ternary tensor ``name``."""
+    info = f.tensors[name]
+    codes, block_scales = formats.unpack_ternary(info.wtype, f.tensor_bytes(name), info.shape)
+    extra = _scale(f, name)
+    rows, groups = block_scales.shape
+    used = codes.reshape(rows, groups, -1).any(axis=2)  # an all-zero block's scale is moot
+    distinct = np.unique(block_scales[used] * extra)
+    if len(distinct) <= 1:
+        s = distinct[0] if len(distinct) else np.float32(0)
+        if fmt.name == "I2_S":
+            return formats.quantize(fmt, codes * s), None
+        return formats.quantize(fmt, codes.astype(np.float32)), s  # blocks of d = 1
+    if fmt.name == "I2_S":
+        raise FormatError(
+            f"tensor {name} has {len(distinct)} different block scales; I2_S holds one per tensor"
+        )
+    # TQ to TQ: the blocks keep their float16 scales, the tensor its `.scale`.
+    values = codes * np.repeat(block_scales, codes.shape[1] // groups, axis=1)
+    return formats.quantize(fmt, values), extra
+
+
+def same_weights(a: GGUFFile, b: GGUFFile, names: Sequence[str]) -> bool:
+    """Whether tensors ``names`` hold the same values in both files, `.scale` tensors applied."""
+    return all(np.array_equal(_values(a, n), _values(b, n)) for n in names)
+
+
+def _values(f: GGUFFile, name: str) -> np.ndarray:
+    return f.dequantize(name) * _scale(f, name)
+
+
+def _scale(f: GGUFFile, name: str) -> np.float32:
+    """The tensor's `.scale` (1 when it has none), as the model's weights read it."""
+    scale_name = _scale_name(name)
+    return np.float32(f.dequantize(scale_name)[0] if scale_name in f.tensors else 1.0)
+
+
+def _scale_name(name: str) -> str:
+    return name.removesuffix(".weight") + ".scale"
+
+
+def _f32_bytes(value: np.float32) -> np.ndarray:
+    return np.array([value], "<f4").view(np.uint8)
+
+
+def print_report(report: AccuracyReport, console: Console | None = None) -> None:
+    """The report as a table, with what each row is compared with and the paths skipped."""
+    console = console or Console()
+    title = (
+        f"{escape(report.model)} ({report.architecture}): {report.n_chunks} chunks of "
+        f"{report.n_ctx} tokens ({report.text_tokens} in the text), float64 reference PPL "
+        f"{report.reference_ppl:.6g}"
+    )
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
+    )
+    columns = ["path", "compute", "head", "cos mean", "cos min", "rel err", "top-1", "PPL"]
+    for column in [*columns, "ΔPPL"]:
+        table.add_column(column, justify="left" if column in columns[:3] else "right")
+    for r in report.paths:
+        table.add_row(
+            r.path,
+            r.compute.split(" ")[0],
+            r.output_head,
+            f"{r.cosine_mean:.7f}",
+            f"{r.cosine_min:.7f}",
+            f"{r.rel_error:.2e}",
+            f"{r.top1:.2%}",
+            f"{r.ppl:.6g}",
+            f"{r.ppl_change:+.3%}",
+        )
+    console.print(table)
+    same = {r.path: "yes" if r.weights_identical else "NO" for r in report.paths}
+    linear = sorted({k for r in report.paths for k in r.kernels if "linear" in k})
+    console.print(
+        f"Over {report.positions} logit rows. reference: float64 numpy on the re-encoded file, "
+        "against the same on the model file (cosine 1, error 0 when the weights are the same). "
+        f"engine: the {report.kernel_tier} kernels ({', '.join(linear) or 'none'}), against the "
+        "float64 reference on the same file. head: the output layer as stored, or q8 (int8 "
+        "rows). Same weights as the model file (dequantized and compared): "
+        + ", ".join(f"{path} {verdict}" for path, verdict in same.items())
+        + "."
+    )
+    for note in report.skipped:
+        console.print(f"Not measured: {escape(note)}")
+
+
+def write_json(report: AccuracyReport, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
