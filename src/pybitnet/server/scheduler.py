@@ -1,0 +1,311 @@
+"""Continuous batching: one thread runs every decode step for all active sequences together.
+
+Requests wait in a bounded queue and are admitted between steps while a batch slot and room in
+the KV-cache budget are free. Each step feeds every active sequence its next tokens in ONE
+forward call (`Scheduler.step`): the next chunk of a prompt being prefilled, or the token just
+sampled, so the weights are read once per step for the whole batch when the forward model has a
+batched path (`forward_batch`). Results go back to the asyncio side through each request's
+asyncio.Queue (loop.call_soon_threadsafe); a cancelled request is dropped at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pybitnet.errors import PyBitnetError
+from pybitnet.sampling import Sampler, SamplerConfig, StopStrings
+from pybitnet.tokenizer import StreamDecoder
+
+logger = logging.getLogger("pybitnet.server")
+
+# Prompt tokens one sequence feeds per step: bounds how long a new prompt's prefill delays the
+# tokens of the sequences already decoding.
+PREFILL_CHUNK = 128
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Text the client may show now (stop strings and partial UTF-8 characters held back)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str  # "stop" (end-of-generation token or stop string) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+    status: int = 500  # the HTTP status it stands for
+
+
+Event = Piece | Finished | Failed
+
+
+class QueueFull(Exception):
+    """The waiting queue is full: try again later (HTTP 429)."""
+
+
+class NotAccepting(Exception):
+    """The scheduler is shutting down or stopped (HTTP 503)."""
+
+
+class Generation:
+    """One request in the scheduler: its prompt and sampling, then its cache and progress.
+
+    Created on the event loop's thread; `events` receives Piece*, then Finished or Failed.
+    """
+
+    def __init__(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_tokens: int,
+        sampling: SamplerConfig,
+        stop: Sequence[str] = (),
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.prompt_ids = list(prompt_ids)
+        self.max_tokens = max_tokens
+        self.sampler = Sampler(sampling)
+        self.stops = StopStrings(stop)
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.cancelled = False
+        self._loop = loop
+        # Set and used by the scheduler's thread only.
+        self.cache: Any = None
+        self.decoder: StreamDecoder | None = None
+        self.pending = list(prompt_ids)  # tokens not yet in the cache
+        self.history = list(prompt_ids)  # for the repetition penalty
+        self.generated = 0
+        self.submitted_at = time.perf_counter()
+        self.last_token_at: float | None = None
+
+    @property
+    def kv_tokens(self) -> int:
+        """Cache positions this sequence can fill: its share of the KV budget."""
+        return len(self.prompt_ids) + self.max_tokens
+
+    def send(self, event: Event) -> None:
+        # RuntimeError: the event loop has closed, so nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+class StepObserver:
+    """What the scheduler reports as it runs (the server's metrics implement it)."""
+
+    def prompt_done(self, tokens: int) -> None:
+        """A prompt of this many tokens is in the cache."""
+
+    def token(self, first: bool, seconds: float) -> None:
+        """A token was generated, `seconds` after the request came (first) or the last token."""
+
+    def step(self, batch_size: int) -> None:
+        """A forward step ran over this many sequences."""
+
+
+class Scheduler:
+    """Runs generations for a model in a dedicated thread, many sequences per forward pass.
+
+    max_batch sequences decode at once; max_queue more may wait; the KV caches of the active
+    sequences together hold at most kv_budget_tokens positions.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        max_batch: int,
+        max_queue: int,
+        kv_budget_tokens: int,
+        observer: StepObserver | None = None,
+    ) -> None:
+        if max_batch < 1 or max_queue < 0:
+            raise PyBitnetError(
+                f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}"
+            )
+        if kv_budget_tokens < model.n_ctx:
+            raise PyBitnetError(
+                f"the KV budget of {kv_budget_tokens} tokens cannot hold one full context of "
+                f"{model.n_ctx} tokens"
+            )
+        self.model = model
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.kv_budget_tokens = kv_budget_tokens
+        self.kv_used_tokens = 0
+        self._observer = observer or StepObserver()
+        self._waiting: deque[Generation] = deque()
+        self._active: list[Generation] = []
+        self._cond = threading.Condition()
+        self._accepting = True
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="pybitnet-scheduler", daemon=True)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting and self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, gen: Generation) -> None:
+        """Queues a generation; raises QueueFull or NotAccepting instead of waiting."""
+        with self._cond:
+            if not self.accepting:
+                raise NotAccepting("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"all {self.max_queue} places in the queue are taken")
+            self._waiting.append(gen)
+            self._cond.notify()
+
+    def cancel(self, gen: Generation) -> None:
+        """Drops a generation at the next step (a no-op once it has finished)."""
+        with self._cond:
+            gen.cancelled = True
+            self._cond.notify()
+
+    def drain(self) -> None:
+        """Stops admitting new requests; those already queued or running go on."""
+        with self._cond:
+            self._accepting = False
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stops the thread after its current step; what is left fails with an event."""
+        with self._cond:
+            self._accepting = False
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with self._cond:
+            for gen in [*self._active, *self._waiting]:
+                gen.send(Failed("the server stopped before this request finished", 503))
+            self._active.clear()
+            self._waiting.clear()
+            self.kv_used_tokens = 0
+
+    def step(self, batch: list[Generation]) -> list[np.ndarray]:
+        """One forward pass for the whole batch: each sequence's next prompt chunk (prefill)
+        or its last sampled token (decode). Returns each sequence's logits after its last
+        token fed."""
+        work = []
+        for gen in batch:
+            work.append((gen.pending[:PREFILL_CHUNK], gen.cache))
+            gen.pending = gen.pending[PREFILL_CHUNK:]
+        forward_model = self.model.forward_model
+        if hasattr(forward_model, "forward_batch"):
+            logits = forward_model.forward_batch(work, last_only=True)
+        else:
+            logits = [forward_model.forward(tokens, cache) for tokens, cache in work]
+        return [x[-1] for x in logits]
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    self._drop_cancelled()
+                    self._admit()
+                    if self._active or self._stopping:
+                        break
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                batch = list(self._active)
+            try:
+                logits = self.step(batch)
+            except Exception as exc:  # a fault in the forward pass fails its batch, not the server
+                logger.exception("forward step failed")
+                for gen in batch:
+                    self._finish(gen, Failed(f"the forward pass failed: {exc}"))
+                continue
+            self._observer.step(len(batch))
+            for gen, row in zip(batch, logits, strict=True):
+                if not gen.cancelled and not gen.pending:
+                    self._sample(gen, row)
+
+    def _admit(self) -> None:
+        """Moves queued generations into the batch while a slot and KV room are free (FIFO)."""
+        while self._waiting and len(self._active) < self.max_batch:
+            gen = self._waiting[0]
+            if self.kv_used_tokens + gen.kv_tokens > self.kv_budget_tokens:
+                return
+            self._waiting.popleft()
+            gen.cache = self.model.forward_model.new_cache(gen.kv_tokens)
+            gen.decoder = StreamDecoder(self.model.tokenizer)
+            self.kv_used_tokens += gen.kv_tokens
+            self._active.append(gen)
+
+    def _drop_cancelled(self) -> None:
+        if any(gen.cancelled for gen in self._waiting):
+            self._waiting = deque(gen for gen in self._waiting if not gen.cancelled)
+        for gen in [gen for gen in self._active if gen.cancelled]:
+            self._release(gen)
+
+    def _sample(self, gen: Generation, logits: np.ndarray) -> None:
+        try:
+            token = gen.sampler.sample(logits, gen.history)
+        except Exception as exc:
+            logger.exception("sampling failed")
+            self._finish(gen, Failed(f"sampling failed: {exc}"))
+            return
+        if gen.generated == 0:
+            self._observer.prompt_done(len(gen.prompt_ids))
+        if token in self.model.tokenizer.eog_ids:
+            self._finish(gen, self._finished(gen, "stop"))
+            return
+        now = time.perf_counter()
+        first = gen.generated == 0
+        self._observer.token(first, now - (gen.submitted_at if first else gen.last_token_at))
+        gen.last_token_at = now
+        gen.generated += 1
+        gen.history.append(token)
+        text = gen.stops.push(gen.decoder.push(token))
+        if text:
+            gen.send(Piece(text))
+        if gen.stops.stopped:
+            self._finish(gen, self._finished(gen, "stop"))
+        elif gen.generated == gen.max_tokens:
+            self._finish(gen, self._finished(gen, "length"))
+        else:
+            gen.pending = [token]
+
+    def _finished(self, gen: Generation, reason: str) -> Finished:
+        tail = gen.stops.push(gen.decoder.flush()) + gen.stops.flush()
+        if tail:
+            gen.send(Piece(tail))
+        return Finished(reason, len(gen.prompt_ids), gen.generated)
+
+    def _finish(self, gen: Generation, event: Finished | Failed) -> None:
+        gen.send(event)
+        with self._cond:
+            self._release(gen)
+
+    def _release(self, gen: Generation) -> None:
+        if gen in self._active:
+            self._active.remove(gen)
+            self.kv_used_tokens -= gen.kv_tokens
+        gen.cache = None

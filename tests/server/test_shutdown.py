@@ -1,0 +1,98 @@
+"""`pybitnet serve` as a process: it serves the embedded model with no arguments, and on
+SIGTERM stops admitting, finishes what is in flight (or cancels it after the timeout), then
+ends by re-raising SIGTERM (uvicorn's way: a supervisor sees that the signal ended it)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+PYBITNET = Path(sys.executable).parent / "pybitnet"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], port: int) -> subprocess.Popen:
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/live").status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.1)
+
+
+def stream_until_first_token(url: str, max_tokens: int):
+    body = {"prompt": "Once upon a time", "max_tokens": max_tokens, "stream": True}
+    response = httpx.Client(timeout=30).send(
+        httpx.Request("POST", f"{url}/v1/completions", json=body), stream=True
+    )
+    lines = response.iter_lines()
+    while not next(lines).startswith("data: {"):
+        pass
+    return response, lines
+
+
+def refused(url: str) -> bool:
+    try:
+        return httpx.post(f"{url}/v1/completions", json={"prompt": "a"}).status_code == 503
+    except httpx.TransportError:  # the listening socket is closed
+        return True
+
+
+def test_serve_with_no_arguments_finishes_in_flight_requests_on_sigterm():
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start([str(PYBITNET), "serve", "--port", str(port)], port)
+    try:
+        assert httpx.get(f"{url}/v1/models").json()["data"][0]["id"] == "tinystories-3m"
+        response, lines = stream_until_first_token(url, 120)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert refused(url)
+        events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+        assert events[-1]["choices"][0]["finish_reason"] == "length"
+        assert process.wait(timeout=15) == -signal.SIGTERM
+    finally:
+        process.kill()
+
+
+def test_requests_still_running_after_the_timeout_are_cancelled():
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    code = (
+        "from pybitnet.server import ServerConfig, serve; "
+        f"serve(port={port}, config=ServerConfig(shutdown_timeout=1))"
+    )
+    process = start([sys.executable, "-c", code], port)
+    try:
+        response, lines = stream_until_first_token(url, 500)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == -signal.SIGTERM
+        assert time.monotonic() - started < 4
+        rest = []
+        with contextlib.suppress(httpx.HTTPError):  # the stream may end mid-chunk
+            rest.extend(lines)
+        assert "data: [DONE]" not in rest
+    finally:
+        process.kill()
