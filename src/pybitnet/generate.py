@@ -154,10 +154,10 @@ class Model:
             else list(prompt)
         )
         if not ids:
-            raise ModelError("the prompt is empty and the model adds no BOS token")
+            raise ModelError(f"{self.path}: the prompt is empty and the model adds no BOS token")
         if len(ids) >= self.n_ctx:
             raise ModelError(
-                f"the prompt has {len(ids)} tokens; the context holds {self.n_ctx}, "
+                f"{self.path}: the prompt has {len(ids)} tokens; the context holds {self.n_ctx}, "
                 "so there is no room to generate"
             )
         if max_tokens < 0:
