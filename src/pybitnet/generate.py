@@ -98,8 +98,23 @@ class Model:
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Teacher-forced logits (len(token_ids), vocab) from one fresh pass."""
-        cache = self.forward_model.new_cache(self.n_ctx)
-        return self.forward_model.forward(token_ids, cache)
+        ids = self._checked_ids(token_ids)
+        if not 0 < len(ids) <= self.n_ctx:
+            raise ModelError(
+                f"{self.path}: logits need 1 to {self.n_ctx} token ids (the context), "
+                f"got {len(ids)}"
+            )
+        return self.forward_model.forward(ids, self.forward_model.new_cache(self.n_ctx))
+
+    def _checked_ids(self, token_ids: Sequence[int]) -> list[int]:
+        ids = [int(t) for t in token_ids]
+        bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
+        if bad:
+            raise ModelError(
+                f"{self.path}: token id {bad[0]} is outside the vocabulary "
+                f"[0, {self.config.vocab_size})"
+            )
+        return ids
 
     def complete(
         self,
@@ -151,7 +166,7 @@ class Model:
         ids = (
             self.tokenize(prompt, parse_special=parse_special)
             if isinstance(prompt, str)
-            else list(prompt)
+            else self._checked_ids(prompt)
         )
         if not ids:
             raise ModelError(f"{self.path}: the prompt is empty and the model adds no BOS token")
@@ -161,7 +176,7 @@ class Model:
                 "so there is no room to generate"
             )
         if max_tokens < 0:
-            raise ModelError(f"max_tokens must be >= 0, got {max_tokens}")
+            raise ModelError(f"{self.path}: max_tokens must be >= 0, got {max_tokens}")
         result.prompt_tokens = len(ids)
         sampler = Sampler(SamplerConfig(**sampling))
         stops = StopStrings(stop)

@@ -6,6 +6,7 @@ The broken files are a small synthetic model rewritten with one defect each.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -125,3 +126,15 @@ def test_prompt_longer_than_the_context(good: Path, n_ctx: int | None) -> None:
     with pytest.raises(ModelError) as error:
         model.complete(list(range(3, 3 + limit)), max_tokens=1)  # a full context leaves no room
     assert_names(error, str(good), f"{limit} tokens", f"context holds {limit}")
+
+
+def test_token_ids_are_checked_against_the_file():
+    model = pybitnet.load()
+    name = str(model.path)
+    with pytest.raises(ModelError, match=rf"{re.escape(name)}: token id 5000 is outside"):
+        model.complete([5000])
+    with pytest.raises(ModelError, match=rf"{re.escape(name)}: token id -1 is outside"):
+        model.logits([1, -1])
+    for ids in ([], [1] * (model.n_ctx + 1)):
+        with pytest.raises(ModelError, match=rf"{re.escape(name)}: logits need 1 to 512"):
+            model.logits(ids)
