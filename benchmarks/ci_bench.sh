@@ -16,7 +16,8 @@ pybitnet=${PYBITNET:-.venv/bin/pybitnet}
 baseline=benchmarks/baseline
 
 generation=(bench -p 32 -n 32 -r 7 --warmup 1 -t 1)
-kernels=(bench kernels --shapes 2560x2560,640x2560 --batches 1,8 --samples 40 --warmup 5 -t 1)
+kernels=(bench kernels --shapes 2560x2560,640x2560 --batches 1,8 --samples 40 --warmup 5 -t 1
+  --codecs F16,BF16,Q8_0,Q4_0,Q4_1,TQ1_0,TQ2_0,I2_S --codec-shape 256x2560)
 
 if [[ "${1:-}" == "--update-baseline" ]]; then
   "$pybitnet" "${generation[@]}" --json "$baseline/generation.json"

@@ -27,9 +27,17 @@ ModelOption = Annotated[
     Path | None, typer.Option("--model", "-m", help="GGUF model file (default: the embedded one).")
 ]
 ThreadsOption = Annotated[int | None, typer.Option(help="Kernel threads (default: all cores).")]
+OutputHeadOption = Annotated[
+    str | None,
+    typer.Option(
+        "--output-head",
+        help="q8: hold the output layer as int8 rows (faster decode; `pybitnet accuracy` "
+        "measures the cost).",
+    ),
+]
 
 
-def _load(model: Path | None, threads: int | None):
+def _load(model: Path | None, threads: int | None, output_head: str | None = None):
     """Loads a model, with a spinner on stderr while it loads."""
     from rich.console import Console
 
@@ -39,7 +47,22 @@ def _load(model: Path | None, threads: int | None):
     if threads is not None:
         kernels.set_threads(threads)
     with Console(stderr=True).status("loading model", spinner="dots"):
-        return load(model)
+        return load(model, output_head=output_head)
+
+
+def _print_profile(prof, seconds: float) -> None:
+    """The kernel registry's calls and time for a run, and the time spent outside kernels."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("kernel", "calls", "ms", "share", title="kernel profile", title_justify="left")
+    stats = prof.stats()
+    for s in sorted(stats, key=lambda s: -s["seconds"]):
+        share = s["seconds"] / seconds
+        table.add_row(s["id"], str(s["calls"]), f"{s['seconds'] * 1e3:.1f}", f"{share:.1%}")
+    outside = seconds - sum(s["seconds"] for s in stats)
+    table.add_row("(outside kernels)", "", f"{outside * 1e3:.1f}", f"{outside / seconds:.1%}")
+    Console(stderr=True).print(table)
 
 
 @app.command()
@@ -55,14 +78,20 @@ def run(
     seed: Annotated[int | None, typer.Option(help="Sampling seed (default: random).")] = None,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     threads: ThreadsOption = None,
+    output_head: OutputHeadOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    profile: Annotated[
+        bool, typer.Option("--profile", help="Print each kernel's calls and time to stderr.")
+    ] = False,
 ) -> None:
     """Continue PROMPT; stdout carries the continuation only (streamed)."""
     import json
+    import time
 
+    from pybitnet import kernels
     from pybitnet.sampling import Sampler, SamplerConfig
 
-    m = _load(model, threads)
+    m = _load(model, threads, output_head)
     sampler_config = SamplerConfig(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed)
     seed = Sampler(sampler_config).seed  # the seed actually used, so a run can be replayed
     options = dict(
@@ -75,15 +104,19 @@ def run(
         repeat_penalty=repeat_penalty,
         seed=seed,
     )
-    if json_output:
-        done = m.complete(prompt, **options)
-        report = dict(model=str(m.path), prompt=prompt, seed=seed, **vars(done))
-        print(json.dumps(report, ensure_ascii=False))
-        return
-    for piece in m.stream(prompt, **options):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    start = time.perf_counter()
+    with kernels.profile() as prof:
+        if json_output:
+            done = m.complete(prompt, **options)
+            report = dict(model=str(m.path), prompt=prompt, seed=seed, **vars(done))
+            print(json.dumps(report, ensure_ascii=False))
+        else:
+            for piece in m.stream(prompt, **options):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+    if profile:
+        _print_profile(prof, time.perf_counter() - start)
 
 
 @app.command()
@@ -94,9 +127,10 @@ def chat(
     temperature: Annotated[float, typer.Option(help="0 means greedy.")] = 0.8,
     seed: Annotated[int | None, typer.Option(help="Sampling seed (default: random).")] = None,
     threads: ThreadsOption = None,
+    output_head: OutputHeadOption = None,
 ) -> None:
     """Chat interactively; /reset clears the history, /exit (or end of input) quits."""
-    m = _load(model, threads)
+    m = _load(model, threads, output_head)
     base = [{"role": "system", "content": system}] if system else []
     history = list(base)
     print("pybitnet chat: /reset clears the history, /exit quits.", file=sys.stderr)
@@ -337,6 +371,17 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
         ) from None
 
 
+def _shapes(text: str, option: str) -> tuple[tuple[int, int], ...]:
+    """OUTxIN,... as (out, in) pairs."""
+    try:
+        shapes = tuple(tuple(int(d) for d in s.split("x")) for s in text.split(","))
+    except ValueError:
+        shapes = ((),)
+    if any(len(s) != 2 for s in shapes):
+        raise typer.BadParameter(f"expected OUTxIN,... got {text!r}", param_hint=option)
+    return shapes
+
+
 def _thread_counts(text: str | None) -> tuple[int, ...]:
     from pybitnet import kernels
 
@@ -414,6 +459,10 @@ def bench_kernels(
         str, typer.Option(help="Ternary formats of the weights.")
     ] = "TQ1_0,TQ2_0,I2_S",
     batches: Annotated[str, typer.Option(help="Activation rows (1: GEMV).")] = "1,16",
+    codecs: Annotated[
+        str, typer.Option(help="Formats whose numpy quantize/dequantize are timed ('': none).")
+    ] = "F32,F16,BF16,Q8_0,Q4_0,Q4_1,TQ1_0,TQ2_0,I2_S",
+    codec_shape: Annotated[str, typer.Option(help="The codecs' shape, out x in.")] = "2560x2560",
     threads: Annotated[
         str | None, typer.Option("-t", help="Thread counts (default: all cores).")
     ] = None,
@@ -433,18 +482,12 @@ def bench_kernels(
     )
     from pybitnet.bench.receipt import write_receipt
 
-    try:
-        shape_list = tuple(tuple(int(d) for d in s.split("x")) for s in shapes.split(","))
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected OUTxIN,... got {shapes!r}", param_hint="--shapes"
-        ) from None
-    if any(len(s) != 2 for s in shape_list):
-        raise typer.BadParameter(f"expected OUTxIN,... got {shapes!r}", param_hint="--shapes")
     workload = KernelWorkload(
-        shape_list,
+        _shapes(shapes, "--shapes"),
         tuple(formats.split(",")),
         _ints(batches, "--batches"),
+        tuple(f for f in codecs.split(",") if f),
+        _shapes(codec_shape, "--codec-shape")[0],
         _thread_counts(threads),
         samples,
         warmup,

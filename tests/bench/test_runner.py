@@ -17,8 +17,10 @@ from typer.testing import CliRunner
 from pybitnet import generate, kernels
 from pybitnet.bench import kernels_bench as kb
 from pybitnet.bench import runner
+from pybitnet.bench.gate import Verdict as GateVerdict
+from pybitnet.bench.gate import compare_receipts
 from pybitnet.bench.receipt import ITL_PERCENTILES, load_receipt, percentiles, rebuild_run
-from pybitnet.bench.verify import Verdict, check_receipt
+from pybitnet.bench.verify import Verdict, bitlinear_calls_per_pass, check_receipt
 from pybitnet.cli import app
 from pybitnet.errors import BenchError
 from pybitnet.model.reference import ReferenceModel
@@ -27,31 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKLOAD = runner.Workload(prompt_lengths=(16,), generate=8, repetitions=2, warmup=1, threads=(1,))
 
 
-class RegistryReference(ReferenceModel):
-    """The reference forward pass with its ternary layers on the registry's BitLinear: what the
-    bench needs (kernels counted by the registry) while the engine is not there."""
-
-    def linear(self, x: np.ndarray, w) -> np.ndarray:
-        if not w.wtype.ternary:
-            return super().linear(x, w)
-        kernel = kernels.get("bitlinear")
-        prepared = kernel.prepare(*w.unpack_ternary())
-        return kernel(x.astype(np.float32), prepared).astype(np.float64)
-
-
-def load_counted(path=None) -> generate.Model:
-    """The model, with a forward pass whose kernels the registry counts."""
-    model = generate.load(path)
-    with kernels.profile() as prof:
-        model.logits([1])
-    if not prof.stats():
-        model.forward_model = RegistryReference(model.weights)
-    return model
-
-
 @pytest.fixture(scope="module")
 def model() -> generate.Model:
-    return load_counted()
+    return generate.load()
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +70,7 @@ def test_generation_runs_follow_from_their_samples(doc):
 
 def test_generation_outputs_are_what_generation_returns(doc, model):
     workload = doc["workload"]
-    prompt = runner.bench_prompt(model, 16, 0)
+    [prompt] = runner.bench_prompts(model, 16, 0)
     assert workload["prompt_ids"] == [prompt]
     assert prompt[0] == model.tokenizer.bos_id
     assert not set(prompt) & model.tokenizer.eog_ids
@@ -108,29 +88,92 @@ def test_generation_kernels_come_from_the_registry(doc, model):
     assert {k["id"]: k["calls"] for k in doc["kernels"]} == {
         s["id"]: s["calls"] * timed for s in prof.stats()
     }
-    native = any(not i.endswith("_numpy") for i in ids)
-    assert doc["compute_path"] == ("native" if native else "reference")
+    tier = kernels.selected_tier()
+    assert tier != "numpy", "the native module is not built: the bench would measure numpy"
+    assert doc["compute_path"] == "native"
+    output = f"linear_{model.weights.output.wtype.name.lower()}"  # the output layer's format
+    engine_ops = {"bitlinear", "embedding", "rmsnorm", "rope", "attention", "gated", output}
+    assert set(ids) == {f"{op}_{tier}" for op in engine_ops}
+
+
+def test_bitlinear_calls_per_pass_follow_the_engine(model):
+    """verify's count of BitLinear calls per forward pass (fused q/k/v and gate/up) is what the
+    engine makes: one pass of one token, and one pass of a batch of three sequences."""
+    engine = model.forward_model
+    ternary = sum(t.wtype.ternary for t in model.file.tensors.values())
+    fewest, most = bitlinear_calls_per_pass(ternary)
+    for batch in (1, 3):
+        items = [([1, 2, 3], engine.new_cache(8)) for _ in range(batch)]
+        with kernels.profile() as prof:
+            engine.forward_batch(items)
+        calls = {s["id"].rpartition("_")[0]: s["calls"] for s in prof.stats()}
+        assert calls["bitlinear"] == fewest == most == 4 * model.config.n_layers
+    assert ternary == 7 * model.config.n_layers
 
 
 def test_reference_kernels_make_a_reference_receipt(monkeypatch):
     monkeypatch.setenv(kernels.ENV, "reference")
-    doc = runner.run_bench(load_counted(), WORKLOAD)
+    doc = runner.run_bench(generate.load(), WORKLOAD)
     assert doc["compute_path"] == "reference"
     assert all(k["id"].endswith("_numpy") for k in doc["kernels"])
     assert doc["host"]["cpu_features_used"] == []
+    assert not failed_rules(doc)
 
 
-def test_a_forward_pass_outside_the_registry_is_refused(model):
+class Unregistered:
+    """The numpy reference forward pass, which calls no kernel of the registry."""
+
+    def __init__(self, model: generate.Model) -> None:
+        self.reference = ReferenceModel(model.weights)
+
+    def new_cache(self, n_ctx: int | None = None):
+        return self.reference.new_cache(n_ctx)
+
+    def forward_batch(self, items, *, last_only: bool = False):
+        return [self.reference.forward(t, c, last_only=last_only) for t, c in items]
+
+
+def test_a_forward_pass_outside_the_registry_is_refused():
     plain = generate.load()
-    plain.forward_model = ReferenceModel(plain.weights)
+    plain.forward_model = Unregistered(plain)
     with pytest.raises(BenchError, match="no kernel of the registry ran"):
         runner.run_bench(plain, WORKLOAD)
+
+
+def failed_rules(doc: dict, **options) -> dict[str, str]:
+    report = check_receipt(json.loads(json.dumps(doc)), **options)
+    return {c.rule: c.detail for c in report.checks if c.verdict == Verdict.FAIL}
+
+
+BATCH = runner.Workload(
+    prompt_lengths=(8,), generate=6, repetitions=2, warmup=0, threads=(1,), batch=3
+)
+
+
+def test_a_batch_is_decoded_together_with_aggregate_throughput(model):
+    doc = runner.run_bench(model, BATCH)
+    assert not failed_rules(doc, replay=True)
+    prompts = doc["workload"]["prompt_ids"]
+    assert prompts == runner.bench_prompts(model, 8, 0, 3) and len({tuple(p) for p in prompts}) == 3
+    prefill, decode = doc["runs"]
+    assert (prefill["n_tokens"], decode["n_tokens"]) == (3 * 8, 3 * 6)
+    assert [len(gaps) for gaps in decode["inter_token_ms"]] == [6, 6]  # one gap per step
+    np.testing.assert_allclose(
+        decode["samples"]["tokens_per_second"],
+        3 * 6 * 1000 / np.array([sum(g) for g in decode["inter_token_ms"]]),
+    )
+    # each sequence gets what generating from its prompt alone gives
+    for prompt, ids in zip(prompts, doc["outputs"]["token_ids"], strict=True):
+        assert ids == model.complete(prompt, max_tokens=6, temperature=0, seed=0).token_ids
+    # one BitLinear call per layer group per pass, whatever the batch: 1 prefill + 6 steps
+    calls = {k["id"].rpartition("_")[0]: k["calls"] for k in doc["kernels"]}
+    assert calls["bitlinear"] == 2 * (1 + 1 + 6) * 4 * model.config.n_layers
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"batch": 2}, "batch"),
+        ({"batch": 0}, "batch"),
         ({"prompt_lengths": (0,)}, "prompt length"),
         ({"prompt_lengths": ()}, "prompt lengths"),
         ({"threads": (0,)}, "thread count"),
@@ -196,25 +239,68 @@ def test_criterion_stats():
 
 
 KERNEL_WORKLOAD = kb.KernelWorkload(
-    shapes=((256, 512),), batches=(1, 4), threads=(1,), samples=5, warmup=1
+    shapes=((256, 512),),
+    batches=(1, 4),
+    codecs=("I2_S", "Q8_0"),
+    codec_shape=(128, 256),
+    threads=(1,),
+    samples=5,
+    warmup=1,
 )
 
 
-def test_kernels_receipt_passes_every_verify_rule():
-    doc = kb.run_kernel_bench(KERNEL_WORKLOAD)
-    report = check_receipt(json.loads(json.dumps(doc)))
-    failed = [c for c in report.checks if c.verdict == Verdict.FAIL]
-    assert not failed, failed
-    assert len(doc["runs"]) == kb.case_count(KERNEL_WORKLOAD) == 3 * 2 + 1
+@pytest.fixture(scope="module")
+def kernels_doc() -> dict:
+    return kb.run_kernel_bench(KERNEL_WORKLOAD)
+
+
+def test_kernels_receipt_passes_every_verify_rule(kernels_doc):
+    doc = kernels_doc
+    assert not failed_rules(doc)
+    assert len(doc["runs"]) == kb.case_count(KERNEL_WORKLOAD) == 3 * 2 + 1 + 2 * 2
     names = {run["name"] for run in doc["runs"]}
     assert {"gemv I2_S 256x512", "gemm4 TQ1_0 256x512", "dequant I2_S 256x512"} <= names
     listed = {k["id"]: k["calls"] for k in doc["kernels"]}
     for run in doc["runs"]:
-        assert run["kernel_id"] in listed
         assert rebuild_run(run) == run
         assert run["elements"] == np.prod(run["shape"])
-    bitlinear = kernels.get("bitlinear").id
-    assert listed[bitlinear] == 6 * KERNEL_WORKLOAD.samples  # the timed calls only
+        if run["kind"] == "kernel":
+            assert run["kernel_id"] in listed
+    bitlinear, dequant = kernels.get("bitlinear").id, kernels.get("i2s_dequant").id
+    assert listed == {bitlinear: 6 * KERNEL_WORKLOAD.samples, dequant: KERNEL_WORKLOAD.samples}
+    assert doc["compute_path"] == "native" and not dequant.endswith("_numpy")
+
+
+def test_codec_runs_time_the_formats_quantize_and_dequantize(kernels_doc):
+    codecs = [run for run in kernels_doc["runs"] if run["kind"] == "codec"]
+    assert [(r["name"], r["format"], r["direction"]) for r in codecs] == [
+        ("quantize I2_S 128x256", "I2_S", "quantize"),
+        ("dequantize I2_S 128x256", "I2_S", "dequantize"),
+        ("quantize Q8_0 128x256", "Q8_0", "quantize"),
+        ("dequantize Q8_0 128x256", "Q8_0", "dequantize"),
+    ]
+    for run in codecs:
+        assert run["shape"] == [128, 256] and run["elements"] == 128 * 256
+        np.testing.assert_allclose(
+            run["samples"]["elements_per_second"], 128 * 256 * 1000 / np.array(run["samples"]["ms"])
+        )
+
+
+def test_codec_runs_are_verified_and_gated(kernels_doc):
+    doc = json.loads(json.dumps(kernels_doc))
+    report = compare_receipts(doc, doc)
+    assert report.verdict == GateVerdict.PASS
+    gated = {(c.run, c.metric) for c in report.comparisons}
+    assert ("dequantize Q8_0 128x256", "elements_per_second") in gated
+    run = next(r for r in doc["runs"] if r["name"] == "quantize Q8_0 128x256")
+    run["format"] = "Q9_0"
+    assert (
+        "codec runs of formats pybitnet.formats does not know: ['Q9_0']"
+        in (failed_rules(doc)["kernel_ids"])
+    )
+    run["format"] = "Q8_0"
+    run["samples"]["elements_per_second"][0] *= 2
+    assert set(failed_rules(doc)) == {"summaries"}
 
 
 @pytest.mark.parametrize(
@@ -222,23 +308,29 @@ def test_kernels_receipt_passes_every_verify_rule():
     [
         ({"formats": ("F16",)}, "not ternary"),
         ({"shapes": ((256, 100),)}, "shape 256x100"),
+        ({"codecs": ("Q9_0",)}, "codec format 'Q9_0' is unknown"),
+        ({"codec_shape": (16, 48)}, "shape 16x48 cannot be stored as Q8_0"),
         ({"samples": 0}, "samples"),
         ({"batches": ()}, "batches"),
     ],
 )
 def test_bad_kernel_workloads_are_refused(options, message):
     with pytest.raises(BenchError, match=message):
-        kb.KernelWorkload(**options)
+        kb.KernelWorkload(**{"codecs": ("F32", "Q8_0")} | options)
 
 
 def test_cli_bench_kernels_writes_a_receipt(tmp_path):
     out = tmp_path / "k.json"
     args = ["bench", "kernels", "--shapes", "256x256", "--formats", "I2_S", "--batches", "1"]
+    args += ["--codecs", "TQ2_0", "--codec-shape", "64x256"]
     args += ["--samples", "3", "--warmup", "0", "-t", "1", "--json", str(out)]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "gemv I2_S" in result.output
-    assert load_receipt(out)["kind"] == "kernels"
+    assert "gemv I2_S" in result.output and "quantize TQ2_0 64x256" in result.output
+    doc = load_receipt(out)
+    assert doc["kind"] == "kernels" and [r["kind"] for r in doc["runs"]][-2:] == ["codec"] * 2
+    bad = CliRunner().invoke(app, ["bench", "kernels", "--codec-shape", "64"])
+    assert bad.exit_code == 2 and "--codec-shape" in bad.output
 
 
 def test_cli_bench_refuses_a_model_and_a_preset():

@@ -3,7 +3,8 @@ copy is rejected by the rule it breaks, and by that rule alone.
 
 The receipts are made here with receipt.py's builders from seeded synthetic samples (they claim
 nothing about a real machine), for the shape of the peers' tiny fixture model: 4 blocks of 7
-ternary matrices (I2_S), vocabulary 1000.
+ternary matrices (I2_S), which the engine runs as 4 BitLinear calls per block (q/k/v and
+gate/up stacked), vocabulary 1000. The last tests verify real receipts of the bench runner.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-import pybitnet.gguf
 from pybitnet.bench import receipt as rc
 from pybitnet.bench import verify as v
 from pybitnet.cli import main
@@ -29,14 +29,15 @@ from pybitnet.sampling import SamplerConfig
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "peers" / "bitnet-tiny-s1-i2_s.gguf"
 VOCAB = 1000
 TERNARY_TENSORS = 4 * 7
+CALLS_PER_PASS = 4 * 4  # BitLinear calls per forward pass
 PROMPT, GENERATED, REPS, WARMUP = 8, 16, 5, 1
 
 
 def receipt(seed: int = 0, model_path: Path | None = None) -> dict:
-    """A generation receipt whose kernel counters are what the registry counts over its
-    workload: per repetition and warmup, one pass for a prefill and one pass per generated token
-    for a decode (the prefill giving the first), each pass one BitLinear call per ternary
-    tensor; the kernels take 60% of the timed wall time."""
+    """A generation receipt whose kernel counters are what the registry counts over its timed
+    repetitions: one pass per prefill, and 1 + GENERATED per decode (the prefill, then a step
+    per token), each pass CALLS_PER_PASS BitLinear calls; the kernels take 60% of the timed wall
+    time."""
     rng = np.random.default_rng(seed)
     runs = []
     for threads in (1, 2):
@@ -48,7 +49,7 @@ def receipt(seed: int = 0, model_path: Path | None = None) -> dict:
         decode_ms = ttft + gaps.sum(axis=1)
         args = (decode_ms.tolist(), ttft.tolist(), gaps.tolist(), rss)
         runs.append(rc.decode_run(f"tg{GENERATED}", threads, GENERATED, *args))
-    passes = sum((REPS + WARMUP) * (1 if r["kind"] == "prefill" else GENERATED) for r in runs)
+    passes = sum(REPS * (1 if r["kind"] == "prefill" else 1 + GENERATED) for r in runs)
     timed_seconds = sum(sum(r["samples"]["ms"]) for r in runs) / 1000
     data = model_path.read_bytes() if model_path else b"a model that is not here"
     model = {
@@ -85,7 +86,7 @@ def receipt(seed: int = 0, model_path: Path | None = None) -> dict:
         "kernels": [
             {
                 "id": "bitlinear_avx512",
-                "calls": passes * TERNARY_TENSORS,
+                "calls": passes * CALLS_PER_PASS,
                 "seconds": 0.6 * timed_seconds,
             }
         ],
@@ -238,7 +239,7 @@ ALTERATIONS = {
     "hand-written kernel list": (
         kernels_as(("bitlinear_avx512", 1000, 0.5)),
         "kernel_counters",
-        "1000 bitlinear calls are not a whole number of forward passes",
+        "1000 bitlinear calls make 62.5 passes: the runs made 180 forward passes",
     ),
     "unknown kernel id": (add_kernel("gemv_q4_avx512"), "kernel_ids", r"\['gemv_q4_avx512'\]"),
     "median off its samples": (shift_median, "summaries", r"summary\.ms\.median is"),
@@ -250,14 +251,20 @@ ALTERATIONS = {
     ),
     # other forms of the same rules
     "hand-written list, too few passes": (
-        kernels_as(("bitlinear_avx512", TERNARY_TENSORS * 10, 0.5)),
+        kernels_as(("bitlinear_avx512", CALLS_PER_PASS * 10, 0.5)),
         "kernel_counters",
-        "make 10 forward passes of 28 ternary tensors; this workload makes between",
+        r"160 bitlinear calls make 10 passes: the runs made 180 forward passes .* of 16 calls "
+        r"\(the engine's over 28 ternary tensors\)",
     ),
     "hand-written list, too many passes": (
         kernels_as(("bitlinear_avx512", HONEST_CALLS * 100, 0.5)),
         "kernel_counters",
-        "this workload makes between",
+        "make 18000 passes: the runs made 180",
+    ),
+    "hand-written list, one call per ternary tensor": (
+        kernels_as(("bitlinear_avx512", HONEST_CALLS // CALLS_PER_PASS * TERNARY_TENSORS, 1.0)),
+        "kernel_counters",
+        "make 315 passes: the runs made 180",
     ),
     "hand-written list, more time than the runs took": (
         kernels_as(("bitlinear_avx512", HONEST_CALLS, 1000.0)),
@@ -321,6 +328,19 @@ def test_a_hand_altered_receipt_is_rejected_by_the_rule_it_breaks(case):
     assert re.search(message, failed(report)[rule]), failed(report)[rule]
 
 
+def test_ternary_tensors_outside_whole_blocks_bound_the_calls_per_pass():
+    """30 ternary tensors (4 blocks and 2 more): 10 (stacked by 3) to 30 calls per pass."""
+    assert v.bitlinear_calls_per_pass(30) == (10, 30)
+    assert v.bitlinear_calls_per_pass(29) == (17, 17)  # a ternary output layer: one call more
+    doc = receipt()
+    doc["model"]["tensor_types"]["I2_S"] = 30
+    assert v.check_receipt(doc).verdict("kernel_counters") == v.Verdict.PASS
+    kernels_as(("bitlinear_avx512", HONEST_CALLS // 2, 1.0))(doc)
+    detail = failed(v.check_receipt(doc))["kernel_counters"]
+    assert "bitlinear calls do not fit: the runs made 180 forward passes" in detail
+    assert "of 10 to 30 calls" in detail
+
+
 def test_clock_skew_within_five_minutes_is_allowed():
     doc = receipt()
     set_created_at(dt.timedelta(minutes=4))(doc)
@@ -354,9 +374,6 @@ def test_the_model_option_points_at_the_file(tmp_path):
     assert v.check_receipt(doc, model=model).verdict("model_sha256") == v.Verdict.PASS
 
 
-@pytest.mark.skipif(
-    not hasattr(pybitnet.gguf, "open_gguf"), reason="pybitnet.gguf has no reader (open_gguf) yet"
-)
 def test_the_vocabulary_comes_from_the_model_file_when_present():
     doc = receipt(model_path=FIXTURE)
     assert v.check_receipt(doc).verdict("vocabulary") == v.Verdict.PASS
@@ -410,20 +427,6 @@ def test_replay_needs_the_model_file_and_the_prompts(tmp_path):
     assert "records no workload.prompt_ids" in failed(v.check_receipt(doc, replay=True))["replay"]
 
 
-def _model_api_missing() -> str | None:
-    try:
-        from pybitnet import generate
-
-        generate.load(FIXTURE)
-    except Exception as exc:  # any failure means the stack is not there yet
-        return f"the Model API does not load the fixture yet: {type(exc).__name__}: {exc}"
-    return None
-
-
-MODEL_API_MISSING = _model_api_missing()
-
-
-@pytest.mark.skipif(MODEL_API_MISSING is not None, reason=str(MODEL_API_MISSING))
 def test_replay_reruns_the_workload_through_the_model_api():
     """The expected ids come from Model.complete (greedy, the workload's seed), not from the
     bench's own decode loop that replay runs."""
@@ -437,12 +440,10 @@ def test_replay_reruns_the_workload_through_the_model_api():
         )
     assert done.finish_reason == "length"  # no end-of-generation id: the bench would go on
     doc["outputs"] = rc.outputs([done.token_ids])
-    ran = sorted(k["id"] for k in prof.stats())
-    replayed = {c.rule: c for c in v.check_receipt(doc, replay=True).checks}["replay"]
-    if ran == ["bitlinear_avx512"]:
-        assert replayed.verdict == v.Verdict.PASS
-    else:  # the ids agree; the kernel set is whatever the forward pass runs today
-        assert replayed.detail.startswith(f"the replay ran kernels {ran}, the receipt lists")
+    doc["kernels"] = prof.stats()  # the kernel set of the same workload
+    assert v.check_receipt(doc, replay=True).verdict("replay") == v.Verdict.PASS
+    doc["kernels"] = [k for k in doc["kernels"] if not k["id"].startswith("rope_")]
+    assert "the replay ran kernels" in failed(v.check_receipt(doc, replay=True))["replay"]
     doc["outputs"] = rc.outputs([[(t + 1) % VOCAB for t in done.token_ids]])
     assert "differs from position 0" in failed(v.check_receipt(doc, replay=True))["replay"]
 
@@ -499,25 +500,74 @@ def test_cli_replay_option_adds_the_replay_rule(monkeypatch, capsys, tmp_path):
     assert "cannot replay" in capsys.readouterr().out
 
 
-def test_a_receipt_from_the_bench_runner_passes_every_rule_and_its_replay(monkeypatch):
-    """The runner's own receipt of the fixture model. Until the engine runs the forward pass
-    through pybitnet.kernels, the numpy reference's BitLinear is routed through the registry
-    here, so that the kernels have counters to report."""
-    from pybitnet import kernels
+# --- real receipts of the bench runner ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_receipt() -> dict:
+    """The runner's own receipt of the fixture model, on the engine."""
     from pybitnet.bench.runner import Workload, run_bench
     from pybitnet.generate import load
-    from pybitnet.model import reference
 
-    def registry_bitlinear(x, codes, scales):
-        kernel = kernels.get("bitlinear")
-        w = kernel.prepare(codes, scales.astype(np.float32))
-        return kernel(x.astype(np.float32), w).astype(np.float64)
+    workload = Workload(prompt_lengths=(8, 16), generate=6, repetitions=3, warmup=1)
+    return json.loads(json.dumps(run_bench(load(FIXTURE), workload)))
 
-    monkeypatch.setattr(reference, "bitlinear", registry_bitlinear)
-    workload = Workload(prompt_lengths=(8, 16), generate=6, repetitions=2, warmup=1)
-    doc = run_bench(load(FIXTURE), workload)
-    report = v.check_receipt(doc, replay=True)
+
+def test_a_receipt_from_the_bench_runner_passes_every_rule_and_its_replay(bench_receipt):
+    assert bench_receipt["compute_path"] == "native"
+    report = v.check_receipt(bench_receipt, replay=True)
     assert failed(report) == {}
     assert {c.verdict for c in report.checks} == {v.Verdict.PASS}  # the model file is here
-    double_decode_throughput(doc)
-    assert set(failed(v.check_receipt(doc))) == {"summaries"}
+
+
+def real_decode_run(doc: dict) -> dict:
+    return next(r for r in doc["runs"] if r["kind"] == "decode")
+
+
+def double_real_throughput(doc):
+    run = real_decode_run(doc)
+    run["samples"]["tokens_per_second"] = [2 * x for x in run["samples"]["tokens_per_second"]]
+    run["summary"]["tokens_per_second"] = rc.summarize(run["samples"]["tokens_per_second"])
+
+
+def shift_real_median(doc):
+    real_decode_run(doc)["summary"]["ms"]["median"] *= 1.02
+
+
+def one_call_per_tensor(doc):
+    """What a list written on the old belief (one BitLinear call per ternary tensor) claims."""
+    entry = next(k for k in doc["kernels"] if k["id"].startswith("bitlinear_"))
+    entry["calls"] = entry["calls"] // CALLS_PER_PASS * TERNARY_TENSORS
+
+
+def foreign_hash(doc):
+    doc["model"]["sha256"] = hashlib.sha256(b"another model").hexdigest()
+
+
+REAL_ALTERATIONS = {
+    "doubled tok/s": (double_real_throughput, "summaries", "tokens_per_second: 3 of 3 differ"),
+    "hand-written kernel list": (
+        one_call_per_tensor,
+        "kernel_counters",
+        "bitlinear calls make 47.25 passes: the runs made 27 forward passes",
+    ),
+    "unknown kernel id": (add_kernel("gemv_q4_avx512"), "kernel_ids", r"\['gemv_q4_avx512'\]"),
+    "median off its samples": (shift_real_median, "summaries", r"summary\.ms\.median is"),
+    "foreign model hash": (foreign_hash, "model_sha256", "the receipt's model.sha256 is"),
+    "future timestamp": (set_created_at(dt.timedelta(days=1)), "created_at", "in the future"),
+    "token id outside the vocabulary": (
+        set_output_id(3, VOCAB),
+        "vocabulary",
+        rf"outputs\.token_ids\[0\]\[3\] = {VOCAB} is outside the vocabulary of {VOCAB}",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REAL_ALTERATIONS)
+def test_a_hand_altered_bench_receipt_is_rejected_by_the_rule_it_breaks(bench_receipt, case):
+    alter, rule, message = REAL_ALTERATIONS[case]
+    doc = copy.deepcopy(bench_receipt)
+    alter(doc)
+    report = v.check_receipt(doc)
+    assert set(failed(report)) == {rule}
+    assert re.search(message, failed(report)[rule]), failed(report)[rule]

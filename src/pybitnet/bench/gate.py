@@ -293,7 +293,8 @@ def _check_comparable(baseline: dict[str, Any], current: dict[str, Any]) -> None
         )
     base_runs, cur_runs = _runs_by_key(baseline), _runs_by_key(current)
     for key in base_runs.keys() & cur_runs.keys():
-        for field_name in ("kind", "n_tokens", "kernel_id", "shape", "elements"):
+        fields = ("kind", "n_tokens", "kernel_id", "format", "direction", "shape", "elements")
+        for field_name in fields:
             pairs.append(
                 (
                     f"runs[{key[0]!r}, {key[1]} threads].{field_name}",

@@ -2,11 +2,15 @@
 
 For each ternary format and weight shape (out x in, numpy order), the BitLinear kernel as a
 GEMV (one activation row: decode) and as a GEMM (several rows: prefill, batching); for each
-shape, I2_S dequantization. Throughput is elements per second: weights x activation rows for
-BitLinear, weights for dequantization. Weights are random ternary values stored in the format
-and read back, as a model's would be. The weights of one case stay in the caches between calls,
-so these are the kernels' compute speeds, not the memory-bound speed of a forward pass over a
-whole model (benchmarks/kernels.py measures that).
+shape, the registry's I2_S dequantization kernel (native where the CPU runs a native tier); then,
+on one shape (`codec_shape`, as the numpy code is slow), the quantize and dequantize of each
+format of `codecs` by pybitnet.formats (the numpy reference; codec runs, not kernel runs: they
+are no kernel of the registry). Throughput is
+elements per second: weights x activation rows for BitLinear, weights for (de)quantization.
+Weights are random ternary values stored in the format and read back, as a model's would be.
+The weights of one case stay in the caches between calls, so these are the kernels' compute
+speeds, not the memory-bound speed of a forward pass over a whole model (benchmarks/kernels.py
+measures that). numpy runs the codecs in one thread whatever the thread count.
 
 Statistics in the style of Criterion: untimed warm-up calls, then one sample per call
 (perf_counter_ns around it), summarised by the median, the MAD (median absolute deviation,
@@ -21,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -35,6 +40,7 @@ from pybitnet.errors import BenchError, PyBitnetError
 
 MAD_TO_SD = 1.4826  # MAD of normal data x 1.4826 = its sd
 TERNARY_FORMATS = tuple(t.name for t in formats.TYPES.values() if t.ternary)
+ALL_FORMATS = tuple(t.name for t in formats.TYPES.values())
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class KernelWorkload:
     shapes: tuple[tuple[int, int], ...] = ((2560, 2560), (6912, 2560), (2560, 6912))
     formats: tuple[str, ...] = TERNARY_FORMATS
     batches: tuple[int, ...] = (1, 16)  # activation rows: 1 is a GEMV
+    codecs: tuple[str, ...] = ALL_FORMATS  # formats whose quantize/dequantize are timed
+    codec_shape: tuple[int, int] = (2560, 2560)
     threads: tuple[int, ...] = (1,)
     samples: int = 30
     warmup: int = 3
@@ -66,25 +74,29 @@ class KernelWorkload:
             raise BenchError(
                 f"format {unknown[0]!r} is not ternary; BitLinear runs {', '.join(TERNARY_FORMATS)}"
             )
-        for rows, cols in self.shapes:
-            for fmt in (*self.formats, "I2_S"):
-                try:
-                    formats.tensor_nbytes(formats.weight_type(fmt), cols, rows * cols)
-                except PyBitnetError as exc:
-                    raise BenchError(
-                        f"shape {rows}x{cols} cannot be stored as {fmt}: {exc}"
-                    ) from None
+        unknown = [f for f in self.codecs if f not in ALL_FORMATS]
+        if unknown:
+            raise BenchError(
+                f"codec format {unknown[0]!r} is unknown; pybitnet.formats has "
+                f"{', '.join(ALL_FORMATS)}"
+            )
+        stored = [(shape, fmt) for shape in self.shapes for fmt in (*self.formats, "I2_S")]
+        stored += [(self.codec_shape, fmt) for fmt in self.codecs]
+        for (rows, cols), fmt in stored:
+            try:
+                formats.tensor_nbytes(formats.weight_type(fmt), cols, rows * cols)
+            except PyBitnetError as exc:
+                raise BenchError(f"shape {rows}x{cols} cannot be stored as {fmt}: {exc}") from None
 
 
 @dataclass(frozen=True)
 class Case:
-    """One microbenchmark: `call` runs the kernel once on prepared data."""
+    """One microbenchmark: `call` runs the kernel (or codec) once on prepared data; `run` makes
+    the receipt's run from the thread count and the samples (ms)."""
 
     name: str
-    kernel_id: str
-    shape: tuple[int, ...]
-    elements: int
     call: Callable[[], Any]
+    run: Callable[[int, list[float]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -123,10 +135,7 @@ def run_kernel_bench(workload: KernelWorkload, step: Step | None = None) -> dict
             for threads in workload.threads:
                 kernels.set_threads(threads)
                 step(f"{case.name} t={threads}")
-                ms = _measure(case, workload, counters)
-                runs.append(
-                    rc.kernel_run(case.name, threads, case.kernel_id, case.shape, case.elements, ms)
-                )
+                runs.append(case.run(threads, _measure(case, workload, counters)))
     finally:
         kernels.set_threads(threads_before)
     doc = {
@@ -150,7 +159,8 @@ def run_kernel_bench(workload: KernelWorkload, step: Step | None = None) -> dict
 def case_count(workload: KernelWorkload) -> int:
     """How many runs (and progress steps) the workload makes."""
     per_shape = len(workload.formats) * len(workload.batches) + 1
-    return len(workload.shapes) * per_shape * len(workload.threads)
+    cases = len(workload.shapes) * per_shape + 2 * len(workload.codecs)
+    return cases * len(workload.threads)
 
 
 def _cases(workload: KernelWorkload) -> Iterator[Case]:
@@ -158,30 +168,52 @@ def _cases(workload: KernelWorkload) -> Iterator[Case]:
     rng = np.random.default_rng(workload.seed)
     bitlinear, dequant = kernels.get("bitlinear"), kernels.get("i2s_dequant")
     for rows, cols in workload.shapes:
-        weights = rng.integers(-1, 2, (rows, cols)).astype(np.float32) / np.float32(np.sqrt(cols))
+        shape = (rows, cols)
+        weights = _weights(rng, shape)
         for fmt in workload.formats:
-            codes, scales = formats.unpack_ternary(
-                fmt, formats.quantize(fmt, weights), (rows, cols)
-            )
+            codes, scales = formats.unpack_ternary(fmt, formats.quantize(fmt, weights), shape)
             prepared = bitlinear.prepare(codes, scales)
             for batch in workload.batches:
                 x = rng.standard_normal((batch, cols)).astype(np.float32)
-                op = "gemv" if batch == 1 else f"gemm{batch}"
+                name = f"{'gemv' if batch == 1 else f'gemm{batch}'} {fmt} {rows}x{cols}"
                 yield Case(
-                    f"{op} {fmt} {rows}x{cols}",
-                    bitlinear.id,
-                    (batch, rows, cols),
-                    batch * rows * cols,
-                    lambda x=x, w=prepared: bitlinear(x, w),
+                    name,
+                    partial(bitlinear, x, prepared),
+                    partial(_kernel_run, name, bitlinear.id, (batch, *shape)),
                 )
+        name = f"dequant I2_S {rows}x{cols}"
         data = formats.quantize("I2_S", weights)
         yield Case(
-            f"dequant I2_S {rows}x{cols}",
-            dequant.id,
-            (rows, cols),
-            rows * cols,
-            lambda data=data, shape=(rows, cols): dequant(data, shape),
+            name, partial(dequant, data, shape), partial(_kernel_run, name, dequant.id, shape)
         )
+    if workload.codecs:
+        shape = workload.codec_shape
+        weights = _weights(rng, shape)
+        for fmt in workload.codecs:
+            data = formats.quantize(fmt, weights)
+            for direction, call in (
+                ("quantize", partial(formats.quantize, fmt, weights)),
+                ("dequantize", partial(formats.dequantize, fmt, data, shape)),
+            ):
+                name = f"{direction} {fmt} {shape[0]}x{shape[1]}"
+                yield Case(name, call, partial(_codec_run, name, fmt, direction, shape))
+
+
+def _weights(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Random ternary weights scaled as a model's (1 / sqrt(in)), float32."""
+    return rng.integers(-1, 2, shape).astype(np.float32) / np.float32(np.sqrt(shape[1]))
+
+
+def _kernel_run(
+    name: str, kernel_id: str, shape: tuple[int, ...], threads: int, ms: list[float]
+) -> dict[str, Any]:
+    return rc.kernel_run(name, threads, kernel_id, shape, int(np.prod(shape)), ms)
+
+
+def _codec_run(
+    name: str, fmt: str, direction: str, shape: tuple[int, ...], threads: int, ms: list[float]
+) -> dict[str, Any]:
+    return rc.codec_run(name, threads, fmt, direction, shape, ms)
 
 
 def _measure(case: Case, workload: KernelWorkload, counters: KernelCounters) -> list[float]:
@@ -206,6 +238,7 @@ def print_kernel_summary(doc: dict[str, Any], console: Console | None = None) ->
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("threads", justify="right", no_wrap=True)
     table.add_column("case", no_wrap=True)
+    table.add_column("by", no_wrap=True)
     for column in ("median", "MAD", "CV", "mild", "severe", "Melem/s"):
         table.add_column(column, justify="right", no_wrap=True)
     for run in doc["runs"]:
@@ -213,6 +246,7 @@ def print_kernel_summary(doc: dict[str, Any], console: Console | None = None) ->
         table.add_row(
             str(run["threads"]),
             run["name"],
+            run.get("kernel_id", "pybitnet.formats"),
             _duration(s.median_ms),
             _duration(s.mad_ms),
             f"{s.cv:.1%}",
@@ -224,7 +258,8 @@ def print_kernel_summary(doc: dict[str, Any], console: Console | None = None) ->
     console.print(
         f"{doc['workload']['repetitions']} samples of one call each after "
         f"{doc['workload']['warmup']} warm-up calls. MAD: scaled to estimate the sd. Outliers "
-        "(mild, severe): beyond 1.5 and 3 IQR of the quartiles. Melem/s: from the median."
+        "(mild, severe): beyond 1.5 and 3 IQR of the quartiles. Melem/s: from the median. "
+        "by: the registry's kernel, or pybitnet.formats (numpy, one thread) for the codecs."
     )
 
 

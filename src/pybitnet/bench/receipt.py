@@ -119,6 +119,22 @@ def kernel_run(
     return _run(fields, {"ms": ms, "elements_per_second": _per_second(elements, ms)})
 
 
+def codec_run(
+    name: str,
+    threads: int,
+    fmt: str,
+    direction: str,
+    shape: Sequence[int],
+    ms: Sequence[float],
+) -> dict[str, Any]:
+    """A quantize or dequantize benchmark of format `fmt` (pybitnet.formats, numpy): per
+    repetition, the wall time of converting the elements of a tensor of `shape`."""
+    elements = int(np.prod(shape))
+    fields = {"name": name, "kind": "codec", "threads": threads, "format": fmt}
+    fields |= {"direction": direction, "shape": [int(n) for n in shape], "elements": elements}
+    return _run(fields, {"ms": ms, "elements_per_second": _per_second(elements, ms)})
+
+
 def rebuild_run(run: dict[str, Any]) -> dict[str, Any]:
     """The run that the builders above make from this run's raw measurements (ms, ttft_ms,
     inter_token_ms, peak_rss_mb): verify compares it with the run a receipt holds."""
@@ -126,6 +142,9 @@ def rebuild_run(run: dict[str, Any]) -> dict[str, Any]:
     if run["kind"] == "kernel":
         fields = (run["kernel_id"], run["shape"], run["elements"], samples["ms"])
         return kernel_run(run["name"], run["threads"], *fields)
+    if run["kind"] == "codec":
+        fields = (run["format"], run["direction"], run["shape"], samples["ms"])
+        return codec_run(run["name"], run["threads"], *fields)
     if run["kind"] == "decode":
         fields = (samples["ms"], samples["ttft_ms"], run["inter_token_ms"], samples["peak_rss_mb"])
         return decode_run(run["name"], run["threads"], run["n_tokens"], *fields)

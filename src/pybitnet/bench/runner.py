@@ -8,7 +8,11 @@ Runs, for each thread count, like llama-bench rows:
   the sum of the N inter-token gaps, so tok/s = N / ms = 1000 / mean gap is llama-bench's tg<N>
   figure (N forward passes of one token), free of the prompt. The outputs are the first N
   tokens: what generating N tokens from the prompt returns, so `verify --replay` can redo them.
-Every run records the peak RSS of each repetition. The bench never stops early:
+With a batch of B (-b), each run has B prompts (drawn one after the other from the seeded
+generator), run together by Engine.forward_batch: one pass prefills all of them, each decode step
+is one pass of B tokens, one per sequence. n_tokens and tok/s count the tokens of all B sequences
+(aggregate throughput); TTFT and the inter-token gaps are those of the steps, which every
+sequence shares. Every run records the peak RSS of each repetition. The bench never stops early:
 end-of-generation ids are generated like any other, as llama-bench does.
 
 Prompts are random ids (never end-of-generation ids), BOS first when the model adds one, drawn
@@ -42,7 +46,7 @@ import pybitnet
 from pybitnet import kernels
 from pybitnet.bench import receipt as rc
 from pybitnet.errors import BenchError
-from pybitnet.generate import Model, decode_one_token, prefill
+from pybitnet.generate import Model
 from pybitnet.kernels.registry import NATIVE_TIERS
 from pybitnet.sampling import Sampler, SamplerConfig
 
@@ -81,13 +85,9 @@ class Workload:
             ("warmup", self.warmup, 0),
             ("the number of thread counts (-t)", len(self.threads), 1),
             *(("a thread count (-t)", t, 1) for t in self.threads),
+            ("batch (-b)", self.batch, 1),
             ("seed", self.seed, 0),
         )
-        if self.batch != 1:
-            raise BenchError(
-                f"batch (-b) {self.batch}: the forward pass decodes one sequence at a time, "
-                "so only batch 1 can be measured"
-            )
 
     @property
     def steps(self) -> int:
@@ -99,15 +99,15 @@ class Workload:
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(temperature=0.0, seed=self.seed)
 
-    def receipt_workload(self, prompt: list[int]) -> dict[str, Any]:
+    def receipt_workload(self, prompts: list[list[int]]) -> dict[str, Any]:
         return rc.generation_workload(
-            len(prompt),
+            len(prompts[0]),
             self.generate,
             self.batch,
             self.repetitions,
             self.warmup,
             self.sampler,
-            prompt_ids=[prompt],
+            prompt_ids=prompts,
         )
 
 
@@ -122,33 +122,34 @@ def run_bench(model: Model, workload: Workload, step: Step | None = None) -> dic
     step = step or (lambda _: None)
     counters = KernelCounters()
     runs, token_ids = [], []
-    tg_prompt = bench_prompt(model, workload.prompt_lengths[0], workload.seed)
+    batch, seed = workload.batch, workload.seed
+    tg_prompts = bench_prompts(model, workload.prompt_lengths[0], seed, batch)
     threads_before = kernels.threads()
     try:
         for threads in workload.threads:
             kernels.set_threads(threads)
             for length in workload.prompt_lengths:
-                prompt = bench_prompt(model, length, workload.seed)
+                prompts = bench_prompts(model, length, seed, batch)
                 samples = _repeat(
                     f"pp{length} t={threads}",
                     workload,
                     step,
                     counters,
-                    lambda prompt=prompt: _prefill_once(model, prompt, workload.sampler),
+                    lambda prompts=prompts: _prefill_once(model, prompts, workload.sampler),
                 )
                 ms, ttft, rss = zip(*samples, strict=True)
-                runs.append(rc.prefill_run(f"pp{length}", threads, length, ms, rss, ttft))
+                runs.append(rc.prefill_run(f"pp{length}", threads, batch * length, ms, rss, ttft))
             if workload.generate:
                 samples = _repeat(
                     f"tg{workload.generate} t={threads}",
                     workload,
                     step,
                     counters,
-                    lambda: _decode_once(model, tg_prompt, workload.generate, workload.sampler),
+                    lambda: decode_once(model, tg_prompts, workload.generate, workload.sampler),
                 )
                 ids, ttft, gaps, rss = zip(*samples, strict=True)
                 ms = [float(np.sum(g)) for g in gaps]
-                name, n = f"tg{workload.generate}", workload.generate
+                name, n = f"tg{workload.generate}", batch * workload.generate
                 runs.append(rc.decode_run(name, threads, n, ms, ttft, gaps, rss))
                 token_ids += ids
     finally:
@@ -160,10 +161,10 @@ def run_bench(model: Model, workload: Workload, step: Step | None = None) -> dic
         "tool": tool_info(),
         "host": host_info(workload.threads, counters.ids()),
         "model": model_info(model),
-        "workload": workload.receipt_workload(tg_prompt),
+        "workload": workload.receipt_workload(tg_prompts),
         **counters.receipt_fields(),
         "runs": runs,
-        "outputs": rc.outputs(token_ids[:1] or [[]] * workload.batch),
+        "outputs": rc.outputs(token_ids[0] if token_ids else [[]] * batch),
         "deterministic": all(ids == token_ids[0] for ids in token_ids),
     }
     rc.validate_receipt(doc, f"the receipt of {model.path}")
@@ -177,15 +178,15 @@ def check_at_least(*checks: tuple[str, int, int]) -> None:
             raise BenchError(f"{name} must be >= {minimum}, got {value}")
 
 
-def bench_prompt(model: Model, n_tokens: int, seed: int) -> list[int]:
-    """n_tokens prompt ids: BOS when the model adds one, then uniform random ids from the
-    tokenizer's vocabulary that are not end-of-generation ids (seeded)."""
+def bench_prompts(model: Model, n_tokens: int, seed: int, batch: int = 1) -> list[list[int]]:
+    """`batch` prompts of n_tokens ids: BOS when the model adds one, then uniform random ids
+    from the tokenizer's vocabulary that are not end-of-generation ids (seeded)."""
     tok = model.tokenizer
     vocab = np.setdiff1d(np.arange(tok.vocab_size), list(tok.eog_ids))
-    ids = np.random.default_rng(seed).choice(vocab, n_tokens).tolist()
+    ids = np.random.default_rng(seed).choice(vocab, (batch, n_tokens))
     if tok.add_bos and tok.bos_id is not None:
-        ids[0] = tok.bos_id
-    return ids
+        ids[:, 0] = tok.bos_id
+    return ids.tolist()
 
 
 def _repeat(
@@ -207,41 +208,65 @@ def _repeat(
 
 
 def _prefill_once(
-    model: Model, prompt: list[int], sampler: SamplerConfig
+    model: Model, prompts: list[list[int]], sampler: SamplerConfig
 ) -> tuple[float, float, float]:
-    """(prefill ms, time to first token ms, peak RSS MB) of one repetition."""
-    fm = model.forward_model
-    cache = fm.new_cache(len(prompt))
-    sample = Sampler(sampler).sample
+    """(prefill ms, time to first token ms, peak RSS MB) of one repetition: the prompts in one
+    pass, then each one's first token sampled."""
+    batch = _Batch(model, prompts, 0, sampler)
     with PeakRss() as rss:
         start = time.perf_counter_ns()
-        logits = prefill(fm, cache, prompt)
+        logits = batch.prefill()
         prefilled = time.perf_counter_ns()
-        sample(logits, prompt)
+        batch.sample(logits)
         first = time.perf_counter_ns()
     return (prefilled - start) / 1e6, (first - start) / 1e6, rss.mb
 
 
-def _decode_once(
-    model: Model, prompt: list[int], n: int, sampler: SamplerConfig
-) -> tuple[list[int], float, list[float], float]:
-    """(the first n generated ids, time to first token ms, the n inter-token gaps ms, peak RSS
-    MB) of one repetition: prefill the prompt and sample, then n decode steps."""
-    fm = model.forward_model
-    cache = fm.new_cache(len(prompt) + n)
-    sample = Sampler(sampler).sample
-    history = list(prompt)
+def decode_once(
+    model: Model, prompts: list[list[int]], n: int, sampler: SamplerConfig
+) -> tuple[list[list[int]], float, list[float], float]:
+    """One tg repetition, as the bench and `verify --replay` run it: (the first n ids generated
+    for each prompt, time to first token ms, the n inter-token gaps ms, peak RSS MB). The prompts
+    are prefilled in one pass and each one's first token sampled, then n decode steps, each one
+    pass of one token per sequence and a sample; generation never stops early."""
+    batch = _Batch(model, prompts, n, sampler)
     stamps = np.empty(n + 1, np.int64)
     with PeakRss() as rss:
         start = time.perf_counter_ns()
-        logits = prefill(fm, cache, prompt)
+        logits = batch.prefill()
         for i in range(n + 1):
             if i:
-                logits = decode_one_token(fm, cache, history[-1])
-            history.append(sample(logits, history))
+                logits = batch.step()
+            batch.sample(logits)
             stamps[i] = time.perf_counter_ns()
     gaps = (np.diff(stamps) / 1e6).tolist()
-    return history[len(prompt) : len(prompt) + n], (stamps[0] - start) / 1e6, gaps, rss.mb
+    ids = [h[len(p) : len(p) + n] for h, p in zip(batch.histories, prompts, strict=True)]
+    return ids, (stamps[0] - start) / 1e6, gaps, rss.mb
+
+
+class _Batch:
+    """Sequences generated together through the engine's forward_batch: each its own cache,
+    history (prompt, then generated ids) and sampler."""
+
+    def __init__(
+        self, model: Model, prompts: list[list[int]], n: int, sampler: SamplerConfig
+    ) -> None:
+        self.engine = model.forward_model
+        self.caches = [self.engine.new_cache(len(p) + n) for p in prompts]
+        self.histories = [list(p) for p in prompts]
+        self.samplers = [Sampler(sampler) for _ in prompts]
+
+    def prefill(self) -> list[np.ndarray]:
+        items = list(zip(self.histories, self.caches, strict=True))
+        return [rows[-1] for rows in self.engine.forward_batch(items, last_only=True)]
+
+    def step(self) -> list[np.ndarray]:
+        items = [([h[-1]], cache) for h, cache in zip(self.histories, self.caches, strict=True)]
+        return [rows[0] for rows in self.engine.forward_batch(items)]
+
+    def sample(self, logits: list[np.ndarray]) -> None:
+        for history, sampler, row in zip(self.histories, self.samplers, logits, strict=True):
+            history.append(sampler.sample(row, history))
 
 
 class KernelCounters:
@@ -383,12 +408,13 @@ def file_sha256(path: str | Path) -> str:
 def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
     """A llama-bench-style table of a generation receipt: tok/s as mean ± sd, with the medians
     of time to first token, inter-token latency and peak RSS, and decode's weight bandwidth
-    (file bytes per token x tok/s, the figure that meets the memory's read bandwidth)."""
+    (file bytes per decode step x steps per second, the figure that meets the memory's read
+    bandwidth; a step decodes one token of each sequence of the batch)."""
     console = console or Console()
-    model = doc["model"]
+    model, batch = doc["model"], doc["workload"]["batch"]
     title = (
         f"{Path(model['path']).name}: {model['bytes'] / 1e6:,.1f} MB, "
-        f"{model['parameter_count'] / 1e6:,.1f} M params, {doc['backend']} "
+        f"{model['parameter_count'] / 1e6:,.1f} M params, batch {batch}, {doc['backend']} "
         f"({doc['compute_path']}: {', '.join(k['id'] for k in doc['kernels'])})"
     )
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
@@ -403,7 +429,8 @@ def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
         def median(metric: str, s: dict = s) -> str:
             return f"{s[metric]['median']:.2f}" if metric in s else ""
 
-        bandwidth = model["bytes"] * tps["mean"] / 1e9 if run["kind"] == "decode" else None
+        decode = run["kind"] == "decode"
+        bandwidth = model["bytes"] * tps["mean"] / batch / 1e9 if decode else None
         table.add_row(
             str(run["threads"]),
             run["name"],
@@ -417,8 +444,9 @@ def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
     console.print(table)
     det = "yes" if doc["deterministic"] else "NO: repetitions generated different ids"
     console.print(
-        "t/s: mean ± sd over the repetitions; TTFT, ITL (inter-token latency, ms), RSS (peak, "
-        "MB): medians; GB/s: weights read per second in decode (file size x t/s). "
+        "t/s: mean ± sd over the repetitions (all sequences of the batch); TTFT, ITL "
+        "(inter-token latency, ms), RSS (peak, MB): medians; GB/s: weights read per second in "
+        "decode (file size x t/s / batch). "
         f"Deterministic: {det}."
     )
 

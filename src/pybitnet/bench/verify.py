@@ -10,17 +10,18 @@ are not run: they read fields the schema promises. A rule that does not apply sa
 - schema: the receipt validates against receipt.schema.json, which also requires a non-empty
   kernel list.
 - kernel_ids: every kernel id, and every kernel run's kernel_id, is known to the installed
-  kernel registry.
+  kernel registry; every codec run's format is one pybitnet.formats knows.
 - compute_path: a receipt that claims "native" ran at least one native (non-numpy) kernel.
 - kernel_counters: the kernel list reads like the registry's counters over this workload, not
   like a list written by hand. The registry lists each id once, and only kernels that ran (calls
   >= 1, seconds > 0). Kernel time is timed inside the runs, so it cannot exceed their wall time:
-  every repetition's ms (+ ttft_ms), with the warmups counted at the same pace. A generation
-  makes one BitLinear call per ternary tensor per forward pass, so when the model's tensor
-  types hold T ternary tensors, the bitlinear kernels ran, their calls are a multiple of T, and
-  the number of passes lies between what the runs need at least (one per prefill repetition,
-  generated_tokens - 1 per decode repetition) and at most (every token fed alone, warmups
-  included). Each kernel run's kernel was called at least once per timed repetition.
+  every repetition's ms (+ ttft_ms), with the warmups counted at the same pace. The engine
+  makes a fixed number of BitLinear calls per forward pass, whatever the batch: a block's seven
+  ternary matrices in four calls (q/k/v stacked, attn_output, gate/up stacked, ffn_down), and a
+  ternary output layer in one. So when the model's tensor types hold T ternary tensors, the
+  bitlinear kernels ran, and their calls are the runner's forward passes over the timed
+  repetitions (one per prefill repetition, generated_tokens + 1 per decode repetition) times
+  the calls per pass. Each kernel run's kernel was called at least once per timed repetition.
 - summaries: each run has one sample per repetition (workload.repetitions), and its derived
   samples and summaries are what receipt.rebuild_run makes from its raw measurements, within
   1% (medians, tok/s = tokens / seconds, latency percentiles); a decode repetition lasts at
@@ -139,21 +140,18 @@ def check_receipt(
 def replay_workload(
     doc: dict[str, Any], model_path: str | Path
 ) -> tuple[list[list[int]], set[str]]:
-    """Generate from each of the receipt's prompts as the bench did (its decode repetition:
-    the sampler and seed of the workload, generated_tokens ids, never stopping early); return
-    the ids and the ids of the kernels that ran."""
+    """Generate from the receipt's prompts as the bench did (its decode repetition: the prompts
+    decoded together as one batch, the sampler and seed of the workload, generated_tokens ids,
+    never stopping early); return the ids and the ids of the kernels that ran."""
     # the model stack, needed only here
-    from pybitnet.bench.runner import _decode_once
+    from pybitnet.bench.runner import decode_once
     from pybitnet.generate import load
 
     workload = doc["workload"]
     model = load(model_path)
     sampler = SamplerConfig(**workload["sampler"], seed=workload["seed"])
     with kernels.profile() as prof:
-        ids = [
-            _decode_once(model, prompt, workload["generated_tokens"], sampler)[0]
-            for prompt in workload["prompt_ids"]
-        ]
+        ids = decode_once(model, workload["prompt_ids"], workload["generated_tokens"], sampler)[0]
     return ids, {k["id"] for k in prof.stats()}
 
 
@@ -259,13 +257,24 @@ def _check_kernel_ids(ctx: _Context) -> Result:
     ids = [k["id"] for k in ctx.doc["kernels"]]
     ids += [run["kernel_id"] for run in ctx.doc["runs"] if run["kind"] == "kernel"]
     unknown = sorted(set(ids) - _registry().keys())
+    problems = []
     if unknown:
         known = ", ".join(sorted(_registry()))
-        return (
-            Verdict.FAIL,
-            f"kernel ids the installed registry does not know: {unknown} (it knows {known})",
+        problems.append(
+            f"kernel ids the installed registry does not know: {unknown} (it knows {known})"
         )
-    return Verdict.PASS, f"all {len(set(ids))} kernel ids are known to the installed registry"
+    codecs = {run["format"] for run in ctx.doc["runs"] if run["kind"] == "codec"}
+    names = {t.name for t in formats.TYPES.values()}
+    if codecs - names:
+        problems.append(
+            f"codec runs of formats pybitnet.formats does not know: {sorted(codecs - names)} "
+            f"(it knows {', '.join(sorted(names))})"
+        )
+    codec_note = f", and the {len(codecs)} codec formats to pybitnet.formats" if codecs else ""
+    return _outcome(
+        problems,
+        f"all {len(set(ids))} kernel ids are known to the installed registry{codec_note}",
+    )
 
 
 def _check_compute_path(ctx: _Context) -> Result:
@@ -314,6 +323,22 @@ def _wall_seconds(doc: dict[str, Any]) -> float:
     return float(total)
 
 
+# The engine's BitLinear calls per forward pass (engine/model.py): each block's ternary matrices
+# in BLOCK_CALLS stacked calls, at most MAX_STACKED matrices (q/k/v) in one call.
+BLOCK_TERNARY_TENSORS, BLOCK_CALLS, MAX_STACKED = 7, 4, 3
+
+
+def bitlinear_calls_per_pass(ternary_tensors: int) -> tuple[int, int]:
+    """The fewest and the most BitLinear calls the engine makes per forward pass of a model
+    with this many ternary tensors: exact for whole blocks (and a ternary output layer); for
+    ternary tensors outside whole blocks, how they are stacked is not known from the count."""
+    blocks, rest = divmod(ternary_tensors, BLOCK_TERNARY_TENSORS)
+    if rest <= 1:
+        exact = blocks * BLOCK_CALLS + rest
+        return exact, exact
+    return -(-ternary_tensors // MAX_STACKED), ternary_tensors
+
+
 def _generation_calls(doc: dict[str, Any]) -> list[str]:
     types = doc["model"]["tensor_types"]
     try:
@@ -325,42 +350,37 @@ def _generation_calls(doc: dict[str, Any]) -> list[str]:
     calls = sum(
         k["calls"] for k in doc["kernels"] if _registry().get(k["id"], ("",))[0] == "bitlinear"
     )
-    least, most = _forward_passes(doc)
     if calls == 0:
         return [f"the model has {ternary} ternary tensors ({types}), but no bitlinear kernel ran"]
-    if calls % ternary:
-        return [
-            f"{calls} bitlinear calls are not a whole number of forward passes: each pass makes "
-            f"one call per ternary tensor, and the model has {ternary}"
-        ]
-    if not least <= calls // ternary <= most:
-        return [
-            f"{calls} bitlinear calls make {calls // ternary} forward passes of {ternary} "
-            f"ternary tensors; this workload makes between {least} and {most}"
-        ]
-    return []
+    fewest, most = bitlinear_calls_per_pass(ternary)
+    passes = _forward_passes(doc)
+    if passes * fewest <= calls <= passes * most:
+        return []
+    exact = fewest == most
+    claim = f"make {calls / most:g} passes" if exact else "do not fit"
+    per_pass = f"{most}" if exact else f"{fewest} to {most}"
+    return [
+        f"{calls} bitlinear calls {claim}: the runs made {passes} forward passes (one per "
+        "prefill repetition, generated_tokens + 1 per decode repetition, warmups not counted) "
+        f"of {per_pass} calls (the engine's over {ternary} ternary tensors)"
+    ]
 
 
-def _forward_passes(doc: dict[str, Any]) -> tuple[int, int]:
-    """The fewest and the most forward passes the runs can have made."""
+def _forward_passes(doc: dict[str, Any]) -> int:
+    """The forward passes of the timed repetitions, as the runner makes them: a prefill
+    repetition prefills every prompt of the batch in one pass; a decode repetition prefills and
+    then makes generated_tokens decode steps of one pass each."""
     w = doc["workload"]
-    least = most = 0
-    for run in doc["runs"]:
-        reps = len(run["samples"]["ms"])
-        if run["kind"] == "prefill":  # the whole prompt in one pass, or one pass per token
-            least += reps
-            most += (reps + w["warmup"]) * run["n_tokens"]
-        else:  # the first token comes from the prefill's logits
-            least += reps * max(1, w["generated_tokens"] - 1)
-            most += (reps + w["warmup"]) * w["batch"] * (w["prompt_tokens"] + w["generated_tokens"])
-    return least, most
+    steps = {"prefill": 1, "decode": w["generated_tokens"] + 1}
+    return w["repetitions"] * sum(steps[run["kind"]] for run in doc["runs"])
 
 
 def _kernel_run_calls(doc: dict[str, Any]) -> list[str]:
     calls = {k["id"]: k["calls"] for k in doc["kernels"]}
     timed = Counter()
     for run in doc["runs"]:
-        timed[run["kernel_id"]] += len(run["samples"]["ms"])
+        if run["kind"] == "kernel":
+            timed[run["kernel_id"]] += len(run["samples"]["ms"])
     problems = []
     for kernel_id, reps in sorted(timed.items()):
         if kernel_id not in calls:

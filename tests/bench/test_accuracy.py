@@ -1,0 +1,145 @@
+"""`pybitnet accuracy`: every figure of the report can be checked. The comparison is checked on
+logits whose answers are known; the reference rows (identical weights) must show no difference
+at all; the engine rows must be the engine's (its kernels, its perplexity through Model) and
+close to the float64 reference; the JSON is the report. Short texts keep it fast."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from pybitnet import generate, kernels
+from pybitnet.bench import accuracy as acc
+from pybitnet.cli import main
+from pybitnet.errors import ModelError
+from pybitnet.model.convert import default_model_path
+from pybitnet.model.perplexity import perplexity
+from pybitnet.model.synthetic import make_model
+
+TEXT = acc.BUILTIN_TEXT.split("\n\n")[0]  # the first paragraph: 117 tokens, 3 chunks of 32
+N_CTX = 32
+
+
+@pytest.fixture(scope="module")
+def report() -> acc.AccuracyReport:
+    return acc.measure_accuracy(text=TEXT, n_ctx=N_CTX)
+
+
+def rows(report: acc.AccuracyReport, compute: str) -> list[acc.PathAccuracy]:
+    return [r for r in report.paths if r.compute.startswith(compute)]
+
+
+def test_compare_gives_the_known_answers():
+    rng = np.random.default_rng(0)
+    ref = [rng.standard_normal((5, 50)), rng.standard_normal((3, 50))]
+    same = acc.compare(ref, ref)
+    assert same == {"cosine_mean": 1.0, "cosine_min": 1.0, "rel_error": 0.0, "top1": 1.0}
+    doubled = acc.compare([2 * r for r in ref], ref)  # same direction, error |2x - x| / |x|
+    assert doubled["cosine_min"] == pytest.approx(1.0)
+    assert doubled["rel_error"] == pytest.approx(1.0) and doubled["top1"] == 1.0
+    negated = acc.compare([-r for r in ref], ref)
+    assert negated["cosine_mean"] == pytest.approx(-1.0)
+    assert negated["rel_error"] == pytest.approx(2.0) and negated["top1"] == 0.0
+    one_row_off = [r.copy() for r in ref]
+    one_row_off[1][2] = -one_row_off[1][2]
+    assert acc.compare(one_row_off, ref)["top1"] == 7 / 8
+    with pytest.raises(ModelError, match="cannot compare logits"):
+        acc.compare(ref[:1], ref)
+
+
+def test_the_report_covers_every_ternary_path_and_head(report):
+    model = generate.load()
+    head = model.weights.output.wtype.name
+    assert [(r.path, r.compute.split(" ")[0], r.output_head) for r in report.paths] == [
+        (path, compute, h)
+        for path in acc.TERNARY_PATHS
+        for compute, h in (("reference", head), ("engine", head), ("engine", "q8"))
+    ]
+    tokens = model.tokenize(TEXT)
+    assert report.text_tokens == len(tokens)
+    assert report.n_chunks == len(tokens) // N_CTX == 3
+    assert report.positions == report.n_chunks * N_CTX
+    assert report.kernel_tier == kernels.selected_tier()
+    assert report.skipped == [acc.LOOKUP_TABLE_NOTE]
+
+
+def test_reference_rows_show_no_difference_on_identical_weights(report):
+    for r in rows(report, "reference"):
+        assert r.weights_identical, r.path
+        assert (r.cosine_mean, r.cosine_min, r.rel_error, r.top1) == (1.0, 1.0, 0.0, 1.0), r
+        assert (r.ppl, r.ppl_change) == (report.reference_ppl, 0.0)
+        assert r.kernels == []
+
+
+def test_engine_rows_are_the_engines_and_close_to_the_reference(report):
+    tier = kernels.selected_tier()
+    for r in rows(report, "engine"):
+        assert r.compute == f"engine ({tier})"
+        dense = "linear_int8" if r.output_head == "q8" else f"linear_{r.output_head.lower()}"
+        assert {f"bitlinear_{tier}", f"{dense}_{tier}"} <= set(r.kernels), r.kernels
+        assert r.cosine_min > 0.999 and r.top1 >= 0.95, r
+        assert 0 < r.rel_error < 0.05, r
+        assert abs(r.ppl_change) < 0.02 and r.ppl == pytest.approx(report.reference_ppl, 0.02)
+    # the head as stored is closer to the reference than the int8 one
+    for path in acc.TERNARY_PATHS:
+        stored, q8 = (r for r in rows(report, "engine") if r.path == path)
+        assert stored.rel_error < q8.rel_error
+
+
+def test_engine_perplexity_is_what_the_model_api_computes(report):
+    """The identical weights in another format give the engine's perplexity on the model file,
+    computed here through generate.Model instead of the accuracy module's own loop."""
+    model = generate.load(n_ctx=N_CTX)
+    bos = model.tokenizer.bos_id if model.tokenizer.add_bos else None
+    ppl = perplexity(model.logits, model.tokenize(TEXT), N_CTX, bos).ppl
+    for r in rows(report, "engine"):
+        if r.output_head != "q8":
+            assert r.ppl == pytest.approx(ppl, rel=1e-4), r.path
+
+
+def test_the_json_is_the_report(report, tmp_path):
+    path = tmp_path / "accuracy.json"
+    acc.write_json(report, path)
+    doc = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert doc == json.loads(json.dumps(dataclasses.asdict(report)))
+    assert len(doc["paths"]) == 9
+    assert all(math.isfinite(row[k]) for row in doc["paths"] for k in ("ppl", "rel_error"))
+
+
+def run_cli(monkeypatch, *args: object) -> int:
+    monkeypatch.setattr(sys, "argv", ["pybitnet", *map(str, args)])
+    try:
+        main()
+    except SystemExit as exit_info:
+        return exit_info.code or 0
+    return 0
+
+
+def test_cli_preset_tiny_writes_valid_json(monkeypatch, capsys, tmp_path):
+    text, out = tmp_path / "text.txt", tmp_path / "tiny.json"
+    text.write_text("Once upon a time, there was a little girl named Lily.", encoding="utf-8")
+    args = ["accuracy", "--preset", "tiny", "-c", "16", "--text", text, "--json", out]
+    assert run_cli(monkeypatch, *args) == 0
+    assert "synthetic preset tiny" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["model"] == "synthetic preset tiny" and doc["n_ctx"] == 16
+    assert {(r["path"], r["output_head"]) for r in doc["paths"]} >= {("I2_S", "q8")}
+    assert all(r["weights_identical"] for r in doc["paths"])
+
+
+def test_a_model_without_ternary_tensors_is_refused(monkeypatch, capsys, tmp_path):
+    path = make_model(tmp_path / "f16.gguf", "tiny", weight_type="F16")
+    with pytest.raises(ModelError, match=f"{path}: the model has no ternary tensors"):
+        acc.measure_accuracy(path, text=TEXT, n_ctx=16)
+    assert run_cli(monkeypatch, "accuracy", "--model", path, "-c", "16") == 2
+    assert "the model has no ternary tensors" in capsys.readouterr().err
+
+
+def test_a_model_and_a_preset_are_refused():
+    with pytest.raises(ModelError, match="not both"):
+        acc.measure_accuracy(default_model_path(), preset="tiny")
