@@ -1,0 +1,99 @@
+"""`pybitnet run`, `chat` and `perplexity` on the embedded model, against the Python API they
+wrap (the other commands are tested with their modules: tests/bench, tests/gguf, tests/model,
+tests/server)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import pybitnet
+from pybitnet import kernels
+from pybitnet.cli import app
+from pybitnet.model.perplexity import perplexity
+
+GREEDY = ["--temperature", "0", "--max-tokens", "24"]
+
+
+@pytest.fixture(scope="module")
+def model() -> pybitnet.Model:
+    return pybitnet.load()
+
+
+def invoke(*args: str, input: str | None = None):
+    result = CliRunner().invoke(app, list(args), input=input)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def test_run_prints_only_the_continuation(model):
+    result = invoke("run", "Once upon a time", *GREEDY)
+    expected = model.generate("Once upon a time", max_tokens=24, temperature=0)
+    assert result.stdout == expected + "\n"
+    assert "Once upon a time" not in result.stdout
+
+
+def test_run_json_reports_the_seed_that_replays_it(model):
+    sampled = ["--max-tokens", "16", "--temperature", "1.0", "--json"]
+    first = json.loads(invoke("run", "The dog", *sampled).stdout)
+    assert len(first["token_ids"]) == 16 and first["finish_reason"] == "length"
+    again = json.loads(invoke("run", "The dog", *sampled, "--seed", str(first["seed"])).stdout)
+    assert again["token_ids"] == first["token_ids"]
+    options = dict(temperature=1.0, top_k=40, top_p=0.95, min_p=0.05, seed=first["seed"])
+    assert model.complete("The dog", max_tokens=16, **options).text == first["text"]
+
+
+def test_run_stops_at_a_stop_string():
+    text = invoke("run", "Once upon a time", *GREEDY, "--stop", "Lily", "--json").stdout
+    done = json.loads(text)
+    assert done["finish_reason"] == "stop" and "Lily" not in done["text"]
+
+
+def test_run_profile_lists_the_kernels_that_ran(model):
+    result = invoke("run", "Once upon a time", *GREEDY, "--profile")
+    tier = kernels.selected_tier()
+    for op in ("bitlinear", "attention", "rmsnorm", "rope", "gated", "embedding"):
+        assert f"{op}_{tier}" in result.stderr
+    assert "(outside kernels)" in result.stderr
+    assert "kernel profile" not in result.stdout
+
+
+def test_run_with_the_int8_output_head():
+    q8 = json.loads(
+        invoke("run", "Once upon a time", *GREEDY, "--output-head", "q8", "--json").stdout
+    )
+    stored = json.loads(invoke("run", "Once upon a time", *GREEDY, "--json").stdout)
+    assert len(q8["token_ids"]) == 24
+    # int8 rows move the logits a little: the first greedy tokens still agree on this model
+    assert q8["token_ids"][:8] == stored["token_ids"][:8]
+    bad = CliRunner().invoke(app, ["run", "x", "--output-head", "q4"])
+    assert bad.exit_code != 0 and "output_head" in str(bad.exception)
+
+
+def test_chat_keeps_history_until_reset(model):
+    result = invoke(
+        "chat", "--temperature", "0", "--max-tokens", "12", "--system", "Be short.",
+        input="Tell me a story.\n/reset\nTell me a story.\n/exit\nnever read\n",
+    )  # fmt: skip
+    system = {"role": "system", "content": "Be short."}
+    user = {"role": "user", "content": "Tell me a story."}
+    reply = model.complete(
+        model.render_chat([system, user]), parse_special=True, max_tokens=12, temperature=0
+    ).text
+    # after /reset the same question gets the same first reply: the history was cleared
+    assert result.stdout.count(reply) == 2, result.stdout
+    assert "/reset" in result.stderr
+
+
+def test_perplexity_json_matches_the_api(tmp_path, model):
+    text = "Once upon a time, there was a little girl. She liked to play with her ball. " * 8
+    path = tmp_path / "story.txt"
+    path.write_text(text)
+    got = json.loads(invoke("perplexity", str(path), "-c", "32", "--json").stdout)
+    want = perplexity(model.logits, model.tokenize(text), 32, model.tokenizer.bos_id)
+    assert got["ppl"] == pytest.approx(want.ppl, rel=1e-9)
+    assert got["n_chunks"] == want.n_chunks > 1
+    plain = invoke("perplexity", str(path), "-c", "32").stdout
+    assert f"Final estimate: PPL = {want.ppl:.4f}" in plain
