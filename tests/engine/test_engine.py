@@ -11,11 +11,15 @@ import pytest
 from lockstep import TOLERANCE, first_flip, load, lockstep
 
 from helpers.tokenizer_files import smollm2_path
-from pybitnet import kernels
+from pybitnet import formats, kernels
 from pybitnet.engine import Engine
+from pybitnet.engine.layers import Linear
+from pybitnet.engine.model import PREFILL_CHUNK
 from pybitnet.errors import ModelError
+from pybitnet.kernels import reference as numpy_kernels
 from pybitnet.model import ReferenceModel
 from pybitnet.model.synthetic import make_model
+from pybitnet.model.weights import Tensor
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PEERS = [
@@ -132,6 +136,23 @@ def test_prompt_in_pieces_equals_prompt_at_once():
     np.testing.assert_allclose(last, whole[-1:], rtol=0, atol=1e-5)
 
 
+def test_long_prompt_runs_in_chunks_with_the_logits_of_one_pass():
+    weights = load(PEERS[3])
+    engine = Engine(weights)
+    ids = prompt(weights, 2 * PREFILL_CHUNK + 9)
+    with kernels.profile() as prof:
+        chunked = engine.forward(ids, engine.new_cache())
+    assert {s["calls"] for s in prof.stats() if s["id"].startswith("embedding")} == {3}
+    one_pass = engine.forward_batch([(ids, engine.new_cache())])[0]
+    np.testing.assert_array_equal(chunked, one_pass)
+    last = engine.forward(ids, engine.new_cache(), last_only=True)  # output layer: n = 1 path
+    np.testing.assert_allclose(last, one_pass[-1:], rtol=0, atol=1e-5)
+    cache = engine.new_cache(len(ids) + 3)
+    with pytest.raises(ModelError, match="token ids"):  # checked before any chunk runs
+        engine.forward([*ids, weights.config.vocab_size], cache)
+    assert cache.length == 0
+
+
 @pytest.mark.parametrize("path", [PEERS[0], PEERS[3]], ids=["f32", "i2_s"])
 def test_forward_batch_equals_one_sequence_at_a_time(path):
     weights = load(path)
@@ -219,6 +240,23 @@ def test_cache_is_float32_laid_out_for_the_kernel():
     c = weights.config
     cache = Engine(weights).new_cache(100)
     assert cache.n_ctx == 100 and cache.length == 0
-    assert cache.k.shape == (c.n_layers, c.n_kv_heads, c.head_dim, 112)
+    assert cache.k.shape == (c.n_layers, c.n_kv_heads, 7, c.head_dim, 16)  # blocks of 16
     assert cache.v.shape == (c.n_layers, c.n_kv_heads, 112, c.head_dim)
     assert cache.k.dtype == cache.v.dtype == np.float32
+
+
+def test_tq_rows_of_one_block_scale_take_the_per_row_kernel():
+    """TQ2_0 blocks that all share a row's d run with one scale per row (faster), and others
+    keep their scale per block; both agree with the numpy BitLinear."""
+    rng = np.random.default_rng(7)
+    wtype = formats.weight_type("TQ2_0")
+    rows, cols = 12, 512
+    ternary = rng.integers(-1, 2, (rows, cols)).astype(np.float32)
+    per_block = np.repeat(rng.uniform(0.5, 1.5, (rows, 2)), 256, axis=1).astype(np.float32)
+    x = rng.standard_normal((3, cols)).astype(np.float32)
+    for w, groups in [(ternary * np.float32(0.75), 1), (ternary * per_block, 2)]:
+        t = Tensor("w", wtype, (rows, cols), formats.quantize(wtype, w))
+        layer = Linear([t], kernels.selected_tier())
+        assert layer.prepared[0].groups == groups
+        expected = numpy_kernels.bitlinear(x, numpy_kernels.prepare_ternary(*t.unpack_ternary()))
+        np.testing.assert_allclose(layer(x)[0], expected, rtol=1e-5, atol=1e-5)

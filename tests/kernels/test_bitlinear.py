@@ -82,6 +82,29 @@ def test_result_does_not_depend_on_threads(tier, rng, restore_threads):
     np.testing.assert_array_equal(results[0], results[2])
 
 
+def test_many_short_jobs_from_several_callers(rng, restore_threads):
+    """The pool under churn: thousands of short jobs (as decoding makes them), from two Python
+    threads at once (kernels release the GIL), with more pool threads than cores; each job's
+    tasks all run exactly once, or the results would differ."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tier = NATIVE_TIERS[0]
+    codes, scales = random_weights(rng, 67, 256, 1)
+    x = random_activations(rng, 5, 256)
+    kernels.set_threads(3)
+    expected = run(tier, x, codes, scales)
+    k = kernels.get("bitlinear", tier)
+    w = k.prepare(codes, scales)
+
+    def calls(_):
+        return [k(x, w) for _ in range(400)]
+
+    with ThreadPoolExecutor(2) as callers:
+        for ys in callers.map(calls, range(2)):
+            for y in ys:
+                np.testing.assert_array_equal(y, expected)
+
+
 @pytest.mark.parametrize("tier", [*NATIVE_TIERS, "numpy"])
 def test_bad_input_is_rejected(tier, rng):
     k = kernels.get("bitlinear", tier)

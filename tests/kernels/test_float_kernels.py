@@ -109,14 +109,25 @@ def test_gated(tier, act, rng):
         np.testing.assert_allclose(y, expected, rtol=2e-6, atol=1e-30)
 
 
-def cache_for(rng, n_kv, d, ctx, total):
-    k = rng.standard_normal((total, n_kv, d))
-    v = rng.standard_normal((total, n_kv, d))
-    kt = np.full((n_kv, d, ctx), 1e4, np.float32)  # stale entries past `total` must not count
+def cache_for(rng, n_kv, d, ctx, start, n):
+    """Caches (kc, vc) holding random keys and values at positions 0 .. start - 1, stale
+    entries (which must not count) past them, and the new (k, v) of positions start.."""
+    kc = np.full((n_kv, ctx // 16, d, 16), 1e4, np.float32)
     vc = np.full((n_kv, ctx, d), np.nan, np.float32)
-    kt[:, :, :total] = k.transpose(1, 2, 0)
-    vc[:, :total] = v.transpose(1, 0, 2)
-    return kt, vc
+    old = [rng.standard_normal((start, n_kv, d)).astype(np.float32) for _ in range(2)]
+    reference.store_kv(*old, kc, vc, 0)
+    k, v = (rng.standard_normal((n, n_kv, d)).astype(np.float32) for _ in range(2))
+    return k, v, kc, vc
+
+
+def test_store_kv_layout(rng):
+    k, v, kc, vc = cache_for(rng, 2, 8, 48, 0, 0)
+    k, v = rng.standard_normal((2, 20, 2, 8)).astype(np.float32)
+    reference.store_kv(k, v, kc, vc, 13)
+    for i, pos in enumerate(range(13, 33)):
+        np.testing.assert_array_equal(kc[:, pos // 16, :, pos % 16], k[i])
+        np.testing.assert_array_equal(vc[:, pos], v[i])
+    assert np.all(kc[:, 2, :, 1:] == 1e4) and np.all(kc[:, 0, :, :13] == 1e4)
 
 
 @pytest.mark.parametrize("tier", NATIVE_TIERS)
@@ -126,21 +137,28 @@ def cache_for(rng, n_kv, d, ctx, total):
 )
 def test_attention_is_causal_softmax_with_grouped_heads(tier, n, start, heads, n_kv, d, rng):
     ctx = 64
-    kt, vc = cache_for(rng, n_kv, d, ctx, start + n)
+    k, v, kc, vc = cache_for(rng, n_kv, d, ctx, start, n)
     q = rng.standard_normal((n, heads, d)).astype(np.float32)
-    expected = reference.attention(q.astype(np.float64), kt.astype(np.float64), vc, start)
-    y = kernels.get("attention", tier)(q, kt, vc, start)
+    kc64, vc64 = kc.astype(np.float64), vc.astype(np.float64)
+    expected = reference.attention(q.astype(np.float64), k, v, kc64, vc64, start)
+    y = kernels.get("attention", tier)(q, k, v, kc, vc, start)
     assert y.shape == (n, heads * d)
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=2e-6)
+    # the kernel stored the new keys and values as the reference did, and nothing else
+    np.testing.assert_array_equal(kc, kc64.astype(np.float32))
+    np.testing.assert_array_equal(vc, vc64.astype(np.float32))
 
 
 def test_numpy_attention_matches_the_model_reference(rng):
     from pybitnet.model import reference as model_reference
 
     n, start, heads, n_kv, d = 6, 3, 6, 2, 16
-    kt, vc = cache_for(rng, n_kv, d, 32, start + n)
+    k, v, kc, vc = cache_for(rng, n_kv, d, 32, start, n)
     q = rng.standard_normal((n, heads, d))
-    k = kt[:, :, : start + n].transpose(2, 0, 1).astype(np.float64)
-    v = vc[:, : start + n].transpose(1, 0, 2).astype(np.float64)
-    expected = model_reference.attention(q, k, v, np.arange(start, start + n))
-    np.testing.assert_allclose(reference.attention(q, kt, vc, start), expected, rtol=1e-5)
+    y = reference.attention(q, k, v, kc, vc, start)
+    keys = kc.transpose(0, 1, 3, 2).reshape(n_kv, 32, d)[:, : start + n].transpose(1, 0, 2)
+    values = vc[:, : start + n].transpose(1, 0, 2)
+    expected = model_reference.attention(
+        q, keys.astype(np.float64), values.astype(np.float64), np.arange(start, start + n)
+    )
+    np.testing.assert_allclose(y, expected, rtol=1e-5)

@@ -291,19 +291,30 @@ void gated(int act, const float *g, const float *u, int64_t i0, int64_t i1, floa
 
 // ---- attention ----
 
-// Scores of up to 4 query heads (q[0..3], repeats allowed) against keys t .. t + N - 1.
-inline void scores4(const float *const q[4], const float *kt, int64_t ctx, int64_t d, int64_t t,
-                    typename Vf::T acc[4]) {
+// Scores of up to 4 query heads (q[0..3], repeats allowed) against keys t .. t + N - 1 (a run
+// inside one key block, tiers.h: Vf::N divides kKeyBlock).
+// With `fetch`, the cache lines of the next key block and of the values of these positions are
+// prefetched along the way (one of each per step of e): the caches come from memory, evicted by
+// the weights every token, and waiting for each line in turn cost twice the time.
+inline void scores4(const float *const q[4], const float *kc, const float *v, int64_t d,
+                    int64_t t, bool fetch, typename Vf::T acc[4]) {
+    const float *block = kc + t / kKeyBlock * d * kKeyBlock + t % kKeyBlock;
+    const char *next = reinterpret_cast<const char *>(block + d * kKeyBlock);
+    const char *values = reinterpret_cast<const char *>(v + t * d);
     for (int g = 0; g < 4; ++g) acc[g] = Vf::zero();
     for (int64_t e = 0; e < d; ++e) {
-        const typename Vf::T k = Vf::load(kt + e * ctx + t);
+        if (fetch && t % kKeyBlock == 0) {  // d * 64 bytes each: a key block, 16 value rows
+            __builtin_prefetch(next + 64 * e);
+            __builtin_prefetch(values + 64 * e);
+        }
+        const typename Vf::T k = Vf::load(block + e * kKeyBlock);
         for (int g = 0; g < 4; ++g) acc[g] = Vf::fmadd(Vf::set1(q[g][e]), k, acc[g]);
     }
 }
 
 void attention(const AttentionArgs &a, int64_t kv, int64_t i0, int64_t i1, float *scratch) {
     const int64_t group = a.n_heads / a.n_kv, d = a.d, ctx = a.ctx;
-    const float *kt = a.kt + kv * d * ctx, *v = a.v + kv * ctx * d;
+    const float *kc = a.kc + kv * d * ctx, *v = a.v + kv * ctx * d;
     const typename Vf::T scale = Vf::set1(a.scale);
     for (int64_t i = i0; i < i1; ++i) {
         const int64_t T = a.start + i + 1;
@@ -315,7 +326,7 @@ void attention(const AttentionArgs &a, int64_t kv, int64_t i0, int64_t i1, float
             for (int g = 0; g < 4; ++g) q[g] = qi + min64(g0 + g, group - 1) * d;
             for (int64_t t = 0; t < Tp; t += Vf::N) {
                 typename Vf::T acc[4];
-                scores4(q, kt, ctx, d, t, acc);
+                scores4(q, kc, v, d, t, g0 == 0, acc);
                 for (int g = 0; g < 4 && g0 + g < group; ++g)
                     Vf::store(scratch + (g0 + g) * ctx + t, Vf::mul(acc[g], scale));
             }

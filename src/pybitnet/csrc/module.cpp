@@ -376,27 +376,37 @@ NB_MODULE(_native, m) {
 
     m.def(
         "attention",
-        [](const std::string &tier, Array<const float, nb::ndim<3>> q, Array<const float, nb::ndim<3>> kt,
-           Array<const float, nb::ndim<3>> v, int64_t start) {
+        [](const std::string &tier, Array<const float, nb::ndim<3>> q, Array<const float, nb::ndim<3>> k,
+           Array<const float, nb::ndim<3>> v, Array<float, nb::ndim<4>> kc, Array<float, nb::ndim<3>> vc,
+           int64_t start) {
             const TierKernels &t = tier_named(tier);
             const int64_t n = q.shape(0), heads = q.shape(1), d = q.shape(2);
-            const int64_t n_kv = kt.shape(0), ctx = kt.shape(2);
-            if (static_cast<int64_t>(kt.shape(1)) != d || static_cast<int64_t>(v.shape(0)) != n_kv ||
-                static_cast<int64_t>(v.shape(1)) != ctx || static_cast<int64_t>(v.shape(2)) != d ||
-                n_kv < 1 || heads % n_kv != 0 || ctx % 16 != 0 || start < 0 || start + n > ctx)
-                throw nb::value_error("attention: need q (n, heads, d), kt (n_kv, d, ctx), v (n_kv, ctx, d), "
-                                      "heads % n_kv == 0, ctx % 16 == 0, start + n <= ctx");
+            const int64_t n_kv = kc.shape(0), ctx = vc.shape(1);
+            const auto is = [](auto &a, std::initializer_list<int64_t> shape) {
+                int i = 0;
+                for (int64_t s : shape)
+                    if (static_cast<int64_t>(a.shape(i++)) != s) return false;
+                return true;
+            };
+            if (n_kv < 1 || heads % n_kv != 0 || ctx % kKeyBlock != 0 || start < 0 ||
+                start + n > ctx || !is(k, {n, n_kv, d}) || !is(v, {n, n_kv, d}) ||
+                !is(kc, {n_kv, ctx / kKeyBlock, d, kKeyBlock}) || !is(vc, {n_kv, ctx, d}))
+                throw nb::value_error(
+                    "attention: need q (n, heads, d), k and v (n, n_kv, d), kc (n_kv, ctx / 16, d, "
+                    "16), vc (n_kv, ctx, d), heads % n_kv == 0, ctx % 16 == 0, start + n <= ctx");
             auto out = new_array<float>({static_cast<size_t>(n), static_cast<size_t>(heads * d)});
-            const AttentionArgs args{q.data(), kt.data(), v.data(), out.data(), n, heads, n_kv, d,
+            const AttentionArgs args{q.data(), kc.data(), vc.data(), out.data(), n, heads, n_kv, d,
                                      ctx, start, 1.0f / std::sqrt(static_cast<float>(d))};
             {
                 nb::gil_scoped_release released;
+                store_kv(k.data(), v.data(), n, n_kv, d, ctx, start, kc.data(), vc.data());
                 attention(t, args);
             }
             return out;
         },
-        "tier"_a, "q"_a, "kt"_a, "v"_a, "start"_a,
-        "Causal attention of queries at positions start.. over the cached keys and values.");
+        "tier"_a, "q"_a, "k"_a, "v"_a, "kc"_a, "vc"_a, "start"_a,
+        "Stores k and v of positions start.. in the caches kc (keys in transposed blocks of 16 "
+        "positions) and vc, then returns the causal attention of q over positions 0..start+n-1.");
 
     m.def(
         "bitlinear",

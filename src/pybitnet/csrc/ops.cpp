@@ -94,6 +94,19 @@ void gated(const TierKernels &tier, int act, const float *g, const float *u, int
     parallel_pieces(count, 64, 32768, [&](int64_t i0, int64_t i1) { tier.gated(act, g, u, i0, i1, out); });
 }
 
+void store_kv(const float *k, const float *v, int64_t n, int64_t n_kv, int64_t d, int64_t ctx,
+              int64_t start, float *kc, float *vc) {
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t p = start + i;
+        for (int64_t h = 0; h < n_kv; ++h) {
+            const float *kr = k + (i * n_kv + h) * d;
+            float *kb = kc + h * d * ctx + p / kKeyBlock * d * kKeyBlock + p % kKeyBlock;
+            for (int64_t e = 0; e < d; ++e) kb[e * kKeyBlock] = kr[e];
+            std::memcpy(vc + (h * ctx + p) * d, v + (i * n_kv + h) * d, d * sizeof(float));
+        }
+    }
+}
+
 void attention(const TierKernels &tier, const AttentionArgs &a) {
     // Tasks: (kv head, block of query positions); later positions attend to more keys, so
     // blocks are small enough for the pool to balance them.

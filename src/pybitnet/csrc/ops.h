@@ -39,6 +39,10 @@ void rmsnorm(const TierKernels &tier, const float *x, const float *w, int64_t n,
              float eps, float *out);
 void gated(const TierKernels &tier, int act, const float *g, const float *u, int64_t count,
            float *out);
+// Writes keys k and values v (n x n_kv x d) of positions start .. start + n - 1 into the caches
+// kc and vc, laid out as AttentionArgs says.
+void store_kv(const float *k, const float *v, int64_t n, int64_t n_kv, int64_t d, int64_t ctx,
+              int64_t start, float *kc, float *vc);
 void attention(const TierKernels &tier, const AttentionArgs &a);
 
 }  // namespace pybitnet

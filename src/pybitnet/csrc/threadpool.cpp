@@ -1,5 +1,6 @@
 #include "threadpool.h"
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 
@@ -16,6 +17,9 @@ namespace pybitnet {
 
 // How long a worker keeps spinning for the next job before it sleeps.
 constexpr auto kSpin = std::chrono::microseconds(200);
+// How long the caller spins for workers to finish a job's last tasks before it sleeps (a job's
+// tasks are balanced to within a few microseconds when every thread has a core).
+constexpr auto kFinishSpin = std::chrono::microseconds(50);
 
 ThreadPool::ThreadPool(int n_threads) {
     for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
@@ -30,8 +34,25 @@ ThreadPool::~ThreadPool() {
     for (auto &t : workers_) t.join();
 }
 
-void ThreadPool::take_tasks() {
-    for (int64_t i = next_task_.fetch_add(1); i < n_tasks_; i = next_task_.fetch_add(1)) (*task_)(i);
+void ThreadPool::take_tasks(uint64_t job) {
+    for (;;) {
+        uint64_t s = state_.load(std::memory_order_acquire);
+        if (s >> 32 != job) return;
+        // Read after the acquire above, so at least this job's values; if a later job replaced
+        // them meanwhile, the compare-exchange below fails.
+        const int64_t n = n_tasks_.load(std::memory_order_relaxed);
+        const auto *task = task_.load(std::memory_order_relaxed);
+        const int64_t i = static_cast<int64_t>(s & 0xffffffffu);
+        if (i >= n) return;
+        if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) continue;
+        (*task)(i);
+        if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
+            // the job's last task: wake the caller if it sleeps (under the mutex, so a caller
+            // between its check and its wait cannot miss it)
+            std::lock_guard<std::mutex> lock(done_mutex_);
+            done_cv_.notify_one();
+        }
+    }
 }
 
 void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t)> &task) {
@@ -39,36 +60,53 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t)> &task) 
         for (int64_t i = 0; i < n_tasks; ++i) task(i);
         return;
     }
-    std::lock_guard<std::mutex> job(job_mutex_);
-    n_tasks_ = n_tasks;
-    task_ = &task;
-    next_task_.store(0);
-    busy_workers_.store(static_cast<int>(workers_.size()));
+    constexpr int64_t kMaxTasks = int64_t{1} << 31;  // the task index has 32 bits of state_
+    if (n_tasks > kMaxTasks) {
+        for (int64_t first = 0; first < n_tasks; first += kMaxTasks)
+            run(std::min(kMaxTasks, n_tasks - first), [&](int64_t i) { task(first + i); });
+        return;
+    }
+    std::lock_guard<std::mutex> lock_job(job_mutex_);
+    const uint64_t job = (state_.load(std::memory_order_relaxed) >> 32) + 1;
+    n_tasks_.store(n_tasks, std::memory_order_relaxed);
+    task_.store(&task, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
     {
         std::lock_guard<std::mutex> lock(wake_mutex_);
-        generation_.fetch_add(1, std::memory_order_release);
+        state_.store(job << 32, std::memory_order_release);
     }
     wake_.notify_all();
-    take_tasks();
-    while (busy_workers_.load(std::memory_order_acquire) != 0) PYBITNET_PAUSE();
+    take_tasks(job);
+    // Every task is claimed: wait only for those still running on a worker; spin a little, then
+    // sleep. Sleeping matters when other processes keep cores busy: a worker preempted in the
+    // middle of a task waits in some core's run queue, and an idle core (ours, once asleep) is
+    // where the OS moves it at once; a spinning caller kept its core and waited a time slice.
+    const auto spin_until = std::chrono::steady_clock::now() + kFinishSpin;
+    for (int spins = 1; done_.load(std::memory_order_acquire) != n_tasks; ++spins) {
+        PYBITNET_PAUSE();
+        if (spins % 64 == 0 && std::chrono::steady_clock::now() > spin_until) {
+            std::unique_lock<std::mutex> lock(done_mutex_);
+            done_cv_.wait(lock, [&] { return done_.load(std::memory_order_acquire) == n_tasks; });
+        }
+    }
 }
 
 void ThreadPool::worker_loop() {
     uint64_t seen = 0;
+    const auto current = [this] { return state_.load(std::memory_order_acquire) >> 32; };
     for (;;) {
         const auto spin_until = std::chrono::steady_clock::now() + kSpin;
         int spins = 0;
-        while (generation_.load(std::memory_order_acquire) == seen) {
+        while (current() == seen) {
             PYBITNET_PAUSE();
             if (++spins % 256 == 0 && std::chrono::steady_clock::now() > spin_until) {
                 std::unique_lock<std::mutex> lock(wake_mutex_);
-                wake_.wait(lock, [&] { return stopping_ || generation_.load() != seen; });
+                wake_.wait(lock, [&] { return stopping_ || current() != seen; });
                 if (stopping_) return;
             }
         }
-        seen = generation_.load(std::memory_order_acquire);
-        take_tasks();
-        busy_workers_.fetch_sub(1, std::memory_order_release);
+        seen = current();
+        take_tasks(seen);
     }
 }
 

@@ -13,6 +13,11 @@ namespace pybitnet {
 // A persistent pool: n - 1 worker threads plus the calling thread run the tasks of one job at a
 // time. Workers spin briefly after a job (decoding calls kernels every few microseconds), then
 // sleep on a condition variable, so an idle process costs no CPU.
+//
+// A job is done when its tasks are, not when every worker has checked in: on a machine whose
+// cores are busy with other processes a worker may not run for a whole time slice, and the
+// caller then takes all the tasks itself instead of waiting for it (waiting cost milliseconds
+// per kernel call, several times the call itself, when another process held a core).
 class ThreadPool {
   public:
     explicit ThreadPool(int n_threads);
@@ -27,18 +32,22 @@ class ThreadPool {
 
   private:
     void worker_loop();
-    void take_tasks();
+    // Claims and runs tasks of job `job` until none is left (or a later job has started).
+    void take_tasks(uint64_t job);
 
     std::vector<std::thread> workers_;
     std::mutex job_mutex_;  // one job at a time
     std::mutex wake_mutex_;
     std::condition_variable wake_;
     bool stopping_ = false;
-    std::atomic<uint64_t> generation_{0};
-    std::atomic<int64_t> next_task_{0};
-    std::atomic<int> busy_workers_{0};
-    int64_t n_tasks_ = 0;
-    const std::function<void(int64_t)> *task_ = nullptr;
+    // (job number << 32) | next unclaimed task: a task is claimed with one compare-exchange, so
+    // a worker that wakes late can never claim a task of a job that has finished.
+    std::atomic<uint64_t> state_{0};
+    std::atomic<int64_t> n_tasks_{0};
+    std::atomic<const std::function<void(int64_t)> *> task_{nullptr};
+    std::atomic<int64_t> done_{0};  // tasks of the current job finished
+    std::mutex done_mutex_;         // the caller sleeps on done_cv_ for the last tasks
+    std::condition_variable done_cv_;
 };
 
 // The process's pool, created on first use with set_pool_threads' count (default: every

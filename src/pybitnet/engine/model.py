@@ -14,25 +14,26 @@ import numpy as np
 from pybitnet import kernels
 from pybitnet.engine.layers import Linear
 from pybitnet.errors import ModelError
+from pybitnet.kernels.reference import KEY_BLOCK
 from pybitnet.model.config import ModelConfig
 from pybitnet.model.weights import Weights
 
-# The attention kernel reads keys in runs of up to 16 positions: cache rows are padded to that.
-_CTX_ALIGN = 16
 OUTPUT_HEADS = (None, "q8")
+PREFILL_CHUNK = 128  # tokens per forward pass of a long prompt (Engine.forward)
 
 
 class KVCache:
-    """float32 keys and values of every layer, laid out for the attention kernel: keys
-    transposed (layers, kv_heads, head_dim, ctx), values (layers, kv_heads, ctx, head_dim).
-    Pages are touched only as positions are filled."""
+    """float32 keys and values of every layer, laid out for the attention kernel (which writes
+    them): keys in blocks of 16 positions, each block transposed (layers, kv_heads, ctx / 16,
+    head_dim, 16); values (layers, kv_heads, ctx, head_dim). Pages are touched only as
+    positions are filled."""
 
     def __init__(self, config: ModelConfig, n_ctx: int | None = None) -> None:
         self.n_ctx = min(n_ctx or config.context_length, config.context_length)
-        ctx = -(-self.n_ctx // _CTX_ALIGN) * _CTX_ALIGN
+        blocks = -(-self.n_ctx // KEY_BLOCK)
         c = config
-        self.k = np.zeros((c.n_layers, c.n_kv_heads, c.head_dim, ctx), np.float32)
-        self.v = np.zeros((c.n_layers, c.n_kv_heads, ctx, c.head_dim), np.float32)
+        self.k = np.zeros((c.n_layers, c.n_kv_heads, blocks, c.head_dim, KEY_BLOCK), np.float32)
+        self.v = np.zeros((c.n_layers, c.n_kv_heads, blocks * KEY_BLOCK, c.head_dim), np.float32)
         self.length = 0
 
     def reserve(self, n: int) -> None:
@@ -116,8 +117,23 @@ class Engine:
         self, tokens: Sequence[int], cache: KVCache, *, last_only: bool = False
     ) -> np.ndarray:
         """Logits (len(tokens), vocab) float32 for tokens at positions cache.length onwards
-        (``last_only``: only the last position's, (1, vocab), as a prompt's prefill needs)."""
-        return self.forward_batch([(tokens, cache)], last_only=last_only)[0]
+        (``last_only``: only the last position's, (1, vocab), as a prompt's prefill needs).
+
+        A long prompt runs in chunks of PREFILL_CHUNK tokens, each attending to the cache the
+        previous ones filled: the same logits (every op treats each position alone), a bounded
+        working set (the activations of 512 tokens at once took ~150 MB more peak RSS), and
+        barely slower (the weights are read once per chunk)."""
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        self._check(ids, cache)  # before any chunk changes the cache
+        chunks = [ids[i : i + PREFILL_CHUNK] for i in range(0, ids.size, PREFILL_CHUNK)]
+        logits = [self.forward_batch([(chunk, cache)], last_only=last_only)[0] for chunk in chunks]
+        return logits[-1] if last_only or len(logits) == 1 else np.concatenate(logits)
+
+    def _check(self, ids: np.ndarray, cache: KVCache) -> None:
+        vocab = self.config.vocab_size
+        if ids.size == 0 or ids.min() < 0 or ids.max() >= vocab:
+            raise ModelError(f"token ids must be in [0, {vocab}), got {ids.tolist()!r}")
+        cache.reserve(ids.size)
 
     def forward_batch(
         self, items: Sequence[tuple[Sequence[int], KVCache]], *, last_only: bool = False
@@ -130,9 +146,7 @@ class Engine:
         if len({id(cache) for cache in caches}) != len(caches):
             raise ModelError("forward_batch: each sequence needs its own cache")
         for seq, cache in zip(ids, caches, strict=True):
-            if seq.size == 0 or seq.min() < 0 or seq.max() >= c.vocab_size:
-                raise ModelError(f"token ids must be in [0, {c.vocab_size}), got {seq.tolist()!r}")
-            cache.reserve(seq.size)
+            self._check(seq, cache)
         spans = np.cumsum([0, *(seq.size for seq in ids)])
         starts = [cache.length for cache in caches]
         positions = np.concatenate(
@@ -148,12 +162,13 @@ class Engine:
             q = self.rope(q.reshape(n, c.n_heads, c.head_dim), cos, sin)
             k = self.rope(k.reshape(n, c.n_kv_heads, c.head_dim), cos, sin)
             v = v.reshape(n, c.n_kv_heads, c.head_dim)
-            a = np.empty((n, c.n_heads * c.head_dim), np.float32)
-            for i, cache in enumerate(caches):
-                s, e, start = spans[i], spans[i + 1], starts[i]
-                cache.k[layer, :, :, start : start + e - s] = k[s:e].transpose(1, 2, 0)
-                cache.v[layer, :, start : start + e - s] = v[s:e].transpose(1, 0, 2)
-                a[s:e] = self.attention(q[s:e], cache.k[layer], cache.v[layer], start)
+            if len(caches) == 1:
+                a = self.attention(q, k, v, caches[0], layer, starts[0])
+            else:
+                a = np.empty((n, c.n_heads * c.head_dim), np.float32)
+                for i, cache in enumerate(caches):
+                    s, e = spans[i], spans[i + 1]
+                    a[s:e] = self.attention(q[s:e], k[s:e], v[s:e], cache, layer, starts[i])
             if c.sub_norms:
                 a = self.rmsnorm(a, blk.attn_sub_norm)
             h = h + blk.attn_output(a)[0]
@@ -180,8 +195,12 @@ class Engine:
         c = self.config
         return self._rope(x, cos, sin, c.rope_dim, c.rope_neox)
 
-    def attention(self, q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
-        return self._attention(q, kt, v, start)
+    def attention(
+        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: KVCache, layer: int, start: int
+    ) -> np.ndarray:
+        """Stores k and v (n, kv_heads, head_dim) of positions start.. in the layer's cache, then
+        attends q (n, heads, head_dim) over positions 0 .. start + n - 1."""
+        return self._attention(q, k, v, cache.k[layer], cache.v[layer], start)
 
 
 def _f32(vector: np.ndarray | None) -> np.ndarray | None:

@@ -137,19 +137,34 @@ def gated(act: str, g: np.ndarray, u: np.ndarray) -> np.ndarray:
     return (a * u).astype(np.float32)
 
 
-def attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
-    """Causal softmax attention of q (n, H, d) at positions start.. over the cache's keys kt
-    (n_kv, d, ctx) (transposed) and values v (n_kv, ctx, d); q head i reads kv head
-    i // (H / n_kv). Returns (n, H * d)."""
+KEY_BLOCK = 16  # positions per block of the key cache (csrc/tiers.h: kKeyBlock)
+
+
+def store_kv(k: np.ndarray, v: np.ndarray, kc: np.ndarray, vc: np.ndarray, start: int) -> None:
+    """Writes keys and values (n, n_kv, d) of positions start.. into the caches: kc (n_kv,
+    ctx / KEY_BLOCK, d, KEY_BLOCK), each block of positions transposed; vc (n_kv, ctx, d)."""
+    pos = np.arange(start, start + k.shape[0])
+    kc[:, pos // KEY_BLOCK, :, pos % KEY_BLOCK] = k  # advanced indices first: (n, n_kv, d)
+    vc[:, pos] = v.transpose(1, 0, 2)
+
+
+def attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, kc: np.ndarray, vc: np.ndarray, start: int
+) -> np.ndarray:
+    """Stores k and v (n, n_kv, d) of positions start.. in the caches (store_kv), then returns
+    the causal softmax attention of q (n, H, d) over positions 0 .. start + n - 1; q head i
+    reads kv head i // (H / n_kv). Returns (n, H * d)."""
+    store_kv(k, v, kc, vc, start)
     n, n_heads, d = q.shape
-    n_kv = kt.shape[0]
+    n_kv = kc.shape[0]
     total = start + n
+    keys = kc.transpose(0, 1, 3, 2).reshape(n_kv, -1, d)[:, :total]
     qg = q.reshape(n, n_kv, n_heads // n_kv, d)
-    scores = np.einsum("nkgd,kdt->kgnt", qg, kt[:, :, :total]) / np.float32(np.sqrt(d))
+    scores = np.einsum("nkgd,ktd->kgnt", qg, keys) / np.float32(np.sqrt(d))
     future = np.arange(total)[None, :] > (start + np.arange(n))[:, None]
     scores[..., future] = -np.inf
     scores -= scores.max(axis=-1, keepdims=True)
     probs = np.exp(scores)
     probs /= probs.sum(axis=-1, keepdims=True)
-    out = np.einsum("kgnt,ktd->nkgd", probs, v[:, :total])
+    out = np.einsum("kgnt,ktd->nkgd", probs, vc[:, :total])
     return np.ascontiguousarray(out.reshape(n, n_heads * d), dtype=np.float32)

@@ -41,18 +41,22 @@ class Profile:
     """Calls and seconds per kernel id while a ``profile()`` block is open."""
 
     def __init__(self) -> None:
-        self._calls: dict[str, int] = {}
-        self._seconds: dict[str, float] = {}
+        self._totals: dict[str, list] = {}  # id -> [calls, seconds]
 
     def _add(self, kernel_id: str, seconds: float) -> None:
-        self._calls[kernel_id] = self._calls.get(kernel_id, 0) + 1
-        self._seconds[kernel_id] = self._seconds.get(kernel_id, 0.0) + seconds
+        # on every kernel call while profiling: kept to one dict lookup
+        totals = self._totals.get(kernel_id)
+        if totals is None:
+            self._totals[kernel_id] = [1, seconds]
+        else:
+            totals[0] += 1
+            totals[1] += seconds
 
     def stats(self) -> list[dict[str, Any]]:
         """[{id, calls, seconds}] for every kernel called, sorted by id."""
         return [
-            {"id": k, "calls": self._calls[k], "seconds": self._seconds[k]}
-            for k in sorted(self._calls)
+            {"id": k, "calls": self._totals[k][0], "seconds": self._totals[k][1]}
+            for k in sorted(self._totals)
         ]
 
 
@@ -275,9 +279,21 @@ def _native_rope(
 
 
 def _native_attention(
-    tier: str, q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int
+    tier: str,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    kc: np.ndarray,
+    vc: np.ndarray,
+    start: int,
 ) -> np.ndarray:
-    return _native.attention(tier, np.ascontiguousarray(q, np.float32), kt, v, start)
+    f32 = np.float32
+    q, k, v = (
+        np.ascontiguousarray(q, f32),
+        np.ascontiguousarray(k, f32),
+        np.ascontiguousarray(v, f32),
+    )
+    return _native.attention(tier, q, k, v, kc, vc, start)
 
 
 def _run(tier: str, name: str) -> Callable[..., Any]:

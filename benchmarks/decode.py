@@ -1,0 +1,262 @@
+"""End-to-end speed of the engine: load, prefill (pp128, pp512) and decode (tg128) on 2B-shaped
+models at each thread count, beside their bounds, and llama.cpp on the same TQ2_0 file in the
+same run (ratios).
+
+    .venv/bin/pybitnet make-model --preset 2b --arch bitnet-b1.58 --type I2_S -o /tmp/2b-i2s.gguf
+    .venv/bin/pybitnet make-model --preset 2b --arch bitnet --type TQ2_0 -o /tmp/2b-tq2.gguf
+    .venv/bin/python benchmarks/decode.py /tmp/2b-i2s.gguf /tmp/2b-tq2.gguf [--threads 1,2]
+        [--output-head q8] [--reps 3] [--json decode.json] [--peer /work/peer-venv/bin/python]
+
+Workloads (llama-bench's): prefill is the whole prompt of random ids in one forward pass, logits
+of its last position only; decode feeds 128 tokens one at a time (greedy) after a 16-token
+prompt. Figures are medians of --reps runs; each model and thread count runs in a process of its
+own (for its peak RSS), its load time measured there. Columns:
+- bound: decode tok/s if every weight byte of a token (the engine's own layout) were read once
+  at the read bandwidth measured here with the same threads; tg % is tg128 / bound;
+- py %: decode time outside the kernels (Python, numpy glue), from kernels.profile(); the
+  profile's own bookkeeping counts in it;
+- RSS / limit: peak resident set of the process against file size + KV cache + 15%;
+- spread: (max - min) / median of the tg128 runs, and the load average: the machine's 2 cores are
+  shared, so figures taken while others run are noisy; compare ratios taken side by side.
+--peer runs llama.cpp (llama-cpp-python in that interpreter's environment) on every model whose
+linear weights are TQ2_0 (llama.cpp reads no I2_S; its arch must be one it knows, e.g. `bitnet`),
+right after pybitnet on the same file and threads, and prints pybitnet / llama.cpp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kernels import read_bandwidth  # benchmarks/kernels.py
+from pybitnet import kernels
+from pybitnet.engine import Engine
+from pybitnet.gguf import open_gguf
+from pybitnet.model import ModelConfig, Weights
+
+PROMPTS = (128, 512)
+DECODE = 128
+DECODE_PROMPT = 16
+
+
+def bytes_per_token(engine: Engine) -> int:
+    """Weights a decode step reads: every linear layer once (as the engine holds them)."""
+    layers = [
+        layer for blk in engine.blocks for layer in vars(blk).values() if hasattr(layer, "prepared")
+    ]
+    return sum(w.nbytes for layer in [*layers, engine.output] for w in layer.prepared)
+
+
+def bench_engine(path: Path, threads: int, output_head: str | None, reps: int) -> dict:
+    kernels.set_threads(threads)
+    start = time.perf_counter()
+    f = open_gguf(path)
+    weights = Weights.from_gguf(f, ModelConfig.from_metadata(f.metadata, str(path)))
+    engine = Engine(weights, output_head=output_head)
+    result = {"load_s": time.perf_counter() - start, "output_head": output_head or "stored"}
+    rng = np.random.default_rng(0)
+    vocab = engine.config.vocab_size
+    for n in PROMPTS:
+        samples = []
+        for _ in range(reps):
+            cache = engine.new_cache(n)
+            ids = rng.integers(0, vocab, n).tolist()
+            t = time.perf_counter()
+            engine.forward(ids, cache, last_only=True)
+            samples.append(n / (time.perf_counter() - t))
+        result[f"pp{n}_tok_s"] = statistics.median(samples)
+        result[f"pp{n}_samples"] = samples
+    samples, overheads, profiles = [], [], []
+    for _ in range(reps):
+        cache = engine.new_cache(DECODE_PROMPT + DECODE)
+        logits = engine.forward(rng.integers(0, vocab, DECODE_PROMPT).tolist(), cache)
+        token = int(np.argmax(logits[-1]))
+        with kernels.profile() as prof:
+            t = time.perf_counter()
+            for _ in range(DECODE):
+                token = int(np.argmax(engine.forward([token], cache)[0]))
+            seconds = time.perf_counter() - t
+        samples.append(DECODE / seconds)
+        overheads.append(1 - sum(s["seconds"] for s in prof.stats()) / seconds)
+        profiles.append({s["id"]: s["seconds"] / seconds for s in prof.stats()})
+    middle = samples.index(statistics.median_low(samples))
+    result.update(
+        tg128_tok_s=statistics.median(samples),
+        tg128_samples=samples,
+        python_overhead_share=statistics.median(overheads),
+        # share of decode time per kernel id, from the run with the median speed
+        decode_profile=profiles[middle] | {"outside kernels": overheads[middle]},
+        bytes_per_token=bytes_per_token(engine),
+        kv_cache_bytes=engine.new_cache(max(PROMPTS)).nbytes,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    )
+    return result
+
+
+PEER_SCRIPT = """
+import json, statistics, sys, time
+import numpy as np
+from llama_cpp import Llama
+path, threads, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+llm = Llama(path, n_threads=threads, n_threads_batch=threads, n_ctx=1024, n_batch=512,
+            verbose=False)
+rng = np.random.default_rng(0)
+out = {}
+for n in (128, 512):
+    samples = []
+    for _ in range(reps):
+        llm.reset()
+        ids = rng.integers(0, llm.n_vocab(), n).tolist()
+        t = time.perf_counter(); llm.eval(ids); samples.append(n / (time.perf_counter() - t))
+    out[f"pp{n}_tok_s"] = statistics.median(samples)
+    out[f"pp{n}_samples"] = samples
+samples = []
+for _ in range(reps):
+    llm.reset()
+    llm.eval(rng.integers(0, llm.n_vocab(), 16).tolist())
+    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    t = time.perf_counter()
+    for _ in range(128):
+        llm.eval([token])
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    samples.append(128 / (time.perf_counter() - t))
+out["tg128_tok_s"] = statistics.median(samples)
+out["tg128_samples"] = samples
+import llama_cpp
+out["version"] = llama_cpp.__version__
+print(json.dumps(out))
+"""
+
+
+def bench_peer(python: str, path: Path, threads: int, reps: int) -> dict | None:
+    command = [python, "-c", PEER_SCRIPT, str(path), str(threads), str(reps)]
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode != 0:
+        print(f"llama.cpp run failed on {path.name}: {run.stderr.strip()[-300:]}", flush=True)
+        return None
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def linear_type(path: Path) -> str:
+    """The type of the model's first block's attn_q weights (I2_S, TQ2_0, ...)."""
+    f = open_gguf(path)
+    return f.tensors["blk.0.attn_q.weight"].wtype.name
+
+
+def spread(samples: list[float]) -> float:
+    return (max(samples) - min(samples)) / statistics.median(samples)
+
+
+def run_one(path: Path, threads: int, args: argparse.Namespace) -> dict:
+    """bench_engine in a child process of its own, so its peak RSS is this model's alone."""
+    command = [sys.executable, __file__, str(path), "--one", "--threads", str(threads)]
+    command += ["--reps", str(args.reps)]
+    if args.output_head:
+        command += ["--output-head", args.output_head]
+    run = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def print_rows(rows: list[dict]) -> None:
+    header = (
+        f"{'model':<22} {'type':<5} {'thr':>3} {'load s':>6} {'pp128':>7} {'pp512':>7} "
+        f"{'tg128':>6} {'bound':>6} {'tg %':>5} {'py %':>5} {'RSS MB':>7} {'limit':>6} "
+        f"{'spread':>6} {'load avg':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        limit = (r["file_bytes"] + r["kv_cache_bytes"]) * 1.15 / 1e6
+        print(
+            f"{Path(r['model']).name[:22]:<22} {r['type'][:5]:<5} {r['threads']:>3} "
+            f"{r['load_s']:>6.2f} {r['pp128_tok_s']:>7.1f} {r['pp512_tok_s']:>7.1f} "
+            f"{r['tg128_tok_s']:>6.1f} {r['decode_bound_tok_s']:>6.1f} "
+            f"{r['tg128_tok_s'] / r['decode_bound_tok_s']:>5.0%} "
+            f"{r['python_overhead_share']:>5.1%} {r['peak_rss_bytes'] / 1e6:>7.0f} {limit:>6.0f} "
+            f"{spread(r['tg128_samples']):>6.0%} {r['load_average']:>8.2f}"
+        )
+        peer = r.get("peer_llama_cpp")
+        if peer:
+            print(
+                f"{'  llama.cpp, same file':<22} {'':<5} {r['threads']:>3} {'':>6} "
+                f"{peer['pp128_tok_s']:>7.1f} {peer['pp512_tok_s']:>7.1f} "
+                f"{peer['tg128_tok_s']:>6.1f} {'':>6} {'':>5} {'':>5} {'':>7} {'':>6} "
+                f"{spread(peer['tg128_samples']):>6.0%}"
+            )
+            ratios = {w: r[f"{w}_tok_s"] / peer[f"{w}_tok_s"] for w in ("pp128", "pp512", "tg128")}
+            print(
+                f"{'  pybitnet / llama.cpp':<22} {'':<5} {r['threads']:>3} {'':>6} "
+                f"{ratios['pp128']:>6.2f}x {ratios['pp512']:>6.2f}x {ratios['tg128']:>5.2f}x"
+            )
+
+
+def print_profiles(rows: list[dict]) -> None:
+    print("\ndecode time per token by kernel id (share of tg128 wall time, median run):")
+    for r in rows:
+        shares = sorted(r["decode_profile"].items(), key=lambda kv: -kv[1])
+        ms = 1e3 / r["tg128_tok_s"]
+        text = ", ".join(f"{k} {v:.1%}" for k, v in shares if v >= 0.001)
+        print(f"  {Path(r['model']).name} {r['threads']} thr ({ms:.1f} ms/token): {text}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--output-head", choices=["q8"], default=None)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=Path("decode.json"))
+    parser.add_argument("--peer", help="a Python with llama-cpp-python, for a side-by-side run")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:  # one model, one thread count, in a process of its own (for its peak RSS)
+        r = bench_engine(args.models[0], int(args.threads), args.output_head, args.reps)
+        print(json.dumps(r))
+        return
+    info = kernels.describe()
+    cores = os.cpu_count()
+    print(f"{info['cpu']}, tier {info['selected_tier']}, {cores} logical cores", flush=True)
+    rows = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        bandwidth = read_bandwidth(threads)
+        for path in args.models:
+            r = {"model": str(path), "type": linear_type(path), "threads": threads}
+            r["load_average"] = os.getloadavg()[0]
+            r |= run_one(path, threads, args)
+            r.update(file_bytes=os.path.getsize(path), read_gb_s=bandwidth)
+            r["decode_bound_tok_s"] = bandwidth * 1e9 / r["bytes_per_token"]
+            if args.peer and r["type"] == "TQ2_0":
+                r["peer_llama_cpp"] = bench_peer(args.peer, path, threads, args.reps)
+            rows.append(r)
+            print(
+                f"  done: {path.name}, {threads} threads: tg128 {r['tg128_tok_s']:.1f} tok/s",
+                flush=True,
+            )
+    print()
+    print_rows(rows)
+    print_profiles(rows)
+    report = {
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "host": info,
+        "workloads": {"prompts": PROMPTS, "decode": DECODE, "decode_prompt": DECODE_PROMPT},
+        "reps": args.reps,
+        "results": rows,
+    }
+    args.json.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
