@@ -33,7 +33,8 @@ class ForwardModel(Protocol):
 
 
 def prefill(model: ForwardModel, cache: Any, tokens: Sequence[int]) -> np.ndarray:
-    """Runs the whole prompt in one pass; returns the logits that predict the next token."""
+    """Runs the whole prompt (the engine chunks a long one); returns the logits that predict the
+    next token."""
     return model.forward(tokens, cache, last_only=True)[-1]
 
 
