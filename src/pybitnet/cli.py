@@ -171,6 +171,7 @@ def serve(
         list[str] | None, typer.Option(help="Allow this browser origin (repeatable; default none).")
     ] = None,
     threads: ThreadsOption = None,
+    output_head: OutputHeadOption = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, with a chat page at /."""
     from pybitnet import kernels
@@ -180,7 +181,7 @@ def serve(
     if threads is not None:
         kernels.set_threads(threads)
     config = ServerConfig(max_batch, max_queue, api_key, cors_origins=tuple(cors_origin or ()))
-    run_server(model, host=host, port=port, n_ctx=ctx, config=config)
+    run_server(model, host=host, port=port, n_ctx=ctx, output_head=output_head, config=config)
 
 
 @app.command()

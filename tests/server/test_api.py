@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from helpers.serving import running
+from helpers.serving import HTTP_TIMEOUT, error, running
 from pybitnet.server import ServerConfig, create_app
 
 MESSAGES = [{"role": "user", "content": "Tell me a story about a cat."}]
@@ -15,7 +15,9 @@ MESSAGES = [{"role": "user", "content": "Tell me a story about a cat."}]
 
 @pytest.fixture(scope="module")
 def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(
+        base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=HTTP_TIMEOUT
+    )
 
 
 def greedy_chat(model, messages, max_tokens):
@@ -151,14 +153,6 @@ def test_generation_stops_at_the_end_of_the_context(client, model):
     assert reply.choices[0].text == model.complete(prompt, max_tokens=100, temperature=0).text
 
 
-def error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()["error"]
-    assert set(body) == {"message", "type", "param", "code"}
-    assert body["message"]
-    return body
-
-
 def chat(base_url: str, **fields) -> httpx.Response:
     return httpx.post(f"{base_url}/v1/chat/completions", json={"messages": MESSAGES, **fields})
 
@@ -230,8 +224,12 @@ def test_api_key_guards_v1_only(model):
         for path in ("/health", "/health/live", "/health/ready", "/metrics", "/"):
             assert httpx.get(url + path).status_code == 200, path
         with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0).models.list()
-        good = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
+            openai.OpenAI(
+                base_url=f"{url}/v1", api_key="nope", max_retries=0, timeout=HTTP_TIMEOUT
+            ).models.list()
+        good = openai.OpenAI(
+            base_url=f"{url}/v1", api_key="s3cret", max_retries=0, timeout=HTTP_TIMEOUT
+        )
         reply = good.chat.completions.create(model="any", messages=MESSAGES, max_tokens=3)
         assert reply.usage.completion_tokens <= 3
 

@@ -65,7 +65,7 @@ def test_serve_with_no_arguments_finishes_in_flight_requests_on_sigterm():
     process = start([str(PYBITNET), "serve", "--port", str(port)], port)
     try:
         assert httpx.get(f"{url}/v1/models").json()["data"][0]["id"] == "tinystories-3m"
-        response, lines = stream_until_first_token(url, 120)
+        response, lines = stream_until_first_token(url, 500)
         process.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         assert refused(url)
@@ -79,8 +79,12 @@ def test_serve_with_no_arguments_finishes_in_flight_requests_on_sigterm():
 def test_requests_still_running_after_the_timeout_are_cancelled():
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # Steps of 5 ms at least: the 500 tokens take 2.5 s or more, past the 1 s timeout, however
+    # fast the engine is.
     code = (
-        "from pybitnet.server import ServerConfig, serve; "
+        "import time; from pybitnet.engine import Engine; from pybitnet.server import "
+        "ServerConfig, serve; step = Engine.forward_batch; "
+        "Engine.forward_batch = lambda *a, **k: (time.sleep(0.005), step(*a, **k))[1]; "
         f"serve(port={port}, config=ServerConfig(shutdown_timeout=1))"
     )
     process = start([sys.executable, "-c", code], port)

@@ -135,7 +135,8 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await asyncio.to_thread(scheduler.stop)
+            # Bounded: a step that never ends must not keep the process from exiting.
+            await asyncio.to_thread(scheduler.stop, config.shutdown_timeout)
 
     app = FastAPI(
         title="pybitnet",

@@ -33,11 +33,13 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     n_ctx: int | None = None,
+    output_head: str | None = None,
     config: ServerConfig | None = None,
 ) -> None:
-    """Loads the model (the embedded one when model_path is None) and serves it until SIGTERM."""
+    """Loads the model (the embedded one when model_path is None; output_head as in
+    pybitnet.generate.load) and serves it until SIGTERM."""
     config = config or ServerConfig()
-    model = load(model_path, n_ctx=n_ctx)
+    model = load(model_path, n_ctx=n_ctx, output_head=output_head)
     app = create_app(model, config)
     uvicorn_config = uvicorn.Config(
         app,

@@ -1,11 +1,12 @@
 """Continuous batching: one thread runs every decode step for all active sequences together.
 
-Requests wait in a bounded queue and are admitted between steps while a batch slot and room in
-the KV-cache budget are free. Each step feeds every active sequence its next tokens in ONE
-forward call (`Scheduler.step`): the next chunk of a prompt being prefilled, or the token just
-sampled, so the weights are read once per step for the whole batch when the forward model has a
-batched path (`forward_batch`). Results go back to the asyncio side through each request's
-asyncio.Queue (loop.call_soon_threadsafe); a cancelled request is dropped at the next step.
+A request joins the batch as it arrives if a batch slot and room in the KV-cache budget are
+free; otherwise it waits in a bounded queue, admitted between steps first come first served.
+Each step feeds every active sequence its next tokens in ONE forward call (`Scheduler.step`):
+the next chunk of a prompt being prefilled, or the token just sampled, so the weights are read
+once per step for the whole batch when the forward model has a batched path (`forward_batch`).
+Results go back to the asyncio side through each request's asyncio.Queue
+(loop.call_soon_threadsafe); a cancelled request is dropped at the next step.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ class Finished:
     completion_tokens: int
 
 
+# The status of a request cancelled because its client left (nginx's 499): nobody reads it,
+# but the request metrics count it.
+CLIENT_CLOSED = 499
+
+
 @dataclass(frozen=True)
 class Failed:
     message: str
@@ -67,7 +73,8 @@ class NotAccepting(Exception):
 class Generation:
     """One request in the scheduler: its prompt and sampling, then its cache and progress.
 
-    Created on the event loop's thread; `events` receives Piece*, then Finished or Failed.
+    Created on the event loop's thread; `events` receives Piece*, then one Finished or Failed
+    (a cancelled generation too, once the scheduler drops it).
     """
 
     def __init__(
@@ -173,13 +180,18 @@ class Scheduler:
         self._thread.start()
 
     def submit(self, gen: Generation) -> None:
-        """Queues a generation; raises QueueFull or NotAccepting instead of waiting."""
+        """Admits a generation into the batch, or queues it; raises QueueFull or NotAccepting
+        instead of waiting."""
         with self._cond:
             if not self.accepting:
                 raise NotAccepting("the server is shutting down")
-            if len(self._waiting) >= self.max_queue:
-                raise QueueFull(f"all {self.max_queue} places in the queue are taken")
+            # Admitted here, not only by the thread between steps, so a request that finds a
+            # free slot never counts against the queue (two arriving at once, max_queue=0).
             self._waiting.append(gen)
+            self._admit()
+            if len(self._waiting) > self.max_queue:
+                self._waiting.pop()  # FIFO admission: gen is the last one still waiting
+                raise QueueFull(f"all {self.max_queue} places in the queue are taken")
             self._cond.notify()
 
     def cancel(self, gen: Generation) -> None:
@@ -194,19 +206,15 @@ class Scheduler:
             self._accepting = False
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stops the thread after its current step; what is left fails with an event."""
+        """Stops the thread after its current step (waiting for it `timeout` seconds at most);
+        what is left fails with an event."""
         with self._cond:
             self._accepting = False
             self._stopping = True
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        with self._cond:
-            for gen in [*self._active, *self._waiting]:
-                gen.send(Failed("the server stopped before this request finished", 503))
-            self._active.clear()
-            self._waiting.clear()
-            self.kv_used_tokens = 0
+        self._fail_all(Failed("the server stopped before this request finished", 503))
 
     def step(self, batch: list[Generation]) -> list[np.ndarray]:
         """One forward pass for the whole batch: each sequence's next prompt chunk (prefill)
@@ -224,6 +232,13 @@ class Scheduler:
         return [x[-1] for x in logits]
 
     def _run(self) -> None:
+        try:
+            self._steps()
+        except Exception as exc:  # a bug here must not leave requests waiting for ever
+            logger.exception("the scheduler stopped")
+            self._fail_all(Failed(f"the scheduler stopped: {exc}"))
+
+    def _steps(self) -> None:
         while True:
             with self._cond:
                 while True:
@@ -247,6 +262,16 @@ class Scheduler:
                 if not gen.cancelled and not gen.pending:
                     self._sample(gen, row)
 
+    def _fail_all(self, event: Failed) -> None:
+        """Ends every request still here with `event`; no more are accepted."""
+        with self._cond:
+            self._accepting = False
+            for gen in [*self._active, *self._waiting]:
+                gen.send(event)
+            self._active.clear()
+            self._waiting.clear()
+            self.kv_used_tokens = 0
+
     def _admit(self) -> None:
         """Moves queued generations into the batch while a slot and KV room are free (FIFO)."""
         while self._waiting and len(self._active) < self.max_batch:
@@ -260,10 +285,14 @@ class Scheduler:
             self._active.append(gen)
 
     def _drop_cancelled(self) -> None:
-        if any(gen.cancelled for gen in self._waiting):
-            self._waiting = deque(gen for gen in self._waiting if not gen.cancelled)
-        for gen in [gen for gen in self._active if gen.cancelled]:
+        dropped = [gen for gen in [*self._waiting, *self._active] if gen.cancelled]
+        if not dropped:
+            return
+        self._waiting = deque(gen for gen in self._waiting if not gen.cancelled)
+        for gen in dropped:
             self._release(gen)
+            # Ends whatever still awaits it (a plain request whose client left).
+            gen.send(Failed("the client closed the request", CLIENT_CLOSED))
 
     def _sample(self, gen: Generation, logits: np.ndarray) -> None:
         try:
