@@ -84,24 +84,26 @@ def test_result_does_not_depend_on_threads(tier, rng, restore_threads):
 
 def test_many_short_jobs_from_several_callers(rng, restore_threads):
     """The pool under churn: thousands of short jobs (as decoding makes them), from two Python
-    threads at once (kernels release the GIL), with more pool threads than cores; each job's
-    tasks all run exactly once, or the results would differ."""
+    threads at once (kernels release the GIL), with more pool threads than cores, and job sizes
+    alternating (a late worker of a small job must not claim a task of the larger next one);
+    each job's tasks all run exactly once, or the results would differ."""
     from concurrent.futures import ThreadPoolExecutor
 
     tier = NATIVE_TIERS[0]
-    codes, scales = random_weights(rng, 67, 256, 1)
-    x = random_activations(rng, 5, 256)
-    kernels.set_threads(3)
-    expected = run(tier, x, codes, scales)
     k = kernels.get("bitlinear", tier)
-    w = k.prepare(codes, scales)
+    jobs = []
+    for rows, n in ((67, 5), (1500, 1), (301, 8)):
+        codes, scales = random_weights(rng, rows, 256, 1)
+        x = random_activations(rng, n, 256)
+        jobs.append((x, k.prepare(codes, scales), run(tier, x, codes, scales)))
+    kernels.set_threads(3)
 
     def calls(_):
-        return [k(x, w) for _ in range(400)]
+        return [(k(x, w), expected) for _ in range(300) for x, w, expected in jobs]
 
     with ThreadPoolExecutor(2) as callers:
-        for ys in callers.map(calls, range(2)):
-            for y in ys:
+        for pairs in callers.map(calls, range(2)):
+            for y, expected in pairs:
                 np.testing.assert_array_equal(y, expected)
 
 

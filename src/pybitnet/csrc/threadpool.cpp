@@ -38,10 +38,11 @@ void ThreadPool::take_tasks(uint64_t job) {
     for (;;) {
         uint64_t s = state_.load(std::memory_order_acquire);
         if (s >> 32 != job) return;
-        // Read after the acquire above, so at least this job's values; if a later job replaced
+        // Read after the acquire above, so at least this job's values; if job + 2 replaced
         // them meanwhile, the compare-exchange below fails.
-        const int64_t n = n_tasks_.load(std::memory_order_relaxed);
-        const auto *task = task_.load(std::memory_order_relaxed);
+        const Job &slot = jobs_[job & 1];
+        const int64_t n = slot.n_tasks.load(std::memory_order_relaxed);
+        const auto *task = slot.task.load(std::memory_order_relaxed);
         const int64_t i = static_cast<int64_t>(s & 0xffffffffu);
         if (i >= n) return;
         if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) continue;
@@ -68,8 +69,8 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t)> &task) 
     }
     std::lock_guard<std::mutex> lock_job(job_mutex_);
     const uint64_t job = (state_.load(std::memory_order_relaxed) >> 32) + 1;
-    n_tasks_.store(n_tasks, std::memory_order_relaxed);
-    task_.store(&task, std::memory_order_relaxed);
+    jobs_[job & 1].n_tasks.store(n_tasks, std::memory_order_relaxed);
+    jobs_[job & 1].task.store(&task, std::memory_order_relaxed);
     done_.store(0, std::memory_order_relaxed);
     {
         std::lock_guard<std::mutex> lock(wake_mutex_);

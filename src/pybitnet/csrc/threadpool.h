@@ -43,8 +43,15 @@ class ThreadPool {
     // (job number << 32) | next unclaimed task: a task is claimed with one compare-exchange, so
     // a worker that wakes late can never claim a task of a job that has finished.
     std::atomic<uint64_t> state_{0};
-    std::atomic<int64_t> n_tasks_{0};
-    std::atomic<const std::function<void(int64_t)> *> task_{nullptr};
+    // A job's task count and function, in the slot of its job number's parity: run(J + 1)
+    // writes the other slot before it publishes state_, so a worker that read state_ = (J, i)
+    // always reads job J's values (J's slot is reused only by job J + 2, after state_ has moved
+    // on and the worker's compare-exchange can no longer succeed).
+    struct Job {
+        std::atomic<int64_t> n_tasks{0};
+        std::atomic<const std::function<void(int64_t)> *> task{nullptr};
+    };
+    Job jobs_[2];
     std::atomic<int64_t> done_{0};  // tasks of the current job finished
     std::mutex done_mutex_;         // the caller sleeps on done_cv_ for the last tasks
     std::condition_variable done_cv_;
