@@ -29,7 +29,7 @@ STABLE_IDS = {
         "attention",
     )
     for tier in ("avx512", "avx2", "scalar", "numpy")
-}
+} | {"bitlinear_tl_avx512"}
 
 
 def test_ids_are_stable():

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu.h"
+#include "lut.h"
 #include "ops.h"
 #include "ternary.h"
 #include "threadpool.h"
@@ -425,4 +426,34 @@ NB_MODULE(_native, m) {
             return y;
         },
         "tier"_a, "w"_a, "x"_a, "BitLinear (SPEC section 1): y (n, rows) for x (n, cols) float32.");
+
+    m.def("lut_supported", &lut_supported, "Whether this CPU runs the lookup-table BitLinear.");
+    nb::class_<LutMatrix>(m, "LutMatrix",
+                          "Ternary weights as table indices for the lookup-table BitLinear.")
+        .def(
+            "__init__",
+            [](LutMatrix *self, const TernaryMatrix &w) {
+                nb::gil_scoped_release released;
+                new (self) LutMatrix(w);
+            },
+            "w"_a, "The weights of w (its rows, columns and scales), re-encoded.")
+        .def_prop_ro("shape", [](const LutMatrix &w) { return nb::make_tuple(w.rows(), w.cols()); })
+        .def_prop_ro("groups", &LutMatrix::groups)
+        .def_prop_ro("nbytes", &LutMatrix::nbytes);
+
+    m.def(
+        "bitlinear_lut",
+        [](const LutMatrix &w, Array<const float, nb::ndim<2>> x) {
+            if (!lut_supported())
+                throw nb::value_error("the lookup-table BitLinear needs AVX-512 (the avx512 tier)");
+            check_cols("bitlinear_lut", x.shape(1), w.cols());
+            const int64_t n = x.shape(0);
+            auto y = new_array<float>({static_cast<size_t>(n), static_cast<size_t>(w.rows())});
+            {
+                nb::gil_scoped_release released;
+                bitlinear_lut(w, x.data(), n, y.data());
+            }
+            return y;
+        },
+        "w"_a, "x"_a, "BitLinear with the lookup-table kernel: the same results as bitlinear.");
 }

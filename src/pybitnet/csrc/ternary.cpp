@@ -210,16 +210,15 @@ TernaryMatrix::TernaryMatrix(const std::vector<Packed> &parts, int64_t cols, con
     });
 }
 
-void bitlinear(const TierKernels &tier, const TernaryMatrix &w, const float *x, int64_t n,
-               float *y) {
-    const TernaryView v = w.view();
-    const int64_t groups = v.kp / 256;
+QuantizedRows quantize_rows(const TierKernels &tier, const float *x, int64_t n, int64_t cols,
+                            int64_t kp) {
+    const int64_t groups = kp / 256;
     // Scratch reused across calls on this thread, so no page faults per call. The tasks below
     // run on other threads too: they must use these pointers, not the thread_local vectors.
     thread_local std::vector<int8_t> q_buf;
     thread_local std::vector<float> sx_buf;
     thread_local std::vector<int32_t> sums_buf, total_buf;
-    q_buf.resize(n * v.kp);
+    q_buf.resize(n * kp);
     sx_buf.resize(n);
     sums_buf.resize(n * groups);
     total_buf.resize(n);
@@ -227,20 +226,25 @@ void bitlinear(const TierKernels &tier, const TernaryMatrix &w, const float *x, 
     float *sx = sx_buf.data();
     int32_t *sums = sums_buf.data(), *total = total_buf.data();
     const auto workers = pool();
-    const int threads = workers->size();
-
-    const int64_t qpiece = piece_size(n, threads, 1);
+    const int64_t qpiece = piece_size(n, workers->size(), 1);
     workers->run((n + qpiece - 1) / qpiece, [&](int64_t i) {
         const int64_t r0 = i * qpiece, r1 = std::min(n, r0 + qpiece);
-        tier.quantize(x, v.cols, r0, r1, q, sx, sums, v.kp);
+        tier.quantize(x, cols, r0, r1, q, sx, sums, kp);
         for (int64_t r = r0; r < r1; ++r) {
             int32_t t = 0;
             for (int64_t g = 0; g < groups; ++g) t += sums[r * groups + g];
             total[r] = t;
         }
     });
-    const QuantizedRows xq{q, sx, sums, total, n, v.kp};
-    const int64_t piece = piece_size(v.rows, threads, 4 * kTileRows);
+    return {q, sx, sums, total, n, kp};
+}
+
+void bitlinear(const TierKernels &tier, const TernaryMatrix &w, const float *x, int64_t n,
+               float *y) {
+    const TernaryView v = w.view();
+    const QuantizedRows xq = quantize_rows(tier, x, n, v.cols, v.kp);
+    const auto workers = pool();
+    const int64_t piece = piece_size(v.rows, workers->size(), 4 * kTileRows);
     workers->run((v.rows + piece - 1) / piece, [&](int64_t i) {
         const int64_t r0 = i * piece;
         tier.matmul(v, xq, r0, std::min(v.rows, r0 + piece), y);

@@ -51,6 +51,11 @@ class TernaryMatrix {
     std::vector<float> scales_;
 };
 
+// x (n x cols float32) quantized per row (SPEC section 1) on the pool's threads, padded to kp
+// columns. The rows live in this thread's scratch until its next call.
+QuantizedRows quantize_rows(const TierKernels &tier, const float *x, int64_t n, int64_t cols,
+                            int64_t kp);
+
 // y (n x w.rows) = BitLinear(x (n x w.cols)) on the given tier, on the process's thread pool.
 void bitlinear(const TierKernels &tier, const TernaryMatrix &w, const float *x, int64_t n,
                float *y);

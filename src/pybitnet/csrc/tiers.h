@@ -31,6 +31,39 @@ struct TernaryView {
     int64_t rows, cols, kp, groups;
 };
 
+// The same weights as table indices, for the lookup-table (TL, T-MAC style) kernel of lut.h
+// (built once from a TernaryMatrix by LutMatrix in lut.cpp):
+// - each 256-column block of a row is cut into kLutGroups groups of 3 columns: group j holds
+//   columns 3j, 3j+1, 3j+2 of the block for j < 85, and column 255 alone (with two zero
+//   weights) for j = 85; a group is stored as one byte, the index 9 (w0 + 1) + 3 (w1 + 1) +
+//   (w2 + 1) in 0..26 (13: all zero). Rows and columns are padded with zero weights to
+//   multiples of kLutTileRows and 256;
+// - rows go in tiles of kLutTileRows; tile t, block k is one run of kLutGroups * kLutTileRows
+//   bytes at (t * blocks + k) * kLutGroups * kLutTileRows, holding for each group j the indices
+//   of the tile's rows as 64-byte halves of 64 rows, each with its first 32 rows in the even
+//   bytes and the next 32 in the odd ones: row i of the tile is at byte j * kLutTileRows +
+//   64 * (i / 64) + 2 * (i % 32) + (i % 64) / 32 (a 16-bit lane holds two rows' indices);
+// - scales: blocks-major, scales[k * padded rows + r] (one block when the matrix has one scale
+//   per row), so a run of rows' scales is contiguous.
+// One index byte per 3 weights (2.67 bits a weight) is looked up as a 16-bit lane (vpermw),
+// against a 27-entry int16 table of the activations' partial sums.
+constexpr int kLutGroups = 86, kLutTileRows = 128;
+
+struct LutView {
+    const uint8_t *idx;
+    const float *scales;
+    int64_t rows, cols, kp, groups;  // groups: scale groups per row, 1 or kp / 256
+};
+
+struct QuantizedRows;
+#ifdef PYBITNET_X86_TIERS
+// The lookup-table GEMM (lut_avx512.cpp) for activation rows b0..b1 and weight tiles t0..t1.
+// Scratch: tables holds (b1 - b0) * (kLutGroups * 32 + (t1 - t0) * kLutTileRows) int16, acc
+// (b1 - b0) * (t1 - t0) * kLutTileRows 4-byte values.
+void lut_matmul_avx512(const LutView &w, const QuantizedRows &x, int64_t b0, int64_t b1,
+                       int64_t t0, int64_t t1, int16_t *tables, void *acc, float *y);
+#endif
+
 // Activations quantised per row (SPEC section 1), padded with zeros to kp columns.
 struct QuantizedRows {
     const int8_t *q;       // n x kp

@@ -177,6 +177,12 @@ def _native_prepare_packed(
     return _native.TernaryMatrix(native_parts, cols, np.ascontiguousarray(scales, np.float32))
 
 
+def _native_bitlinear_tl(x: np.ndarray, w: Any) -> np.ndarray:
+    if not isinstance(w, _native.LutMatrix):
+        raise PyBitnetError(f"{TL_KERNEL} needs weights from its own prepare(), got {w!r}")
+    return _native.bitlinear_lut(w, np.ascontiguousarray(x, np.float32))
+
+
 def _checked_bitlinear(run: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     def bitlinear(x: np.ndarray, w: Any) -> np.ndarray:
         if x.ndim != 2 or x.shape[1] != w.shape[1]:
@@ -332,6 +338,19 @@ def _make(op: str, tier: str) -> Kernel:
             _checked_prepare(prepare),
             _checked_prepare_packed(packed),
         )
+    if op == "bitlinear_tl":
+        if tier != "avx512":
+            raise PyBitnetError(f"bitlinear_tl runs on the avx512 tier only, not {tier!r}")
+        return Kernel(
+            kid,
+            op,
+            tier,
+            _checked_bitlinear(_native_bitlinear_tl),
+            _checked_prepare(
+                lambda codes, scales: _native.LutMatrix(_native_prepare(codes, scales))
+            ),
+            _checked_prepare_packed(lambda *args: _native.LutMatrix(_native_prepare_packed(*args))),
+        )
     if op.startswith("linear_"):
         wtype = "int8" if op == "linear_int8" else op.removeprefix("linear_").upper()
         if op == "linear_int8":
@@ -363,9 +382,14 @@ OPS = (
 )
 
 
+# The lookup-table BitLinear (TL, T-MAC style; csrc/lut.h): the same results as bitlinear, on
+# the avx512 tier only; get("bitlinear_tl") elsewhere raises.
+TL_KERNEL = "bitlinear_tl_avx512"
+
+
 def known_ids() -> frozenset[str]:
     """Every kernel id this version of pybitnet defines, whether or not this CPU runs it."""
-    return frozenset(f"{op}_{tier}" for op in OPS for tier in TIERS)
+    return frozenset(f"{op}_{tier}" for op in OPS for tier in TIERS) | {TL_KERNEL}
 
 
 def get(op: str, tier: str | None = None) -> Kernel:
