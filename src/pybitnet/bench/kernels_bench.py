@@ -158,7 +158,7 @@ def run_kernel_bench(workload: KernelWorkload, step: Step | None = None) -> dict
 
 def case_count(workload: KernelWorkload) -> int:
     """How many runs (and progress steps) the workload makes."""
-    per_shape = len(workload.formats) * len(workload.batches) + 1
+    per_shape = len(workload.formats) * len(workload.batches) * len(_ternary_kernels()) + 1
     cases = len(workload.shapes) * per_shape + 2 * len(workload.codecs)
     return cases * len(workload.threads)
 
@@ -166,21 +166,23 @@ def case_count(workload: KernelWorkload) -> int:
 def _cases(workload: KernelWorkload) -> Iterator[Case]:
     """The cases one at a time, so that only one case's weights are in memory."""
     rng = np.random.default_rng(workload.seed)
-    bitlinear, dequant = kernels.get("bitlinear"), kernels.get("i2s_dequant")
+    dequant = kernels.get("i2s_dequant")
     for rows, cols in workload.shapes:
         shape = (rows, cols)
         weights = _weights(rng, shape)
         for fmt in workload.formats:
             codes, scales = formats.unpack_ternary(fmt, formats.quantize(fmt, weights), shape)
-            prepared = bitlinear.prepare(codes, scales)
-            for batch in workload.batches:
-                x = rng.standard_normal((batch, cols)).astype(np.float32)
-                name = f"{'gemv' if batch == 1 else f'gemm{batch}'} {fmt} {rows}x{cols}"
-                yield Case(
-                    name,
-                    partial(bitlinear, x, prepared),
-                    partial(_kernel_run, name, bitlinear.id, (batch, *shape)),
-                )
+            for kernel, suffix in _ternary_kernels():
+                prepared = kernel.prepare(codes, scales)
+                for batch in workload.batches:
+                    x = rng.standard_normal((batch, cols)).astype(np.float32)
+                    kind = "gemv" if batch == 1 else f"gemm{batch}"
+                    name = f"{kind} {fmt} {rows}x{cols}{suffix}"
+                    yield Case(
+                        name,
+                        partial(kernel, x, prepared),
+                        partial(_kernel_run, name, kernel.id, (batch, *shape)),
+                    )
         name = f"dequant I2_S {rows}x{cols}"
         data = formats.quantize("I2_S", weights)
         yield Case(
@@ -197,6 +199,16 @@ def _cases(workload: KernelWorkload) -> Iterator[Case]:
             ):
                 name = f"{direction} {fmt} {shape[0]}x{shape[1]}"
                 yield Case(name, call, partial(_codec_run, name, fmt, direction, shape))
+
+
+def _ternary_kernels() -> list[tuple[kernels.Kernel, str]]:
+    """The BitLinear kernels to time, with their run-name suffix: the multiply-add one, and the
+    lookup-table one where the selected tier has it (avx512; the engine does not use it, see
+    benchmarks/lut.json, so it is measured here for a machine where it might win)."""
+    found = [(kernels.get("bitlinear"), "")]
+    if kernels.selected_tier() == "avx512":
+        found.append((kernels.get("bitlinear_tl"), " tl"))
+    return found
 
 
 def _weights(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
