@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers.chromium import CHROMIUM, HEADLESS_FLAGS, needs_chromium
 from pybitnet.bench import report as rp
 from pybitnet.bench.receipt import write_receipt
 from pybitnet.cli import main
 
 SCREENSHOT = Path(__file__).parents[2] / "docs" / "report-screenshot.png"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture
@@ -182,23 +182,13 @@ document.body.insertAdjacentHTML("beforeend",
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,1600",
-    ]
+    flags = [*HEADLESS_FLAGS, "--window-size=1280,1600"]
     with tempfile.TemporaryDirectory() as profile:
         command = [CHROMIUM, *flags, f"--user-data-dir={profile}", *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+@needs_chromium
 def test_the_page_renders_in_chromium_with_its_plots_laid_out(receipt_files, tmp_path):
     page = rp.render_html(rp.load_receipts(receipt_files))
     probe = tmp_path / "probe.html"

@@ -11,23 +11,17 @@ import fcntl
 import json
 import os
 import select
-import shutil
 import subprocess
 import time
 from typing import Any
 
 import pytest
 
+from helpers.chromium import CHROMIUM, HEADLESS_FLAGS, needs_chromium
 from helpers.serving import running
 from pybitnet.server import ServerConfig, create_app
 
-CHROMIUM = shutil.which("chromium")
-pytestmark = [
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)"
-    ),
-    pytest.mark.slow,
-]
+pytestmark = [needs_chromium, pytest.mark.slow]
 
 
 class Browser:
@@ -43,14 +37,7 @@ class Browser:
         os.close(read_end)
         os.close(write_end)
         flags = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *HEADLESS_FLAGS,
             f"--user-data-dir={profile_dir}",
             "--remote-debugging-pipe",
         ]

@@ -16,34 +16,25 @@ from pybitnet.engine.layers import Linear
 from pybitnet.errors import ModelError
 from pybitnet.kernels.reference import KEY_BLOCK
 from pybitnet.model.config import ModelConfig
+from pybitnet.model.reference import CacheSpan
 from pybitnet.model.weights import Weights
 
 OUTPUT_HEADS = (None, "q8")
 PREFILL_CHUNK = 128  # tokens per forward pass of a long prompt (Engine.forward)
 
 
-class KVCache:
+class KVCache(CacheSpan):
     """float32 keys and values of every layer, laid out for the attention kernel (which writes
     them): keys in blocks of 16 positions, each block transposed (layers, kv_heads, ctx / 16,
     head_dim, 16); values (layers, kv_heads, ctx, head_dim). Pages are touched only as
     positions are filled."""
 
     def __init__(self, config: ModelConfig, n_ctx: int | None = None) -> None:
-        self.n_ctx = min(n_ctx or config.context_length, config.context_length)
+        super().__init__(config, n_ctx)
         blocks = -(-self.n_ctx // KEY_BLOCK)
         c = config
         self.k = np.zeros((c.n_layers, c.n_kv_heads, blocks, c.head_dim, KEY_BLOCK), np.float32)
         self.v = np.zeros((c.n_layers, c.n_kv_heads, blocks * KEY_BLOCK, c.head_dim), np.float32)
-        self.length = 0
-
-    def reserve(self, n: int) -> None:
-        if self.length + n > self.n_ctx:
-            raise ModelError(
-                f"{self.length} cached + {n} new tokens exceed the context of {self.n_ctx} tokens"
-            )
-
-    def reset(self) -> None:
-        self.length = 0
 
     @property
     def nbytes(self) -> int:

@@ -15,14 +15,11 @@ from pybitnet.model.config import ModelConfig
 from pybitnet.model.weights import Tensor, Weights
 
 
-class KVCache:
-    """Keys and values of every layer for the positions seen so far (float64)."""
+class CacheSpan:
+    """What every KV cache keeps besides its arrays: room for n_ctx positions, `length` filled."""
 
     def __init__(self, config: ModelConfig, n_ctx: int | None = None) -> None:
         self.n_ctx = min(n_ctx or config.context_length, config.context_length)
-        shape = (config.n_layers, self.n_ctx, config.n_kv_heads, config.head_dim)
-        self.k = np.zeros(shape)
-        self.v = np.zeros(shape)
         self.length = 0
 
     def reserve(self, n: int) -> None:
@@ -33,6 +30,16 @@ class KVCache:
 
     def reset(self) -> None:
         self.length = 0
+
+
+class KVCache(CacheSpan):
+    """Keys and values of every layer for the positions seen so far (float64)."""
+
+    def __init__(self, config: ModelConfig, n_ctx: int | None = None) -> None:
+        super().__init__(config, n_ctx)
+        shape = (config.n_layers, self.n_ctx, config.n_kv_heads, config.head_dim)
+        self.k = np.zeros(shape)
+        self.v = np.zeros(shape)
 
 
 class ReferenceModel:
