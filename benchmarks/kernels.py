@@ -1,8 +1,11 @@
 """BitLinear kernel microbenchmark: every tier against the numpy reference, beside the memory
-read bandwidth it is bound by.
+read bandwidth it is bound by. Dense formats (F16, Q8_0, ...) time the float linear kernels and
+INT8 the int8 output head (weights quantized from F16), e.g. the 2B model's output layer:
 
     .venv/bin/python benchmarks/kernels.py [--shapes 2560x6912,6912x2560] [--threads 1,2]
         [--batch 1,8,64] [--formats I2_S,TQ2_0] [--json kernels.json]
+    .venv/bin/python benchmarks/kernels.py --shapes 128256x2560 --threads 2 --batch 1,8 \
+        --formats F16,INT8
 
 Shapes are out x in (numpy order: 2560x6912 is the 2B model's ffn_down). The weights cycle
 through copies that together exceed the last-level cache several times, so decode (batch 1)
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pybitnet import _native, formats, kernels
+from pybitnet.kernels.registry import DENSE_FORMATS
 
 WORKING_SET = 256e6  # bytes of weights to cycle through: 8x a 32 MB L3
 
@@ -48,6 +52,19 @@ def random_ternary(rng: np.random.Generator, fmt: str, rows: int, cols: int):
     return formats.unpack_ternary(wtype, formats.quantize(wtype, w), (rows, cols))
 
 
+def random_weights(rng: np.random.Generator, fmt: str, rows: int, cols: int):
+    """(op, prepare() arguments, bytes a call reads) of random weights stored in `fmt`."""
+    if fmt in DENSE_FORMATS or fmt == "INT8":
+        w = rng.standard_normal((rows, cols)).astype(np.float32) * np.float32(0.02)
+        data = formats.quantize("F16" if fmt == "INT8" else fmt, w)
+        if fmt == "INT8":  # rows of 256-column blocks, a scale and a sum per row
+            row_bytes = math.ceil(cols / 256) * 256 + 8
+            return "linear_int8", ("F16", data, (rows, cols)), rows * row_bytes
+        return f"linear_{fmt.lower()}", (data, (rows, cols)), data.nbytes
+    codes, scales = random_ternary(rng, fmt, rows, cols)
+    return "bitlinear", (codes, scales), rows * math.ceil(cols / 256) * 64 + scales.nbytes
+
+
 def time_kernel(kernel, weights: list, x: np.ndarray, reps: int) -> list[float]:
     """Seconds per call, cycling through the weight copies (one warm-up pass first)."""
     for w in weights:
@@ -66,12 +83,11 @@ def measure(shapes, formats_, thread_counts, batches, reps, rng):
     tiers = [t for t in kernels.supported_tiers() if t != "scalar"]  # scalar: a portability floor
     for fmt in formats_:
         for rows, cols in shapes:
-            codes, scales = random_ternary(rng, fmt, rows, cols)
-            nbytes = rows * math.ceil(cols / 256) * 64 + scales.nbytes  # packed weights
+            op, source, nbytes = random_weights(rng, fmt, rows, cols)
             for tier in tiers:
-                kernel = kernels.get("bitlinear", tier)
+                kernel = kernels.get(op, tier)
                 copies = 1 if tier == "numpy" else max(1, math.ceil(WORKING_SET / nbytes))
-                weights = [kernel.prepare(codes, scales) for _ in range(copies)]
+                weights = [kernel.prepare(*source) for _ in range(copies)]
                 # numpy runs on its own BLAS threads: one row, beside the most threads' bandwidth
                 for threads in thread_counts if tier != "numpy" else [max(thread_counts)]:
                     kernels.set_threads(threads)

@@ -7,7 +7,7 @@ from pybitnet.errors import FormatError, PyBitnetError
 
 # (rows, cols): ragged rows (not whole register tiles), ragged columns (not whole 256-groups).
 SHAPES = [(1, 1), (3, 100), (4, 128), (17, 256), (33, 300), (64, 640), (65, 1000)]
-BATCHES = [1, 2, 3, 4, 5, 9]
+BATCHES = [1, 2, 3, 4, 5, 8, 9, 17]  # every remainder of the 4-row register tiles
 
 
 def random_weights(rng, rows, cols, groups):

@@ -13,7 +13,8 @@ TIERS = [*NATIVE_TIERS, "numpy"]
 # (rows, cols): rows not whole tiles of 4, columns not whole 32-chunks or 512-panels
 SHAPES = [(1, 32), (5, 64), (37, 96), (70, 608), (130, 1056)]
 RAGGED_COLS = [(3, 1), (9, 33), (17, 100)]  # float formats only: any row length
-BATCHES = [1, 2, 3, 5, 8, 9, 17]
+# n <= 16: weights streamed once (4-row blocks, remainders 1-3); n = 17: the panel path
+BATCHES = [1, 2, 3, 5, 8, 9, 16, 17]
 
 
 def dense_matrix(rng, wtype, rows, cols):
@@ -61,7 +62,7 @@ def test_int8_linear_equals_numpy_bit_for_bit(tier, rng):
         kernel = kernels.get("linear_int8", tier)
         prepared = kernel.prepare("F16", data, (rows, cols))
         expected_w = reference.prepare_int8("F16", data, (rows, cols))
-        for n in BATCHES[:4]:
+        for n in BATCHES:
             x = rng.standard_normal((n, cols)).astype(np.float32)
             np.testing.assert_array_equal(kernel(x, prepared), reference.int8_linear(x, expected_w))
 

@@ -115,63 +115,91 @@ inline void decode_panel(const DenseView &w, int64_t r, int64_t p, int64_t k, fl
     }
 }
 
-// F16 rows one at a time against activation rows b .. b + B - 1 (cols % 32 == 0): the tied
-// output layer of BitNet models, the largest matrix decoding reads. Converted in registers and
-// read as one sequential stream, which reaches the memory bandwidth for one activation row
-// (several rows read side by side, each its own stream, reached half of it). With more
-// activation rows the x loads limit it (Zen 4: one 512-bit load per cycle), so those take the
-// tiled path.
-template <int B>
-inline void f16_rows(const DenseView &w, const float *x, int64_t r0, int64_t r1, int64_t b,
-                     float *y) {
-    constexpr int U = 32 / Vf::N;  // independent accumulators per activation row
+// F16 rows one at a time against one activation row x (cols % 32 == 0): the tied output layer
+// of BitNet models, the largest matrix decoding reads. Converted in registers and read as one
+// sequential stream, which reaches the memory bandwidth (several rows read side by side, each
+// its own stream, reached half of it). Batches take dense_block, which reuses each weight for
+// all their rows.
+inline void f16_rows(const DenseView &w, const float *x, int64_t r0, int64_t r1, float *y) {
+    constexpr int U = 32 / Vf::N;  // independent accumulators
     for (int64_t r = r0; r < r1; ++r) {
         const uint16_t *row = reinterpret_cast<const uint16_t *>(w.data + r * w.row_bytes);
-        typename Vf::T acc[B][U];
-        for (int j = 0; j < B; ++j)
-            for (int u = 0; u < U; ++u) acc[j][u] = Vf::zero();
+        typename Vf::T acc[U];
+        for (int u = 0; u < U; ++u) acc[u] = Vf::zero();
         for (int64_t c = 0; c < w.cols; c += 32)
-            for (int u = 0; u < U; ++u) {
-                const typename Vf::T wv = Vf::load_f16(row + c + u * Vf::N);
-                for (int j = 0; j < B; ++j)
-                    acc[j][u] = Vf::fmadd(wv, Vf::load(x + (b + j) * w.cols + c + u * Vf::N), acc[j][u]);
-            }
-        for (int j = 0; j < B; ++j) {
-            typename Vf::T sum = acc[j][0];
-            for (int u = 1; u < U; ++u) sum = Vf::add(sum, acc[j][u]);
-            y[(b + j) * w.rows + r] = Vf::hsum(sum);
-        }
+            for (int u = 0; u < U; ++u)
+                acc[u] = Vf::fmadd(Vf::load_f16(row + c + u * Vf::N), Vf::load(x + c + u * Vf::N),
+                                   acc[u]);
+        typename Vf::T sum = acc[0];
+        for (int u = 1; u < U; ++u) sum = Vf::add(sum, acc[u]);
+        y[r] = Vf::hsum(sum);
     }
 }
 
-// Activation rows b .. b + B - 1 against weight rows r .. r + R - 1, whole rows at a time
-// (accumulators stay in registers across panels): for small n.
-template <int B>
-inline void dense_tile(const DenseView &w, const float *x, int64_t kc, int64_t r, int64_t b,
-                       float *wt, float *y) {
-    if (B == 1 && w.fmt == 1 && kc == w.cols) {
-        f16_rows<B>(w, x, r, min64(r + R, w.rows), b, y);
-        return;
-    }
-    typename Vf::T acc[R][B];
-    for (int i = 0; i < R; ++i)
+// Up to kStreamRows activation rows (a decoding batch): every weight is read from memory once
+// per call. A tile of kStreamRR weight rows converts each chunk of 32 weights once (F16 in
+// registers, other formats through decode_chunk) and multiplies it into B activation rows'
+// accumulators, which stay in registers for the whole row: RR * B of them, RR + B loads per
+// RR * B FMAs (one 512-bit FMA per cycle on Zen 4 with RR = B = 4, with the weights in L2).
+// The tile's rows are read side by side, which memory serves poorly (half the bandwidth of one
+// sequential stream), so the next tile, the RR rows that follow in memory, is prefetched as one
+// stream meanwhile. Rows past the matrix repeat its last row (their sums are dropped).
+constexpr int kStreamRows = 16, kStreamRR = 4;
+
+template <int B, bool F16>
+inline void dense_block(const DenseView &w, const float *x, int64_t kc, int64_t r, int64_t b,
+                        int64_t r_end, float *y) {
+    constexpr int RR = kStreamRR, U = kDenseChunk / Vf::N;
+    const uint8_t *row[RR];
+    for (int i = 0; i < RR; ++i) row[i] = w.data + min64(r + i, w.rows - 1) * w.row_bytes;
+    // RR lines per chunk: the whole next tile for F16 (64 bytes a chunk), the largest format.
+    // Into L2 (prefetcht1): into L1 they evicted the activations and cost half the speed.
+    const char *next = reinterpret_cast<const char *>(w.data + (r + RR) * w.row_bytes);
+    typename Vf::T acc[RR][B];
+    for (int i = 0; i < RR; ++i)
         for (int j = 0; j < B; ++j) acc[i][j] = Vf::zero();
-    for (int64_t p = 0; p < kc; p += kPanel) {
-        const int64_t k = min64(kPanel, kc - p);
-        decode_panel(w, r, p, k, wt);
-        panel_fma<B>(wt, x + b * kc + p, kc, k, acc);
+    const float *xb = x + b * kc;
+    // F16 chunks are converted in registers up to the last whole one.
+    const int64_t whole = F16 ? w.cols / kDenseChunk * kDenseChunk : 0;
+    alignas(64) float buf[RR][kDenseChunk];
+    for (int64_t c = 0; c < kc; c += kDenseChunk) {
+        for (int i = 0; i < RR; ++i)
+            __builtin_prefetch(next + (c / kDenseChunk * RR + i) * 64, 0, 2);
+        const bool in_registers = c < whole;
+        if (!in_registers)
+            for (int i = 0; i < RR; ++i)
+                decode_chunk(w, min64(r + i, w.rows - 1), c / kDenseChunk, buf[i]);
+        for (int u = 0; u < U; ++u) {
+            typename Vf::T xv[B];
+            for (int j = 0; j < B; ++j) xv[j] = Vf::load(xb + j * kc + c + u * Vf::N);
+            for (int i = 0; i < RR; ++i) {
+                const uint16_t *h = reinterpret_cast<const uint16_t *>(row[i]);
+                const typename Vf::T wv = in_registers ? Vf::load_f16(h + c + u * Vf::N)
+                                                       : Vf::load(buf[i] + u * Vf::N);
+                for (int j = 0; j < B; ++j) acc[i][j] = Vf::fmadd(wv, xv[j], acc[i][j]);
+            }
+        }
     }
-    for (int i = 0; i < R && r + i < w.rows; ++i)
+    for (int i = 0; i < RR && r + i < r_end; ++i)
         for (int j = 0; j < B; ++j) y[(b + j) * w.rows + r + i] = Vf::hsum(acc[i][j]);
 }
 
-template <int B>
-inline void dense_tile_rest(const DenseView &w, const float *x, int64_t n, int64_t kc, int64_t r,
-                            int64_t b, float *wt, float *y) {
+// Activation rows b .. n - 1 in blocks of B (then the remainder) against weight rows r ...
+template <int B, bool F16>
+inline void dense_block_rest(const DenseView &w, const float *x, int64_t n, int64_t kc, int64_t r,
+                             int64_t b, int64_t r_end, float *y) {
     if constexpr (B > 0) {
-        for (; b + B <= n; b += B) dense_tile<B>(w, x, kc, r, b, wt, y);
-        dense_tile_rest<B - 1>(w, x, n, kc, r, b, wt, y);
+        for (; b + B <= n; b += B) dense_block<B, F16>(w, x, kc, r, b, r_end, y);
+        dense_block_rest<B - 1, F16>(w, x, n, kc, r, b, r_end, y);
     }
+}
+
+template <bool F16>
+void dense_stream(const DenseView &w, const float *x, int64_t n, int64_t kc, int64_t r0,
+                  int64_t r1, float *y) {
+    const int64_t r_end = min64(r1, w.rows);
+    for (int64_t r = r0; r < r_end; r += kStreamRR)
+        dense_block_rest<Vf::DB, F16>(w, x, n, kc, r, 0, r_end, y);
 }
 
 // Many activation rows: each panel of the weight tile is decoded once and used by all n rows,
@@ -203,27 +231,32 @@ inline void dense_tile_many(const DenseView &w, const float *x, int64_t n, int64
 void dense_matmul(const DenseView &w, const float *x, int64_t n, int64_t r0, int64_t r1,
                   float *y) {
     const int64_t kc = (w.cols + kDenseChunk - 1) / kDenseChunk * kDenseChunk;
-    alignas(64) float wt[R * kPanel];
-    for (int64_t r = r0; r < r1; r += R) {
-        if (n < 2 * Vf::DB)
-            dense_tile_rest<Vf::DB>(w, x, n, kc, r, 0, wt, y);
+    if (n == 1 && w.fmt == 1 && w.cols % kDenseChunk == 0) {
+        f16_rows(w, x, r0, min64(r1, w.rows), y);  // one stream: faster still
+    } else if (n <= kStreamRows) {
+        if (w.fmt == 1)
+            dense_stream<true>(w, x, n, kc, r0, r1, y);
         else
-            dense_tile_many<Vf::DB>(w, x, n, kc, r, wt, y);
+            dense_stream<false>(w, x, n, kc, r0, r1, y);
+    } else {
+        alignas(64) float wt[R * kPanel];
+        for (int64_t r = r0; r < r1; r += R) dense_tile_many<Vf::DB>(w, x, n, kc, r, wt, y);
     }
 }
 
 // ---- int8 weights (the int8 output head); a tier with a faster dot product defines its own ----
 #ifndef PYBITNET_TIER_INT8_MATMUL
 void int8_matmul(const Int8View &w, const QuantizedRows &x, int64_t r0, int64_t r1, float *y) {
-    for (int64_t r = r0; r < min64(r1, w.rows); ++r) {
-        const int8_t *wr = w.q + r * w.kp;
+    for (int64_t r = r0; r < min64(r1, w.rows); ++r)
         for (int64_t b = 0; b < x.n; ++b) {
             const int8_t *xb = x.q + b * x.kp;
             int32_t dot = 0;
-            for (int64_t k = 0; k < w.kp; ++k) dot += static_cast<int32_t>(wr[k]) * xb[k];
+            for (int64_t k = 0; k < w.kp; k += 64) {
+                const int8_t *wk = int8_chunk(w, r, k);
+                for (int e = 0; e < 64; ++e) dot += static_cast<int32_t>(wk[e]) * xb[k + e];
+            }
             y[b * w.rows + r] = static_cast<float>(dot) * w.scales[r] / x.sx[b];
         }
-    }
 }
 #endif
 

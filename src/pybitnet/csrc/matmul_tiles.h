@@ -5,11 +5,26 @@
 //   Acc, FAcc           integer and float accumulators; zero(), fzero()
 //   Planes load(w64)    the codes of one 64-byte group, widened for dot()
 //   dot(acc, p, x256)   acc += codes . x_q over the group's 256 columns (codes 0..2, not w)
+//                       (load and dot serve the default group() below; a tier with its own
+//                       group() needs neither)
 //   fma(facc, acc, d)   facc + acc * d, lane by lane
 //   sum(acc), fsum(facc) horizontal sums
 // With codes c = w + 1, W . x_q = c . x_q - sum(x_q): exact in integers.
 //
 // No standard-library templates here (see tiers.h).
+
+// acc[i][j] += row i of a group (the R rows' 64-byte groups at w) . activation row j (256
+// columns at x + j * stride). A tier may define its own (PYBITNET_TIER_TERNARY_GROUP).
+#ifndef PYBITNET_TIER_TERNARY_GROUP
+template <int B>
+inline void group(const uint8_t *w, const int8_t *x, int64_t stride,
+                  typename Isa::Acc acc[kTileRows][B]) {
+    for (int i = 0; i < kTileRows; ++i) {
+        const typename Isa::Planes p = Isa::load(w + 64 * i);
+        for (int j = 0; j < B; ++j) Isa::dot(acc[i][j], p, x + j * stride);
+    }
+}
+#endif
 
 // How far ahead in a tile's stream to prefetch: on top of the hardware prefetchers, this took
 // single-thread decoding from memory from 24 to 27 GB/s on a Zen 4 (prefetches never fault).
@@ -28,11 +43,8 @@ inline void tile(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_
             facc[i][j] = Isa::fzero();
         }
     for (int64_t g = 0; g < groups; ++g) {
-        for (int i = 0; i < R; ++i) {
-            __builtin_prefetch(codes + (g * R + i) * 64 + kPrefetchBytes);
-            const typename Isa::Planes p = Isa::load(codes + (g * R + i) * 64);
-            for (int j = 0; j < B; ++j) Isa::dot(acc[i][j], p, x.q + (b + j) * x.kp + 256 * g);
-        }
+        for (int i = 0; i < R; ++i) __builtin_prefetch(codes + (g * R + i) * 64 + kPrefetchBytes);
+        group<B>(codes + g * R * 64, x.q + b * x.kp + 256 * g, x.kp, acc);
         if (PER_BLOCK)
             for (int i = 0; i < R; ++i)
                 for (int j = 0; j < B; ++j) {

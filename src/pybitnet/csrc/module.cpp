@@ -303,7 +303,9 @@ NB_MODULE(_native, m) {
             auto q = new_array<int8_t>({static_cast<size_t>(v.rows), static_cast<size_t>(v.cols)});
             auto s = new_array<float>({static_cast<size_t>(v.rows)});
             for (int64_t r = 0; r < v.rows; ++r) {
-                std::memcpy(q.data() + r * v.cols, v.q + r * v.kp, v.cols);
+                for (int64_t k = 0; k < v.cols; k += 64)
+                    std::memcpy(q.data() + r * v.cols + k, int8_chunk(v, r, k),
+                                std::min<int64_t>(64, v.cols - k));
                 s.data()[r] = v.scales[r];
             }
             return nb::make_tuple(q, s);

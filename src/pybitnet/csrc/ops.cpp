@@ -4,8 +4,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <new>
 
+#include "ternary.h"
 #include "threadpool.h"
 
 namespace pybitnet {
@@ -43,26 +43,33 @@ void Int8Matrix::Free::operator()(int8_t *p) const { std::free(p); }
 Int8Matrix::Int8Matrix(const TierKernels &tier, const DenseView &w)
     : rows_(w.rows), cols_(w.cols), kp_(round_up(std::max<int64_t>(w.cols, 1), 256)),
       scales_(w.rows), sums_(w.rows) {
-    void *p = std::aligned_alloc(64, round_up(std::max<int64_t>(rows_ * kp_, 64), 64));
-    if (p == nullptr) throw std::bad_alloc();
-    q_.reset(static_cast<int8_t *>(p));
-    parallel_pieces(rows_, 1, 64, [&](int64_t r0, int64_t r1) {
+    const int64_t tiles = round_up(rows_, kTileRows) / kTileRows;
+    q_.reset(reinterpret_cast<int8_t *>(allocate_weights(tiles * kTileRows * kp_)));
+    parallel_pieces(tiles, 1, 16, [&](int64_t t0, int64_t t1) {
         std::vector<float> row(w.cols);
-        for (int64_t r = r0; r < r1; ++r) {
-            tier.dense_rows(w, &r, 1, row.data());
-            float amax = 0.0f;
-            for (float v : row) amax = std::max(amax, std::fabs(v));
-            const float s = amax / 127.0f;
-            int8_t *q = q_.get() + r * kp_;
+        std::vector<int8_t> q(kp_);
+        for (int64_t r = t0 * kTileRows; r < t1 * kTileRows; ++r) {
+            float s = 0.0f;
+            if (r < rows_) {
+                tier.dense_rows(w, &r, 1, row.data());
+                float amax = 0.0f;
+                for (float v : row) amax = std::max(amax, std::fabs(v));
+                s = amax / 127.0f;
+            }
             int32_t sum = 0;
             for (int64_t k = 0; k < kp_; ++k) {
                 // rint: nearest, ties to even, as numpy.rint (|w / s| <= 127).
-                const float v = k < w.cols && s > 0.0f ? std::nearbyint(row[k] / s) : 0.0f;
+                const bool live = r < rows_ && k < w.cols && s > 0.0f;
+                const float v = live ? std::nearbyint(row[k] / s) : 0.0f;
                 q[k] = static_cast<int8_t>(v);
                 sum += q[k];
             }
-            scales_[r] = s;
-            sums_[r] = sum;
+            for (int64_t k = 0; k < kp_; k += 64)
+                std::memcpy(const_cast<int8_t *>(int8_chunk(view(), r, k)), &q[k], 64);
+            if (r < rows_) {
+                scales_[r] = s;
+                sums_[r] = sum;
+            }
         }
     });
 }

@@ -20,7 +20,9 @@ class Int8Matrix {
     Int8View view() const { return {q_.get(), scales_.data(), sums_.data(), rows_, cols_, kp_}; }
     int64_t rows() const { return rows_; }
     int64_t cols() const { return cols_; }
-    int64_t nbytes() const { return rows_ * kp_ + rows_ * 8; }
+    int64_t nbytes() const {
+        return (rows_ + kTileRows - 1) / kTileRows * kTileRows * kp_ + rows_ * 8;
+    }
 
   private:
     struct Free {

@@ -19,9 +19,11 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 int64_t piece_size(int64_t n, int threads, int64_t align) {
     return std::max(align, round_up((n + 4 * threads - 1) / (4 * threads), align));
 }
+}  // namespace
+
 // 64-byte aligned; in 2 MB huge pages where the OS grants them: decoding streams every weight
 // from memory, and 4 KB pages would cost a TLB miss every 4 KB.
-uint8_t *allocate_codes(int64_t nbytes) {
+uint8_t *allocate_weights(int64_t nbytes) {
     constexpr int64_t kHuge = 2 << 20;
     const bool huge = nbytes >= kHuge;
     // The size is not rounded up to whole huge pages: with a matrix per layer and op, that
@@ -34,13 +36,12 @@ uint8_t *allocate_codes(int64_t nbytes) {
 #endif
     return static_cast<uint8_t *>(p);
 }
-}  // namespace
 
 TernaryMatrix::TernaryMatrix(int64_t rows, int64_t cols, const float *scales, int64_t groups)
     : rows_(rows), cols_(cols), kp_(round_up(std::max<int64_t>(cols, 1), 256)), groups_(groups),
       scales_(round_up(rows, kTileRows) * groups, 0.0f) {
     std::copy(scales, scales + rows * groups, scales_.begin());
-    codes_.reset(allocate_codes(round_up(rows, kTileRows) * kp_ / 4));
+    codes_.reset(allocate_weights(round_up(rows, kTileRows) * kp_ / 4));
 }
 
 template <typename RowCodes>

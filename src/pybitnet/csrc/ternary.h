@@ -8,6 +8,10 @@
 
 namespace pybitnet {
 
+// Memory for weights read by the kernels (64-byte aligned, huge pages where granted), released
+// with std::free.
+uint8_t *allocate_weights(int64_t nbytes);
+
 // Ternary weights repacked once, at load, into the kernels' layout (tiers.h: TernaryView).
 class TernaryMatrix {
   public:

@@ -177,6 +177,38 @@ struct Vf {
     }
 };
 
+// int8 weights . int8 activations, both widened to int16 for vpmaddwd (exact: vpmaddubsw's
+// int16 sums could saturate). A tile of kTileRows weight rows (one stream, tiers.h) against one
+// activation row at a time, whose 64 widened values of a chunk take 4 registers.
+#define PYBITNET_TIER_INT8_MATMUL
+void int8_matmul(const Int8View &w, const QuantizedRows &x, int64_t r0, int64_t r1, float *y) {
+    for (int64_t r = r0; r < r1 && r < w.rows; r += kTileRows) {
+        const int8_t *tile = int8_chunk(w, r, 0);
+        for (int64_t b = 0; b < x.n; ++b) {
+            __m256i acc[kTileRows];
+            for (int i = 0; i < kTileRows; ++i) acc[i] = _mm256_setzero_si256();
+            for (int64_t k = 0; k < w.kp; k += 64) {
+                __m256i xv[4];
+                for (int h = 0; h < 4; ++h)
+                    xv[h] = _mm256_cvtepi8_epi16(
+                        _mm_loadu_si128(reinterpret_cast<const __m128i *>(x.q + b * x.kp + k + 16 * h)));
+                const int8_t *wk = tile + k * kTileRows;
+                for (int i = 0; i < kTileRows; ++i) {
+                    __builtin_prefetch(wk + 64 * i + kInt8Prefetch, 0, 2);
+                    for (int h = 0; h < 4; ++h) {
+                        const __m256i wv = _mm256_cvtepi8_epi16(
+                            _mm_load_si128(reinterpret_cast<const __m128i *>(wk + 64 * i + 16 * h)));
+                        acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(wv, xv[h]));
+                    }
+                }
+            }
+            for (int i = 0; i < kTileRows && r + i < w.rows; ++i)
+                y[b * w.rows + r + i] =
+                    static_cast<float>(Isa::sum(acc[i])) * w.scales[r + i] / x.sx[b];
+        }
+    }
+}
+
 #include "float_tiles.h"
 
 }  // namespace
