@@ -12,7 +12,10 @@ of its last position only; decode feeds 128 tokens one at a time (greedy) after 
 prompt. Figures are medians of --reps runs; each model and thread count runs in a process of its
 own (for its peak RSS), its load time measured there. Columns:
 - bound: decode tok/s if every weight byte of a token (the engine's own layout) were read once
-  at the read bandwidth measured here with the same threads; tg % is tg128 / bound;
+  at the read bandwidth measured here with the same threads; tg % is tg128 / bound. The probe
+  (_native.read_all, a plain summing loop) is a floor of the bandwidth, not its peak: the
+  weight kernels, which prefetch and read huge pages, stream faster (tg % over 100%: on this
+  machine ~35 GB/s probed, ~41-48 GB/s reached by the 2-thread decode);
 - py %: decode time outside the kernels (Python, numpy glue), from kernels.profile(); the
   profile's own bookkeeping counts in it;
 - RSS / limit: peak resident set of the process against file size + KV cache + 15%;
