@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "simd_exp.h"
 #include "tiers.h"
 
 namespace pybitnet {
@@ -158,23 +159,15 @@ struct Vf {
         return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
     }
     static float half(uint16_t h) { return _cvtsh_ss(h); }
-    // Cephes' expf (see tier_avx512.cpp); 2^n built in the exponent bits (|n| <= 127 here).
-    static T exp(T x) {
-        x = _mm256_max_ps(_mm256_min_ps(x, set1(88.0f)), set1(-87.3f));
-        const T n = _mm256_round_ps(mul(x, set1(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        T r = _mm256_fnmadd_ps(n, set1(0.693359375f), x);
-        r = _mm256_fnmadd_ps(n, set1(-2.12194440e-4f), r);
-        T p = set1(1.9875691500e-4f);
-        p = fmadd(p, r, set1(1.3981999507e-3f));
-        p = fmadd(p, r, set1(8.3334519073e-3f));
-        p = fmadd(p, r, set1(4.1665795894e-2f));
-        p = fmadd(p, r, set1(1.6666665459e-1f));
-        p = fmadd(p, r, set1(5.0000001201e-1f));
-        p = fmadd(p, mul(r, r), add(r, set1(1.0f)));
+    static T min(T a, T b) { return _mm256_min_ps(a, b); }
+    static T fnmadd(T a, T b, T c) { return _mm256_fnmadd_ps(a, b, c); }
+    static T round(T x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+    // 2^n built in the exponent bits (|n| <= 127 after cephes_exp's clamp).
+    static T scale2(T p, T n) {
         const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
         return mul(p, _mm256_castsi256_ps(e));
     }
+    static T exp(T x) { return cephes_exp<Vf>(x); }
 };
 
 // int8 weights . int8 activations, both widened to int16 for vpmaddwd (exact: vpmaddubsw's

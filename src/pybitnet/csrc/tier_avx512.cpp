@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "simd_exp.h"
 #include "tiers.h"
 
 namespace pybitnet {
@@ -120,22 +121,13 @@ struct Vf {
         return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
     }
     static float half(uint16_t h) { return _cvtsh_ss(h); }
-    // Cephes' expf: exp(x) = 2^n * p(r), r = x - n ln 2, |r| <= ln 2 / 2.
-    static T exp(T x) {
-        x = _mm512_max_ps(_mm512_min_ps(x, set1(88.0f)), set1(-87.3f));
-        const T n = _mm512_roundscale_ps(mul(x, set1(1.44269504088896341f)),
-                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        T r = _mm512_fnmadd_ps(n, set1(0.693359375f), x);
-        r = _mm512_fnmadd_ps(n, set1(-2.12194440e-4f), r);
-        T p = set1(1.9875691500e-4f);
-        p = fmadd(p, r, set1(1.3981999507e-3f));
-        p = fmadd(p, r, set1(8.3334519073e-3f));
-        p = fmadd(p, r, set1(4.1665795894e-2f));
-        p = fmadd(p, r, set1(1.6666665459e-1f));
-        p = fmadd(p, r, set1(5.0000001201e-1f));
-        p = fmadd(p, mul(r, r), add(r, set1(1.0f)));
-        return _mm512_scalef_ps(p, n);
+    static T min(T a, T b) { return _mm512_min_ps(a, b); }
+    static T fnmadd(T a, T b, T c) { return _mm512_fnmadd_ps(a, b, c); }
+    static T round(T x) {
+        return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     }
+    static T scale2(T p, T n) { return _mm512_scalef_ps(p, n); }
+    static T exp(T x) { return cephes_exp<Vf>(x); }
 };
 
 // int8 weights . int8 activations with vpdpbusd, whose first operand is unsigned: x_q + 128
