@@ -50,14 +50,6 @@ from pybitnet.generate import Model
 from pybitnet.kernels.registry import NATIVE_TIERS
 from pybitnet.sampling import Sampler, SamplerConfig
 
-# The CPU features each native tier is compiled for and needs (csrc/module.cpp, supported()),
-# named as pybitnet._native.cpu_features() names them ("avx2" stands for AVX2 with FMA).
-TIER_FEATURES = {
-    "avx512": ("avx2", "avx512bw", "avx512f", "avx512vl", "avx512vnni", "f16c"),
-    "avx2": ("avx2", "f16c"),
-    "scalar": (),
-    "numpy": (),
-}
 RSS_POLL_SECONDS = 0.001  # where the kernel cannot reset the peak RSS for us
 
 # Called before each repetition with a description of it ("pp128 t=2 rep 3/5").
@@ -373,7 +365,7 @@ def _git_commit() -> str | None:
 def host_info(threads: Sequence[int], kernel_ids: Iterable[str]) -> dict[str, Any]:
     """The host; cpu_features_used: what the tiers of the kernels that ran need of the CPU."""
     info = kernels.describe()
-    used = {f for k in kernel_ids for f in TIER_FEATURES.get(_tier(k), ())}
+    used = {f for k in kernel_ids for f in kernels.registry.TIER_FEATURES[_tier(k)]}
     return {
         "cpu_model": info["cpu"] or "unknown",
         "cpu_features_used": sorted(used & set(info["features"])),

@@ -36,6 +36,15 @@ TIERS = ("avx512", "avx2", "scalar", "numpy")
 NATIVE_TIERS = TIERS[:-1]
 ENV = "PYBITNET_KERNELS"
 
+# The CPU features each native tier is compiled for and needs (csrc/module.cpp, supported()),
+# named as pybitnet._native.cpu_features() names them ("avx2" stands for AVX2 with FMA).
+TIER_FEATURES = {
+    "avx512": ("avx2", "avx512bw", "avx512f", "avx512vl", "avx512vnni", "f16c"),
+    "avx2": ("avx2", "f16c"),
+    "scalar": (),
+    "numpy": (),
+}
+
 
 class Profile:
     """Calls and seconds per kernel id while a ``profile()`` block is open."""
