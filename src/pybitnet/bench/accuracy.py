@@ -21,7 +21,7 @@ text. Every row compares the logits at every position of every chunk with a floa
 engine rows with the reference on the same file; reference rows with the reference on the model's
 own file, which with identical weights must give a cosine of 1 and an error of 0 (a check of the
 re-encoding and of the comparison itself). The lookup-table kernel (bitlinear_tl) is not a path
-of the engine (it loses at decode; benchmarks/lut.json), so the report says so instead of
+of the engine (it loses at decode; benchmarks/results/lut.json), so the report says so instead of
 measuring it; tests/kernels/test_lut.py holds it to the multiply-add kernel's exact results.
 """
 

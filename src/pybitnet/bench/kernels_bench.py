@@ -204,7 +204,7 @@ def _cases(workload: KernelWorkload) -> Iterator[Case]:
 def _ternary_kernels() -> list[tuple[kernels.Kernel, str]]:
     """The BitLinear kernels to time, with their run-name suffix: the multiply-add one, and the
     lookup-table one where the selected tier has it (avx512; the engine does not use it, see
-    benchmarks/lut.json, so it is measured here for a machine where it might win)."""
+    benchmarks/results/lut.json, so it is measured here for a machine where it might win)."""
     found = [(kernels.get("bitlinear"), "")]
     if kernels.selected_tier() == "avx512":
         found.append((kernels.get("bitlinear_tl"), " tl"))
