@@ -113,6 +113,8 @@ def test_unpack_ternary_refuses_non_ternary_types(name: str) -> None:
     _, data = sample(name, (2, 256))
     with pytest.raises(FormatError, match=f"{name} is not a ternary type.*TQ1_0, TQ2_0, I2_S"):
         formats.unpack_ternary(name, data, (2, 256))
+    with pytest.raises(FormatError, match=f"{name} is not a ternary type"):
+        formats.ternary_scales(name, data, (2, 256))
 
 
 @settings(max_examples=30, deadline=None)
@@ -144,6 +146,7 @@ def test_unpack_ternary_rebuilds_dequantize(name: str, rows: int, n_blocks: int,
     rebuilt = got_codes.reshape(rows, groups, -1) * got_scales[..., None]
     np.testing.assert_array_equal(rebuilt.reshape(rows, ne0), values)
     np.testing.assert_array_equal(formats.dequantize(name, data, (rows, ne0)), values)
+    np.testing.assert_array_equal(formats.ternary_scales(name, data, (rows, ne0)), got_scales)
 
 
 def test_tq2_0_unpack_rejects_code_3_with_its_byte() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pybitnet import kernels
+from pybitnet import formats, kernels
 from pybitnet.errors import ModelError
 from pybitnet.model.weights import Tensor
 
@@ -79,18 +79,10 @@ def _packed(tensors: Sequence[Tensor], cols: int) -> tuple[list, int, np.ndarray
     one d (a ternary model's per-tensor scale, as converted files hold) get a single scale per
     row: sum_b d * (W_b . x_q) = d * (W . x_q), and the kernels' per-row path is faster (its
     prefill GEMM ~1.5x: no float work per block)."""
-    parts, scales = [], []
-    for t in tensors:
-        rows = t.shape[0]
-        if t.wtype.name == "I2_S":
-            n = rows * cols
-            s = t.data[n // 4 : n // 4 + 4].view("<f4").astype(np.float32)
-            scales.append(np.full((rows, 1), s[0], np.float32) * np.float32(t.scale))
-        else:
-            block = t.wtype.type_size
-            d = t.data.reshape(-1, block)[:, block - 2 :].copy().view("<f2").astype(np.float32)
-            scales.append(d.reshape(rows, cols // 256) * np.float32(t.scale))
-        parts.append((t.wtype.name, t.data, rows))
+    parts = [(t.wtype.name, t.data, t.shape[0]) for t in tensors]
+    scales = [
+        formats.ternary_scales(t.wtype, t.data, t.shape) * np.float32(t.scale) for t in tensors
+    ]
     scales = np.concatenate(scales)
     if (scales == scales[:, :1]).all():
         scales = scales[:, :1]

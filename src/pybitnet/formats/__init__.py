@@ -4,7 +4,8 @@ Every format module has the same parts: the block layout (documented in its docs
 ``quantize`` (float32 -> bytes) and ``dequantize`` (bytes -> float32); the ternary ones also have
 ``unpack`` (bytes -> codes and scales), which the reference BitLinear uses (the native kernels do
 the dot products). Sizes come from ``TYPES``, which the GGUF reader uses too. Callers use the
-checked entry points here: ``dequantize``, ``quantize``, ``unpack_ternary``, ``ternarize_absmean``.
+checked entry points here: ``dequantize``, ``quantize``, ``unpack_ternary``, ``ternary_scales``,
+``ternarize_absmean``.
 Shapes are in numpy order: the last dimension is ggml's ne0, the row length.
 """
 
@@ -158,6 +159,18 @@ def unpack_ternary(
         raise FormatError(f"{t.name} is not a ternary type; unpack_ternary reads {ternary}")
     shape = tuple(int(d) for d in shape)
     return _MODULES[t.id].unpack(_checked_bytes(t, data, shape), shape)
+
+
+def ternary_scales(
+    wtype: WeightType | int | str, data: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray:
+    """unpack_ternary's scales alone, read without decoding the codes (what a kernel that
+    decodes the codes itself needs)."""
+    t = _resolve(wtype)
+    if not t.ternary:
+        raise FormatError(f"{t.name} is not a ternary type; it has no ternary scales")
+    shape = tuple(int(d) for d in shape)
+    return _MODULES[t.id].scales(_checked_bytes(t, data, shape), shape)
 
 
 def ternarize_absmean(w: np.ndarray) -> tuple[np.ndarray, np.float32]:

@@ -81,3 +81,10 @@ def unpack(data: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.nda
     codes, scale = _codes_and_scale(data, shape)
     rows = math.prod(shape[:-1])
     return codes.reshape(rows, shape[-1]), np.full((rows, 1), scale, np.float32)
+
+
+def scales(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The tensor's scale on every row, float32 (rows, 1), without decoding the codes."""
+    n_packed = math.prod(shape) // 4
+    scale = data[n_packed : n_packed + 4].view("<f4")[0]
+    return np.full((math.prod(shape[:-1]), 1), scale, np.float32)

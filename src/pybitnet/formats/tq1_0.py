@@ -61,4 +61,10 @@ def unpack(data: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.nda
     blocks = as_blocks(data, TYPE_SIZE)
     rows, ne0 = math.prod(shape[:-1]), shape[-1]
     codes = (_codes(blocks).view(np.int8) - np.int8(1)).reshape(rows, ne0)
-    return codes, f16_to_f32(blocks[:, 52:]).reshape(rows, ne0 // BLOCK)
+    return codes, scales(data, shape)
+
+
+def scales(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Each block's d as float32 (rows, ne0 / 256), without decoding the codes."""
+    d = f16_to_f32(as_blocks(data, TYPE_SIZE)[:, 52:])
+    return d.reshape(math.prod(shape[:-1]), shape[-1] // BLOCK)
