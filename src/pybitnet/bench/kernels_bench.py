@@ -35,7 +35,7 @@ from rich.table import Table
 
 from pybitnet import formats, kernels
 from pybitnet.bench import receipt as rc
-from pybitnet.bench.runner import KernelCounters, Step, check_at_least, host_info, tool_info
+from pybitnet.bench.runner import KernelCounters, Step, check_at_least, receipt_head
 from pybitnet.errors import BenchError, PyBitnetError
 
 MAD_TO_SD = 1.4826  # MAD of normal data x 1.4826 = its sd
@@ -139,11 +139,7 @@ def run_kernel_bench(workload: KernelWorkload, step: Step | None = None) -> dict
     finally:
         kernels.set_threads(threads_before)
     doc = {
-        "schema_version": rc.SCHEMA_VERSION,
-        "kind": "kernels",
-        "created_at": rc.utc_now(),
-        "tool": tool_info(),
-        "host": host_info(workload.threads, counters.ids()),
+        **receipt_head("kernels", workload.threads, counters.ids()),
         "workload": {
             "repetitions": workload.samples,
             "warmup": workload.warmup,

@@ -147,11 +147,7 @@ def run_bench(model: Model, workload: Workload, step: Step | None = None) -> dic
     finally:
         kernels.set_threads(threads_before)
     doc = {
-        "schema_version": rc.SCHEMA_VERSION,
-        "kind": "generation",
-        "created_at": rc.utc_now(),
-        "tool": tool_info(),
-        "host": host_info(workload.threads, counters.ids()),
+        **receipt_head("generation", workload.threads, counters.ids()),
         "model": model_info(model),
         "workload": workload.receipt_workload(tg_prompts),
         **counters.receipt_fields(),
@@ -339,6 +335,17 @@ def _reset_peak_rss() -> bool:
 def _vm_hwm_bytes() -> int:
     match = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
     return int(match.group(1)) * 1024 if match else 0
+
+
+def receipt_head(kind: str, threads: Sequence[int], kernel_ids: Iterable[str]) -> dict[str, Any]:
+    """The fields every receipt opens with: schema, kind, time, tool and host."""
+    return {
+        "schema_version": rc.SCHEMA_VERSION,
+        "kind": kind,
+        "created_at": rc.utc_now(),
+        "tool": tool_info(),
+        "host": host_info(threads, kernel_ids),
+    }
 
 
 def tool_info() -> dict[str, Any]:
