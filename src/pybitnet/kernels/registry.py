@@ -192,18 +192,6 @@ def _native_bitlinear_tl(x: np.ndarray, w: Any) -> np.ndarray:
     return _native.bitlinear_lut(w, np.ascontiguousarray(x, np.float32))
 
 
-def _checked_bitlinear(run: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-    def bitlinear(x: np.ndarray, w: Any) -> np.ndarray:
-        if x.ndim != 2 or x.shape[1] != w.shape[1]:
-            raise PyBitnetError(
-                f"BitLinear input of shape {x.shape} does not fit weights of shape {w.shape} "
-                "(need (n, in_features))"
-            )
-        return run(x, w)
-
-    return bitlinear
-
-
 def _checked_prepare(prepare: Callable[..., Any]) -> Callable[..., Any]:
     def checked(codes: np.ndarray, scales: np.ndarray) -> Any:
         rows, cols = codes.shape
@@ -343,7 +331,7 @@ def _make(op: str, tier: str) -> Kernel:
             kid,
             op,
             tier,
-            _checked_bitlinear(run),
+            _checked_linear("bitlinear", run),
             _checked_prepare(prepare),
             _checked_prepare_packed(packed),
         )
@@ -354,7 +342,7 @@ def _make(op: str, tier: str) -> Kernel:
             kid,
             op,
             tier,
-            _checked_bitlinear(_native_bitlinear_tl),
+            _checked_linear("bitlinear_tl", _native_bitlinear_tl),
             _checked_prepare(
                 lambda codes, scales: _native.LutMatrix(_native_prepare(codes, scales))
             ),
