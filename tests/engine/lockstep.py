@@ -100,7 +100,7 @@ def lockstep(weights: Weights, ids: list[int]) -> list[OpDiff]:
         diffs.append(_compare("rope q", engine.rope(f32(q), cos, sin), q_rot))
         diffs.append(_compare("rope k", engine.rope(f32(k), cos, sin), k_rot))
         a = R.attention(q_rot, k_rot, v, positions)
-        a_engine = engine.attention(f32(q_rot), f32(k_rot), f32(v), cache, layer, 0)
+        a_engine = engine.attention(f32(q_rot), f32(k_rot), f32(v), layer, [(cache, 0, n)])
         diffs.append(_compare("attention", a_engine, a))
         if c.sub_norms:
             a_in = a

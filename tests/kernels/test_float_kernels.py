@@ -141,13 +141,58 @@ def test_attention_is_causal_softmax_with_grouped_heads(tier, n, start, heads, n
     k, v, kc, vc = cache_for(rng, n_kv, d, ctx, start, n)
     q = rng.standard_normal((n, heads, d)).astype(np.float32)
     kc64, vc64 = kc.astype(np.float64), vc.astype(np.float64)
-    expected = reference.attention(q.astype(np.float64), k, v, kc64, vc64, start)
-    y = kernels.get("attention", tier)(q, k, v, kc, vc, start)
+    expected = reference.attention(q.astype(np.float64), k, v, [(kc64, vc64, start, n)])
+    y = kernels.get("attention", tier)(q, k, v, [(kc, vc, start, n)])
     assert y.shape == (n, heads * d)
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=2e-6)
     # the kernel stored the new keys and values as the reference did, and nothing else
     np.testing.assert_array_equal(kc, kc64.astype(np.float32))
     np.testing.assert_array_equal(vc, vc64.astype(np.float32))
+
+
+@pytest.mark.parametrize("tier", NATIVE_TIERS)
+def test_attention_of_a_batch_is_each_sequence_alone(tier, rng):
+    # (start, rows, ctx) per sequence: decoded tokens and a prompt chunk, caches of other sizes
+    shapes = [(40, 1, 48), (0, 9, 16), (5, 1, 64), (70, 20, 96)]
+    heads, n_kv, d = 8, 2, 32
+    caches = [cache_for(rng, n_kv, d, ctx, start, rows) for start, rows, ctx in shapes]
+    q = rng.standard_normal((sum(rows for _, rows, _ in shapes), heads, d)).astype(np.float32)
+    attention = kernels.get("attention", tier)
+    bounds = np.cumsum([0, *(rows for _, rows, _ in shapes)])
+    alone, batch = [], []
+    for (k, v, kc, vc), (start, rows, _), a, b in zip(
+        caches, shapes, bounds[:-1], bounds[1:], strict=True
+    ):
+        seq = (kc.copy(), vc.copy(), start, rows)
+        alone.append((attention(q[a:b], k, v, [seq]), seq))
+        batch.append((kc, vc, start, rows))
+    k, v = (np.concatenate([c[i] for c in caches]) for i in (0, 1))
+    y = attention(q, k, v, batch)
+    np.testing.assert_array_equal(y, np.concatenate([out for out, _ in alone]))
+    for (kc, vc, *_), (_, seq) in zip(batch, alone, strict=True):  # each cache as if alone
+        np.testing.assert_array_equal(kc, seq[0])
+        np.testing.assert_array_equal(vc, seq[1])
+
+
+@pytest.mark.parametrize("tier", NATIVE_TIERS)
+@pytest.mark.parametrize(
+    "seq, message",
+    [
+        ((48, 40, 9), "sequence 0"),  # start + rows > ctx
+        ((48, -1, 1), "sequence 0"),
+        ((40, 0, 1), "sequence 0"),  # ctx not a multiple of 16
+        ((48, 0, 10), "sequence 0"),  # more rows than q
+        ((48, 0, 5), "hold 5 rows, q has 9"),  # fewer
+    ],
+)
+def test_attention_refuses_a_sequence_that_does_not_fit(tier, seq, message, rng):
+    ctx, start, rows = seq
+    q = np.zeros((9, 4, 16), np.float32)
+    k = v = np.zeros((9, 2, 16), np.float32)
+    kc = np.zeros((2, max(ctx // 16, 1), 16, 16), np.float32)
+    vc = np.zeros((2, ctx, 16), np.float32)
+    with pytest.raises(ValueError, match=message):
+        kernels.get("attention", tier)(q, k, v, [(kc, vc, start, rows)])
 
 
 def test_numpy_attention_matches_the_model_reference(rng):
@@ -156,7 +201,7 @@ def test_numpy_attention_matches_the_model_reference(rng):
     n, start, heads, n_kv, d = 6, 3, 6, 2, 16
     k, v, kc, vc = cache_for(rng, n_kv, d, 32, start, n)
     q = rng.standard_normal((n, heads, d))
-    y = reference.attention(q, k, v, kc, vc, start)
+    y = reference.attention(q, k, v, [(kc, vc, start, n)])
     keys = kc.transpose(0, 1, 3, 2).reshape(n_kv, 32, d)[:, : start + n].transpose(1, 0, 2)
     values = vc[:, : start + n].transpose(1, 0, 2)
     expected = model_reference.attention(

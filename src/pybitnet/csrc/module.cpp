@@ -380,36 +380,58 @@ NB_MODULE(_native, m) {
     m.def(
         "attention",
         [](const std::string &tier, Array<const float, nb::ndim<3>> q, Array<const float, nb::ndim<3>> k,
-           Array<const float, nb::ndim<3>> v, Array<float, nb::ndim<4>> kc, Array<float, nb::ndim<3>> vc,
-           int64_t start) {
+           Array<const float, nb::ndim<3>> v,
+           const std::vector<std::tuple<Array<float, nb::ndim<4>>, Array<float, nb::ndim<3>>, int64_t, int64_t>> &seqs) {
             const TierKernels &t = tier_named(tier);
-            const int64_t n = q.shape(0), heads = q.shape(1), d = q.shape(2);
-            const int64_t n_kv = kc.shape(0), ctx = vc.shape(1);
+            const int64_t n = q.shape(0), heads = q.shape(1), d = q.shape(2), n_kv = k.shape(1);
             const auto is = [](auto &a, std::initializer_list<int64_t> shape) {
                 int i = 0;
                 for (int64_t s : shape)
                     if (static_cast<int64_t>(a.shape(i++)) != s) return false;
                 return true;
             };
-            if (n_kv < 1 || heads % n_kv != 0 || ctx % kKeyBlock != 0 || start < 0 ||
-                start + n > ctx || !is(k, {n, n_kv, d}) || !is(v, {n, n_kv, d}) ||
-                !is(kc, {n_kv, ctx / kKeyBlock, d, kKeyBlock}) || !is(vc, {n_kv, ctx, d}))
-                throw nb::value_error(
-                    "attention: need q (n, heads, d), k and v (n, n_kv, d), kc (n_kv, ctx / 16, d, "
-                    "16), vc (n_kv, ctx, d), heads % n_kv == 0, ctx % 16 == 0, start + n <= ctx");
+            if (n_kv < 1 || heads % n_kv != 0 || !is(k, {n, n_kv, d}) || !is(v, {n, n_kv, d}))
+                throw nb::value_error("attention: need q (n, heads, d), k and v (n, n_kv, d), "
+                                      "heads % n_kv == 0");
             auto out = new_array<float>({static_cast<size_t>(n), static_cast<size_t>(heads * d)});
-            const AttentionArgs args{q.data(), kc.data(), vc.data(), out.data(), n, heads, n_kv, d,
-                                     ctx, start, 1.0f / std::sqrt(static_cast<float>(d))};
+            std::vector<AttentionArgs> args;
+            std::vector<std::tuple<int64_t, float *, float *>> stores;  // (first row, kc, vc)
+            int64_t row = 0;
+            for (const auto &[kc, vc, start, rows] : seqs) {
+                const int64_t ctx = vc.shape(1);
+                if (rows < 1 || rows > n - row || ctx % kKeyBlock != 0 || start < 0 ||
+                    start > ctx - rows || !is(kc, {n_kv, ctx / kKeyBlock, d, kKeyBlock}) ||
+                    !is(vc, {n_kv, ctx, d}))
+                    throw nb::value_error(
+                        ("attention: sequence " + str(static_cast<int64_t>(args.size())) +
+                         ": need kc (n_kv, ctx / 16, d, 16), vc (n_kv, ctx, d), ctx % 16 == 0, "
+                         "rows >= 1 within q, start + rows <= ctx")
+                            .c_str());
+                args.push_back({q.data() + row * heads * d, kc.data(), vc.data(),
+                                out.data() + row * heads * d, rows, heads, n_kv, d, ctx, start,
+                                1.0f / std::sqrt(static_cast<float>(d))});
+                stores.emplace_back(row, kc.data(), vc.data());
+                row += rows;
+            }
+            if (row != n)
+                throw nb::value_error(("attention: the sequences hold " + str(row) +
+                                       " rows, q has " + str(n)).c_str());
             {
                 nb::gil_scoped_release released;
-                store_kv(k.data(), v.data(), n, n_kv, d, ctx, start, kc.data(), vc.data());
+                for (size_t i = 0; i < args.size(); ++i) {
+                    const auto [first, kc, vc] = stores[i];
+                    const AttentionArgs &a = args[i];
+                    store_kv(k.data() + first * n_kv * d, v.data() + first * n_kv * d, a.n, n_kv,
+                             d, a.ctx, a.start, kc, vc);
+                }
                 attention(t, args);
             }
             return out;
         },
-        "tier"_a, "q"_a, "k"_a, "v"_a, "kc"_a, "vc"_a, "start"_a,
-        "Stores k and v of positions start.. in the caches kc (keys in transposed blocks of 16 "
-        "positions) and vc, then returns the causal attention of q over positions 0..start+n-1.");
+        "tier"_a, "q"_a, "k"_a, "v"_a, "seqs"_a,
+        "For each sequence (kc, vc, start, rows), its next `rows` rows of q, k and v: stores k and "
+        "v of positions start.. in its caches kc (keys in transposed blocks of 16 positions) and "
+        "vc, then returns the causal attention of q over positions 0..start+rows-1.");
 
     m.def(
         "bitlinear",

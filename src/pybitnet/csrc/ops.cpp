@@ -114,17 +114,26 @@ void store_kv(const float *k, const float *v, int64_t n, int64_t n_kv, int64_t d
     }
 }
 
-void attention(const TierKernels &tier, const AttentionArgs &a) {
-    // Tasks: (kv head, block of query positions); later positions attend to more keys, so
-    // blocks are small enough for the pool to balance them.
-    const int64_t block = std::max<int64_t>(1, std::min<int64_t>(16, a.n / 8));
-    const int64_t blocks = (a.n + block - 1) / block;
-    const int64_t group = a.n_heads / a.n_kv;
-    pool()->run(a.n_kv * blocks, [&](int64_t task) {
+void attention(const TierKernels &tier, const std::vector<AttentionArgs> &seqs) {
+    // Tasks: (sequence, kv head, block of query positions), all in one run of the pool, so a
+    // batch of decoded tokens costs one dispatch, not one per sequence. Later positions attend
+    // to more keys, so blocks are small enough for the pool to balance them.
+    struct Task {
+        const AttentionArgs *a;
+        int64_t kv, i0, i1;
+    };
+    std::vector<Task> tasks;
+    for (const AttentionArgs &a : seqs) {
+        const int64_t block = std::max<int64_t>(1, std::min<int64_t>(16, a.n / 8));
+        for (int64_t i0 = 0; i0 < a.n; i0 += block)
+            for (int64_t kv = 0; kv < a.n_kv; ++kv)
+                tasks.push_back({&a, kv, i0, std::min(a.n, i0 + block)});
+    }
+    pool()->run(static_cast<int64_t>(tasks.size()), [&](int64_t t) {
+        const Task &task = tasks[t];
         thread_local std::vector<float> scratch;
-        scratch.resize(group * a.ctx);
-        const int64_t kv = task % a.n_kv, i0 = task / a.n_kv * block;
-        tier.attention(a, kv, i0, std::min(a.n, i0 + block), scratch.data());
+        scratch.resize(task.a->n_heads / task.a->n_kv * task.a->ctx);
+        tier.attention(*task.a, task.kv, task.i0, task.i1, scratch.data());
     });
 }
 

@@ -45,6 +45,7 @@ void gated(const TierKernels &tier, int act, const float *g, const float *u, int
 // kc and vc, laid out as AttentionArgs says.
 void store_kv(const float *k, const float *v, int64_t n, int64_t n_kv, int64_t d, int64_t ctx,
               int64_t start, float *kc, float *vc);
-void attention(const TierKernels &tier, const AttentionArgs &a);
+// Attention of several sequences (each its own caches and positions) on the pool's threads.
+void attention(const TierKernels &tier, const std::vector<AttentionArgs> &seqs);
 
 }  // namespace pybitnet

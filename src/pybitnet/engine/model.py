@@ -144,6 +144,9 @@ class Engine:
             [np.arange(s, s + seq.size) for s, seq in zip(starts, ids, strict=True)]
         )
         cos, sin = self._cos[positions], self._sin[positions]
+        seqs = [
+            (cache, start, seq.size) for cache, start, seq in zip(caches, starts, ids, strict=True)
+        ]
         n = len(positions)
 
         h = self._embedding(self.token_embd.prepared[0], np.concatenate(ids))  # (n, dim)
@@ -153,13 +156,7 @@ class Engine:
             q = self.rope(q.reshape(n, c.n_heads, c.head_dim), cos, sin)
             k = self.rope(k.reshape(n, c.n_kv_heads, c.head_dim), cos, sin)
             v = v.reshape(n, c.n_kv_heads, c.head_dim)
-            if len(caches) == 1:
-                a = self.attention(q, k, v, caches[0], layer, starts[0])
-            else:
-                a = np.empty((n, c.n_heads * c.head_dim), np.float32)
-                for i, cache in enumerate(caches):
-                    s, e = spans[i], spans[i + 1]
-                    a[s:e] = self.attention(q[s:e], k[s:e], v[s:e], cache, layer, starts[i])
+            a = self.attention(q, k, v, layer, seqs)
             if c.sub_norms:
                 a = self.rmsnorm(a, blk.attn_sub_norm)
             h = h + blk.attn_output(a)[0]
@@ -187,11 +184,20 @@ class Engine:
         return self._rope(x, cos, sin, c.rope_dim, c.rope_neox)
 
     def attention(
-        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, cache: KVCache, layer: int, start: int
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        layer: int,
+        seqs: Sequence[tuple[KVCache, int, int]],
     ) -> np.ndarray:
-        """Stores k and v (n, kv_heads, head_dim) of positions start.. in the layer's cache, then
-        attends q (n, heads, head_dim) over positions 0 .. start + n - 1."""
-        return self._attention(q, k, v, cache.k[layer], cache.v[layer], start)
+        """For each sequence (cache, start, rows), in order, its next rows of q (n, heads,
+        head_dim), k and v (n, kv_heads, head_dim): stores k and v of positions start.. in the
+        layer's cache, and attends q over positions 0 .. start + rows - 1. One kernel call for
+        the whole batch."""
+        return self._attention(
+            q, k, v, [(cache.k[layer], cache.v[layer], start, rows) for cache, start, rows in seqs]
+        )
 
 
 def _f32(vector: np.ndarray | None) -> np.ndarray | None:

@@ -3,6 +3,7 @@ tested against. Each computes exactly what SPEC section 1 and 2 say, in float32.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,12 +149,31 @@ def store_kv(k: np.ndarray, v: np.ndarray, kc: np.ndarray, vc: np.ndarray, start
     vc[:, pos] = v.transpose(1, 0, 2)
 
 
+# One sequence of a batched attention call: its key and value caches, the position of its first
+# new row, and how many rows (consecutive in q, k, v) it has.
+AttentionSeq = tuple[np.ndarray, np.ndarray, int, int]
+
+
 def attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, seqs: Sequence[AttentionSeq]
+) -> np.ndarray:
+    """For each sequence (kc, vc, start, rows), in order, its next `rows` rows of q (n, H, d),
+    k and v (n, n_kv, d): stores k and v at positions start.. in its caches (store_kv), and
+    returns the causal softmax attention of q over positions 0 .. start + rows - 1; q head i
+    reads kv head i // (H / n_kv). Returns (n, H * d)."""
+    bounds = np.cumsum([0, *(rows for *_, rows in seqs)])
+    if bounds[-1] != q.shape[0]:
+        raise ValueError(f"attention: the sequences hold {bounds[-1]} rows, q has {q.shape[0]}")
+    parts = [
+        _attention_one(q[a:b], k[a:b], v[a:b], kc, vc, start)
+        for (kc, vc, start, _), a, b in zip(seqs, bounds[:-1], bounds[1:], strict=True)
+    ]
+    return np.concatenate(parts)
+
+
+def _attention_one(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, kc: np.ndarray, vc: np.ndarray, start: int
 ) -> np.ndarray:
-    """Stores k and v (n, n_kv, d) of positions start.. in the caches (store_kv), then returns
-    the causal softmax attention of q (n, H, d) over positions 0 .. start + n - 1; q head i
-    reads kv head i // (H / n_kv). Returns (n, H * d)."""
     store_kv(k, v, kc, vc, start)
     n, n_heads, d = q.shape
     n_kv = kc.shape[0]

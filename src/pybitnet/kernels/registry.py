@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -282,13 +282,7 @@ def _native_rope(
 
 
 def _native_attention(
-    tier: str,
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    kc: np.ndarray,
-    vc: np.ndarray,
-    start: int,
+    tier: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, seqs: Sequence[reference.AttentionSeq]
 ) -> np.ndarray:
     f32 = np.float32
     q, k, v = (
@@ -296,7 +290,7 @@ def _native_attention(
         np.ascontiguousarray(k, f32),
         np.ascontiguousarray(v, f32),
     )
-    return _native.attention(tier, q, k, v, kc, vc, start)
+    return _native.attention(tier, q, k, v, seqs)
 
 
 def _run(tier: str, name: str) -> Callable[..., Any]:
