@@ -26,6 +26,21 @@ inline void group(const uint8_t *w, const int8_t *x, int64_t stride,
 }
 #endif
 
+// y[b + j, r + i] = (acc[i][j] summed - x.total[b + j]) * scale of row r + i / x.sx[b + j], for
+// the tile's rows inside the matrix: the end of a tile with one scale per row. A tier may
+// define its own (PYBITNET_TIER_TERNARY_ROW_STORE).
+#ifndef PYBITNET_TIER_TERNARY_ROW_STORE
+template <int B>
+inline void store_rows(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_t b,
+                       typename Isa::Acc acc[kTileRows][B], float *y) {
+    for (int i = 0; i < kTileRows && r + i < w.rows; ++i)
+        for (int j = 0; j < B; ++j) {
+            const int32_t dot = Isa::sum(acc[i][j]) - x.total[b + j];
+            y[(b + j) * w.rows + r + i] = static_cast<float>(dot) * w.scales[r + i] / x.sx[b + j];
+        }
+}
+#endif
+
 // How far ahead in a tile's stream to prefetch: on top of the hardware prefetchers, this took
 // single-thread decoding from memory from 24 to 27 GB/s on a Zen 4 (prefetches never fault).
 constexpr int64_t kPrefetchBytes = 4096;
@@ -52,20 +67,18 @@ inline void tile(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_
                     acc[i][j] = Isa::zero();
                 }
     }
+    if (!PER_BLOCK) {
+        store_rows<B>(w, x, r, b, acc, y);
+        return;
+    }
     for (int i = 0; i < R && r + i < w.rows; ++i)
         for (int j = 0; j < B; ++j) {
-            float *out = y + (b + j) * w.rows + r + i;
-            if (PER_BLOCK) {
-                // sum_g d_g * (c_g . x_q - sum_g(x_q)): the correction term per block.
-                const float *d = w.scales + (r + i) * groups;
-                const int32_t *s = x.sums + (b + j) * groups;
-                float correction = 0.0f;
-                for (int64_t g = 0; g < groups; ++g) correction += d[g] * static_cast<float>(s[g]);
-                *out = (Isa::fsum(facc[i][j]) - correction) / x.sx[b + j];
-            } else {
-                const int32_t dot = Isa::sum(acc[i][j]) - x.total[b + j];
-                *out = static_cast<float>(dot) * w.scales[r + i] / x.sx[b + j];
-            }
+            // sum_g d_g * (c_g . x_q - sum_g(x_q)): the correction term per block.
+            const float *d = w.scales + (r + i) * groups;
+            const int32_t *s = x.sums + (b + j) * groups;
+            float correction = 0.0f;
+            for (int64_t g = 0; g < groups; ++g) correction += d[g] * static_cast<float>(s[g]);
+            y[(b + j) * w.rows + r + i] = (Isa::fsum(facc[i][j]) - correction) / x.sx[b + j];
         }
 }
 
