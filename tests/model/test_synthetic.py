@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from pybitnet.cli import app
 from pybitnet.errors import ModelError
+from pybitnet.generate import load
 from pybitnet.gguf import open_gguf
 from pybitnet.model.config import ModelConfig
 from pybitnet.model.synthetic import make_model, synthetic_vocab
@@ -130,6 +131,28 @@ def test_vocabulary_is_the_peers(tmp_path: Path) -> None:
     assert md["tokenizer.ggml.add_space_prefix"] is True
     tokens, scores, types = synthetic_vocab(260)
     assert tokens[-1] == "▁" and scores[-1] == 0 and types[-1] == 1
+
+
+def test_a_larger_vocabulary_extends_the_peers_with_a_chat_format(tmp_path: Path) -> None:
+    """Past the peers' 1000 tokens: the 2B model's end-of-turn token and chat template, and
+    longer pieces, so that a chat prompt is not spelled letter by letter."""
+    small, large = synthetic_vocab(1000), synthetic_vocab(30000)
+    for a, b in zip(small, large, strict=True):
+        assert b[:1000] == a
+    assert len(set(large[0])) == 30000
+    m = load(make_model(tmp_path / "m.gguf", **{**SMALL, "vocab": 30000}))
+    t = m.tokenizer
+    eot = t.token_to_id("<|eot_id|>")
+    assert eot == 1000 and eot in t.eog_ids
+    text = m.render_chat([{"role": "user", "content": "Tell me a story about a cat."}])
+    assert text == "User: Tell me a story about a cat.<|eot_id|>Assistant: "
+    ids = t.encode(text, parse_special=True)
+    pieces = [t.token_bytes(i) for i in ids]
+    assert pieces[:3] == [b"<s>", b" Us", b"er"] and b" cat" in pieces
+    assert ids.count(eot) == 1 and len(ids) == 27  # ChatML over the peers' pieces alone: 70
+    # the peers' size has neither (its tokens must stay the peers')
+    md = open_gguf(build(tmp_path, "small", vocab=1000)).metadata
+    assert "tokenizer.chat_template" not in md and "tokenizer.ggml.eot_token_id" not in md
 
 
 @pytest.mark.parametrize(

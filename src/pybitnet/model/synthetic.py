@@ -109,29 +109,55 @@ def make_model(
         f"{arch}.attention.layer_norm_rms_epsilon": np.float32(shape.eps),
         **llama_tokenizer(*synthetic_vocab(shape.vocab), add_space_prefix=True),
     }
+    if shape.vocab > PEERS_VOCAB:  # the vocabulary holds END_OF_TURN
+        metadata["tokenizer.ggml.eot_token_id"] = np.uint32(PEERS_VOCAB)
+        metadata["tokenizer.chat_template"] = CHAT_TEMPLATE
     write_gguf(path, metadata, tensors)
     return Path(path)
 
 
+PEERS_VOCAB = 1000  # tokens in the peers' vocabulary (tests/fixtures/peers)
+END_OF_TURN = "<|eot_id|>"
+# The prompt format of microsoft/bitnet-b1.58-2B-4T ("User: ...<|eot_id|>Assistant: "), for the
+# vocabularies that hold its end-of-turn token. BOS comes from the tokenizer (add_bos_token).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ message['role'] | capitalize }}: {{ message['content'] | trim }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+
+
 def synthetic_vocab(size: int) -> tuple[list[str], list[float], list[int]]:
-    """(tokens, scores, types) of the peers' SentencePiece-style vocabulary: <unk>, <s>, </s>,
-    the 256 byte tokens, then normal pieces ▁, a..z, ▁a..▁z, ▁aa..▁zz, ▁tokN (N = id - 312),
-    cut or filled to ``size``; the k-th normal piece scores -k (earlier pieces merge first)."""
+    """(tokens, scores, types) of a SentencePiece-style vocabulary of ``size`` tokens.
+
+    Its first PEERS_VOCAB tokens are the peers': <unk>, <s>, </s>, the 256 byte tokens, then the
+    normal pieces ▁, a..z, ▁a..▁z, ▁aa..▁zz and fillers ▁tokN (N = id - 312); a smaller
+    vocabulary is their start. A larger one goes on with the end-of-turn control token of
+    CHAT_TEMPLATE and longer pieces (▁A..▁Z, aa..zz, ▁Aa..▁Zz, ▁aaa..▁zzz), so that a chat
+    prompt takes about as many tokens as in a real vocabulary of that size (1-3 a word, not
+    one a letter), then fillers. The k-th normal piece scores -k (earlier pieces merge first).
+    """
     specials = 3 + 256
     if size < specials + 1:
         raise ModelError(f"vocab {size} is too small: the tokenizer needs at least {specials + 1}")
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    pieces = [
-        "▁",
-        *letters,
-        *("▁" + a for a in letters),
-        *("▁" + a + b for a in letters for b in letters),
-    ]
+    lower, upper = "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    pieces = ["▁", *lower, *("▁" + a for a in lower), *("▁" + a + b for a in lower for b in lower)]
     tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *pieces]
+    tokens += [f"▁tok{i - 312}" for i in range(len(tokens), PEERS_VOCAB)]
+    types = [UNKNOWN, CONTROL, CONTROL] + [BYTE] * 256 + [NORMAL] * (PEERS_VOCAB - specials)
+    longer = [
+        *("▁" + a for a in upper),
+        *(a + b for a in lower for b in lower),
+        *("▁" + a + b for a in upper for b in lower),
+        *("▁" + a + b + c for a in lower for b in lower for c in lower),
+    ]
+    tokens += [END_OF_TURN, *longer]
+    types += [CONTROL] + [NORMAL] * len(longer)
     tokens = tokens[:size] + [f"▁tok{i - 312}" for i in range(len(tokens), size)]
-    n_normal = size - specials
-    scores = [0.0] * specials + [-float(k) for k in range(n_normal)]
-    types = [UNKNOWN, CONTROL, CONTROL] + [BYTE] * 256 + [NORMAL] * n_normal
+    types = types[:size] + [NORMAL] * (size - len(types))
+    # Normal pieces score -k in order; the others 0.
+    rank = np.cumsum(np.asarray(types) == NORMAL) - 1
+    scores = [-float(k) if t == NORMAL else 0.0 for k, t in zip(rank.tolist(), types, strict=True)]
     return tokens, scores, types
 
 
