@@ -1,6 +1,6 @@
-"""End-to-end speed of the engine: load, prefill (pp128, pp512) and decode (tg128) on 2B-shaped
-models at each thread count, beside their bounds, and llama.cpp on the same TQ2_0 file in the
-same run (ratios).
+"""End-to-end speed of the engine: load, prefill (pp128, pp512), decode (tg128) and batched
+decode (x8) on 2B-shaped models at each thread count, beside their bounds, and llama.cpp on the
+same TQ2_0 file in the same run (ratios).
 
     .venv/bin/pybitnet make-model --preset 2b --arch bitnet-b1.58 --type I2_S -o /tmp/2b-i2s.gguf
     .venv/bin/pybitnet make-model --preset 2b --arch bitnet --type TQ2_0 -o /tmp/2b-tq2.gguf
@@ -9,16 +9,22 @@ same run (ratios).
 
 Workloads (llama-bench's): prefill is the whole prompt of random ids in one forward pass, logits
 of its last position only; decode feeds 128 tokens one at a time (greedy) after a 16-token
-prompt. Figures are medians of --reps runs; each model and thread count runs in a process of its
-own (for its peak RSS), its load time measured there. Columns:
+prompt; batched decode feeds 8 sequences (16-token prompts) 64 tokens each, one forward pass for
+all 8 a step, as the server's scheduler does. Figures are medians of --reps runs; each model and
+thread count runs in a process of its own (for its peak RSS), its load time measured there.
+Columns:
 - bound: decode tok/s if every weight byte of a token (the engine's own layout) were read once
   at the read bandwidth measured here with the same threads; tg % is tg128 / bound. The probe
   (_native.read_all, a plain summing loop) is a floor of the bandwidth, not its peak: the
   weight kernels, which prefetch and read huge pages, stream faster (tg % over 100%: on this
   machine ~35 GB/s probed, ~41-48 GB/s reached by the 2-thread decode);
+- x8: the 8 sequences' tokens per second together; x8/x1 = x8 / tg128, the most the server's
+  batching can gain (one sequence's decode is bound by memory bandwidth, 8 sequences' by
+  compute);
 - py %: decode time outside the kernels (Python, numpy glue), from kernels.profile(); the
   profile's own bookkeeping counts in it;
-- RSS / limit: peak resident set of the process against file size + KV cache + 15%;
+- RSS / limit: peak resident set of the process against file size + the most KV cache held
+  at once + 15%;
 - spread: (max - min) / median of the tg128 runs, and the load average: the machine's 2 cores are
   shared, so figures taken while others run are noisy; compare ratios taken side by side.
 --peer runs llama.cpp (llama-cpp-python in that interpreter's environment) on every model whose
@@ -50,6 +56,7 @@ from pybitnet.model import ModelConfig, Weights
 PROMPTS = (128, 512)
 DECODE = 128
 DECODE_PROMPT = 16
+BATCH, BATCH_STEPS = 8, 64  # batched decode: 8 sequences, one forward pass a step (a server's)
 
 
 def bytes_per_token(engine: Engine) -> int:
@@ -93,6 +100,28 @@ def bench_engine(path: Path, threads: int, output_head: str | None, reps: int) -
         overheads.append(1 - sum(s["seconds"] for s in prof.stats()) / seconds)
         profiles.append({s["id"]: s["seconds"] / seconds for s in prof.stats()})
     middle = samples.index(statistics.median_low(samples))
+    batched, batch_profiles = [], []
+    for _ in range(reps):
+        caches = [engine.new_cache(DECODE_PROMPT + BATCH_STEPS) for _ in range(BATCH)]
+        prompts = [rng.integers(0, vocab, DECODE_PROMPT).tolist() for _ in range(BATCH)]
+        logits = engine.forward_batch(list(zip(prompts, caches, strict=True)), last_only=True)
+        with kernels.profile() as prof:
+            t = time.perf_counter()
+            for _ in range(BATCH_STEPS):
+                tokens = [[int(np.argmax(row[-1]))] for row in logits]
+                logits = engine.forward_batch(list(zip(tokens, caches, strict=True)))
+            seconds = time.perf_counter() - t
+        batched.append(BATCH * BATCH_STEPS / seconds)
+        kernel_seconds = {s["id"]: s["seconds"] for s in prof.stats()}
+        outside = 1 - sum(kernel_seconds.values()) / seconds
+        batch_profiles.append(
+            {k: v / seconds for k, v in kernel_seconds.items()} | {"outside kernels": outside}
+        )
+    result.update(
+        batch_tok_s=statistics.median(batched),
+        batch_samples=batched,
+        batch_profile=batch_profiles[batched.index(statistics.median_low(batched))],
+    )
     result.update(
         tg128_tok_s=statistics.median(samples),
         tg128_samples=samples,
@@ -100,7 +129,10 @@ def bench_engine(path: Path, threads: int, output_head: str | None, reps: int) -
         # share of decode time per kernel id, from the run with the median speed
         decode_profile=profiles[middle] | {"outside kernels": overheads[middle]},
         bytes_per_token=bytes_per_token(engine),
-        kv_cache_bytes=engine.new_cache(max(PROMPTS)).nbytes,
+        # the most KV cache held at once: the longest prompt's, or the batch's 8
+        kv_cache_bytes=max(
+            engine.new_cache(max(PROMPTS)).nbytes, sum(cache.nbytes for cache in caches)
+        ),
         peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
     return result
@@ -173,8 +205,8 @@ def run_one(path: Path, threads: int, args: argparse.Namespace) -> dict:
 def print_rows(rows: list[dict]) -> None:
     header = (
         f"{'model':<22} {'type':<5} {'thr':>3} {'load s':>6} {'pp128':>7} {'pp512':>7} "
-        f"{'tg128':>6} {'bound':>6} {'tg %':>5} {'py %':>5} {'RSS MB':>7} {'limit':>6} "
-        f"{'spread':>6} {'load avg':>8}"
+        f"{'tg128':>6} {'bound':>6} {'tg %':>5} {'x8':>6} {'x8/x1':>5} {'py %':>5} "
+        f"{'RSS MB':>7} {'limit':>6} {'spread':>6} {'load avg':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -184,8 +216,9 @@ def print_rows(rows: list[dict]) -> None:
             f"{Path(r['model']).name[:22]:<22} {r['type'][:5]:<5} {r['threads']:>3} "
             f"{r['load_s']:>6.2f} {r['pp128_tok_s']:>7.1f} {r['pp512_tok_s']:>7.1f} "
             f"{r['tg128_tok_s']:>6.1f} {r['decode_bound_tok_s']:>6.1f} "
-            f"{r['tg128_tok_s'] / r['decode_bound_tok_s']:>5.0%} "
-            f"{r['python_overhead_share']:>5.1%} {r['peak_rss_bytes'] / 1e6:>7.0f} {limit:>6.0f} "
+            f"{r['tg128_tok_s'] / r['decode_bound_tok_s']:>5.0%} {r['batch_tok_s']:>6.1f} "
+            f"{r['batch_tok_s'] / r['tg128_tok_s']:>5.2f} {r['python_overhead_share']:>5.1%} "
+            f"{r['peak_rss_bytes'] / 1e6:>7.0f} {limit:>6.0f} "
             f"{spread(r['tg128_samples']):>6.0%} {r['load_average']:>8.2f}"
         )
         peer = r.get("peer_llama_cpp")
@@ -193,7 +226,8 @@ def print_rows(rows: list[dict]) -> None:
             print(
                 f"{'  llama.cpp, same file':<22} {'':<5} {r['threads']:>3} {'':>6} "
                 f"{peer['pp128_tok_s']:>7.1f} {peer['pp512_tok_s']:>7.1f} "
-                f"{peer['tg128_tok_s']:>6.1f} {'':>6} {'':>5} {'':>5} {'':>7} {'':>6} "
+                f"{peer['tg128_tok_s']:>6.1f} {'':>6} {'':>5} {'':>6} {'':>5} {'':>5} {'':>7} "
+                f"{'':>6} "
                 f"{spread(peer['tg128_samples']):>6.0%}"
             )
             ratios = {w: r[f"{w}_tok_s"] / peer[f"{w}_tok_s"] for w in ("pp128", "pp512", "tg128")}
@@ -204,12 +238,20 @@ def print_rows(rows: list[dict]) -> None:
 
 
 def print_profiles(rows: list[dict]) -> None:
-    print("\ndecode time per token by kernel id (share of tg128 wall time, median run):")
-    for r in rows:
-        shares = sorted(r["decode_profile"].items(), key=lambda kv: -kv[1])
-        ms = 1e3 / r["tg128_tok_s"]
-        text = ", ".join(f"{k} {v:.1%}" for k, v in shares if v >= 0.001)
-        print(f"  {Path(r['model']).name} {r['threads']} thr ({ms:.1f} ms/token): {text}")
+    for title, key, per_step in (
+        ("decode time per token by kernel id (share of tg128 wall time, median run)", "decode", 1),
+        (
+            f"batched decode time per step of {BATCH} tokens by kernel id (median run)",
+            "batch",
+            BATCH,
+        ),
+    ):
+        print(f"\n{title}:")
+        for r in rows:
+            shares = sorted(r[f"{key}_profile"].items(), key=lambda kv: -kv[1])
+            ms = 1e3 * per_step / r[f"{'tg128' if key == 'decode' else key}_tok_s"]
+            text = ", ".join(f"{k} {v:.1%}" for k, v in shares if v >= 0.001)
+            print(f"  {Path(r['model']).name} {r['threads']} thr ({ms:.1f} ms): {text}")
 
 
 def main() -> None:
@@ -253,7 +295,12 @@ def main() -> None:
     report = {
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "host": info,
-        "workloads": {"prompts": PROMPTS, "decode": DECODE, "decode_prompt": DECODE_PROMPT},
+        "workloads": {
+            "prompts": PROMPTS,
+            "decode": DECODE,
+            "decode_prompt": DECODE_PROMPT,
+            "batch": {"sequences": BATCH, "steps": BATCH_STEPS},
+        },
         "reps": args.reps,
         "results": rows,
     }
