@@ -100,27 +100,12 @@ def bench_engine(path: Path, threads: int, output_head: str | None, reps: int) -
         overheads.append(1 - sum(s["seconds"] for s in prof.stats()) / seconds)
         profiles.append({s["id"]: s["seconds"] / seconds for s in prof.stats()})
     middle = samples.index(statistics.median_low(samples))
-    batched, batch_profiles = [], []
-    for _ in range(reps):
-        caches = [engine.new_cache(DECODE_PROMPT + BATCH_STEPS) for _ in range(BATCH)]
-        prompts = [rng.integers(0, vocab, DECODE_PROMPT).tolist() for _ in range(BATCH)]
-        logits = engine.forward_batch(list(zip(prompts, caches, strict=True)), last_only=True)
-        with kernels.profile() as prof:
-            t = time.perf_counter()
-            for _ in range(BATCH_STEPS):
-                tokens = [[int(np.argmax(row[-1]))] for row in logits]
-                logits = engine.forward_batch(list(zip(tokens, caches, strict=True)))
-            seconds = time.perf_counter() - t
-        batched.append(BATCH * BATCH_STEPS / seconds)
-        kernel_seconds = {s["id"]: s["seconds"] for s in prof.stats()}
-        outside = 1 - sum(kernel_seconds.values()) / seconds
-        batch_profiles.append(
-            {k: v / seconds for k, v in kernel_seconds.items()} | {"outside kernels": outside}
-        )
+    runs = [batched_decode(engine, rng) for _ in range(reps)]
+    batched = [tok_s for tok_s, _, _ in runs]
     result.update(
         batch_tok_s=statistics.median(batched),
         batch_samples=batched,
-        batch_profile=batch_profiles[batched.index(statistics.median_low(batched))],
+        batch_profile=runs[batched.index(statistics.median_low(batched))][1],
     )
     result.update(
         tg128_tok_s=statistics.median(samples),
@@ -130,12 +115,29 @@ def bench_engine(path: Path, threads: int, output_head: str | None, reps: int) -
         decode_profile=profiles[middle] | {"outside kernels": overheads[middle]},
         bytes_per_token=bytes_per_token(engine),
         # the most KV cache held at once: the longest prompt's, or the batch's 8
-        kv_cache_bytes=max(
-            engine.new_cache(max(PROMPTS)).nbytes, sum(cache.nbytes for cache in caches)
-        ),
+        kv_cache_bytes=max(engine.new_cache(max(PROMPTS)).nbytes, runs[0][2]),
         peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
     return result
+
+
+def batched_decode(engine: Engine, rng: np.random.Generator) -> tuple[float, dict, int]:
+    """(tok/s, kernel profile, KV-cache bytes) of BATCH sequences decoded together, BATCH_STEPS
+    tokens each after a DECODE_PROMPT-token prompt (their caches are freed on return)."""
+    vocab = engine.config.vocab_size
+    caches = [engine.new_cache(DECODE_PROMPT + BATCH_STEPS) for _ in range(BATCH)]
+    prompts = [rng.integers(0, vocab, DECODE_PROMPT).tolist() for _ in range(BATCH)]
+    logits = engine.forward_batch(list(zip(prompts, caches, strict=True)), last_only=True)
+    with kernels.profile() as prof:
+        t = time.perf_counter()
+        for _ in range(BATCH_STEPS):
+            tokens = [[int(np.argmax(row[-1]))] for row in logits]
+            logits = engine.forward_batch(list(zip(tokens, caches, strict=True)))
+        seconds = time.perf_counter() - t
+    kernel_seconds = {s["id"]: s["seconds"] for s in prof.stats()}
+    profile = {k: v / seconds for k, v in kernel_seconds.items()}
+    profile["outside kernels"] = 1 - sum(kernel_seconds.values()) / seconds
+    return BATCH * BATCH_STEPS / seconds, profile, sum(cache.nbytes for cache in caches)
 
 
 PEER_SCRIPT = """
