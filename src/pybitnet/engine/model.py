@@ -130,7 +130,8 @@ class Engine:
         self, items: Sequence[tuple[Sequence[int], KVCache]], *, last_only: bool = False
     ) -> list[np.ndarray]:
         """forward() for several sequences (each its own cache) in one pass: every linear layer
-        is one kernel call over all their tokens, so the weights are read once per step."""
+        is one kernel call over all their tokens, so the weights are read once per step, and so
+        is each layer's attention."""
         c = self.config
         ids = [np.asarray(tokens, dtype=np.int64).reshape(-1) for tokens, _ in items]
         caches = [cache for _, cache in items]
