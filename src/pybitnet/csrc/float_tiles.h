@@ -159,6 +159,20 @@ inline void dense_block(const DenseView &w, const float *x, int64_t kc, int64_t 
     for (int i = 0; i < RR; ++i)
         for (int j = 0; j < B; ++j) acc[i][j] = Vf::zero();
     const float *xb = x + b * kc;
+    // acc += the chunk of columns c.. of the tile's rows (weight(i, u): row i's u-th vector of
+    // it) times the B activation rows'
+    const auto fma_chunk = [&](int64_t c, const auto &weight) {
+        for (int i = 0; i < RR; ++i)
+            __builtin_prefetch(next + (c / kDenseChunk * RR + i) * 64, 0, 2);
+        for (int u = 0; u < U; ++u) {
+            typename Vf::T xv[B];
+            for (int j = 0; j < B; ++j) xv[j] = Vf::load(xb + j * kc + c + u * Vf::N);
+            for (int i = 0; i < RR; ++i) {
+                const typename Vf::T wv = weight(i, u);
+                for (int j = 0; j < B; ++j) acc[i][j] = Vf::fmadd(wv, xv[j], acc[i][j]);
+            }
+        }
+    };
     int64_t c = 0;
     if (F16) {
         // Whole F16 chunks, converted in registers, in a loop of their own: sharing one with
@@ -166,33 +180,14 @@ inline void dense_block(const DenseView &w, const float *x, int64_t kc, int64_t 
         // ~10% of the time of a batch of 8 through the 2B model's output layer.
         const uint16_t *h[RR];
         for (int i = 0; i < RR; ++i) h[i] = reinterpret_cast<const uint16_t *>(row[i]);
-        for (; c + kDenseChunk <= w.cols; c += kDenseChunk) {
-            for (int i = 0; i < RR; ++i)
-                __builtin_prefetch(next + (c / kDenseChunk * RR + i) * 64, 0, 2);
-            for (int u = 0; u < U; ++u) {
-                typename Vf::T xv[B];
-                for (int j = 0; j < B; ++j) xv[j] = Vf::load(xb + j * kc + c + u * Vf::N);
-                for (int i = 0; i < RR; ++i) {
-                    const typename Vf::T wv = Vf::load_f16(h[i] + c + u * Vf::N);
-                    for (int j = 0; j < B; ++j) acc[i][j] = Vf::fmadd(wv, xv[j], acc[i][j]);
-                }
-            }
-        }
+        for (; c + kDenseChunk <= w.cols; c += kDenseChunk)
+            fma_chunk(c, [&](int i, int u) { return Vf::load_f16(h[i] + c + u * Vf::N); });
     }
     alignas(64) float buf[RR][kDenseChunk];
     for (; c < kc; c += kDenseChunk) {
         for (int i = 0; i < RR; ++i)
-            __builtin_prefetch(next + (c / kDenseChunk * RR + i) * 64, 0, 2);
-        for (int i = 0; i < RR; ++i)
             decode_chunk(w, min64(r + i, w.rows - 1), c / kDenseChunk, buf[i]);
-        for (int u = 0; u < U; ++u) {
-            typename Vf::T xv[B];
-            for (int j = 0; j < B; ++j) xv[j] = Vf::load(xb + j * kc + c + u * Vf::N);
-            for (int i = 0; i < RR; ++i) {
-                const typename Vf::T wv = Vf::load(buf[i] + u * Vf::N);
-                for (int j = 0; j < B; ++j) acc[i][j] = Vf::fmadd(wv, xv[j], acc[i][j]);
-            }
-        }
+        fma_chunk(c, [&](int i, int u) { return Vf::load(buf[i] + u * Vf::N); });
     }
     for (int i = 0; i < RR && r + i < r_end; ++i)
         for (int j = 0; j < B; ++j) y[(b + j) * w.rows + r + i] = Vf::hsum(acc[i][j]);

@@ -27,19 +27,23 @@ inline void group(const uint8_t *w, const int8_t *x, int64_t stride,
 #endif
 
 // y[b + j, r + i] = (acc[i][j] summed - x.total[b + j]) * scale of row r + i / x.sx[b + j], for
-// the tile's rows inside the matrix: the end of a tile with one scale per row. A tier may
-// define its own (PYBITNET_TIER_TERNARY_ROW_STORE).
-#ifndef PYBITNET_TIER_TERNARY_ROW_STORE
+// the tile's rows inside the matrix: the end of a tile with one scale per row. A tier may do a
+// full 4 x 4 tile its own way (PYBITNET_TIER_TERNARY_STORE_4X4: store_4x4, same results).
 template <int B>
 inline void store_rows(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_t b,
                        typename Isa::Acc acc[kTileRows][B], float *y) {
+#ifdef PYBITNET_TIER_TERNARY_STORE_4X4
+    if constexpr (B == 4 && kTileRows == 4) {
+        store_4x4(w, x, r, b, acc, y);
+        return;
+    }
+#endif
     for (int i = 0; i < kTileRows && r + i < w.rows; ++i)
         for (int j = 0; j < B; ++j) {
             const int32_t dot = Isa::sum(acc[i][j]) - x.total[b + j];
             y[(b + j) * w.rows + r + i] = static_cast<float>(dot) * w.scales[r + i] / x.sx[b + j];
         }
 }
-#endif
 
 // How far ahead in a tile's stream to prefetch: on top of the hardware prefetchers, this took
 // single-thread decoding from memory from 24 to 27 GB/s on a Zen 4 (prefetches never fault).

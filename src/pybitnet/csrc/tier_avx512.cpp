@@ -104,45 +104,34 @@ inline void group(const uint8_t *w, const int8_t *x, int64_t stride, __m512i acc
 // tree of 15 adds) and their scaling as one vector, instead of 16 horizontal sums and scalar
 // divisions: that tail took ~1/6 of BitLinear's time on 2560-column rows (10 groups a tile).
 // Same operations per output as the generic store_rows, so the same float32 results.
-#define PYBITNET_TIER_TERNARY_ROW_STORE
-template <int B>
-inline void store_rows(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_t b,
-                       __m512i acc[kTileRows][B], float *y) {
-    if constexpr (B == 4 && kTileRows == 4) {
-        __m512i a[8], c[4], e[2];
-        const __m512i *v = &acc[0][0];
-        for (int k = 0; k < 8; ++k)  // per 128-bit lane: partial sums of v[2k], v[2k+1] twice
-            a[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * k], v[2 * k + 1]),
-                                    _mm512_unpackhi_epi32(v[2 * k], v[2 * k + 1]));
-        for (int k = 0; k < 4; ++k)  // per 128-bit lane: partial sums of v[4k] .. v[4k + 3]
-            c[k] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * k], a[2 * k + 1]),
-                                    _mm512_unpackhi_epi64(a[2 * k], a[2 * k + 1]));
-        for (int k = 0; k < 2; ++k)  // 128-bit lanes added in pairs
-            e[k] = _mm512_add_epi32(_mm512_shuffle_i32x4(c[2 * k], c[2 * k + 1], 0x88),
-                                    _mm512_shuffle_i32x4(c[2 * k], c[2 * k + 1], 0xDD));
-        const __m512i sums = _mm512_add_epi32(_mm512_shuffle_i32x4(e[0], e[1], 0x88),
-                                              _mm512_shuffle_i32x4(e[0], e[1], 0xDD));
-        const __m512i rows = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-        const __m512 scale =
-            _mm512_permutexvar_ps(rows, _mm512_castps128_ps512(_mm_loadu_ps(w.scales + r)));
-        const __m512i total = _mm512_broadcast_i32x4(
-            _mm_loadu_si128(reinterpret_cast<const __m128i *>(x.total + b)));
-        const __m512 sx = _mm512_broadcast_f32x4(_mm_loadu_ps(x.sx + b));
-        alignas(64) float out[16];
-        _mm512_store_ps(out, _mm512_div_ps(
-                                 _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sums, total)),
-                                               scale),
-                                 sx));
-        for (int i = 0; i < 4 && r + i < w.rows; ++i)
-            for (int j = 0; j < 4; ++j) y[(b + j) * w.rows + r + i] = out[4 * i + j];
-    } else {
-        for (int i = 0; i < kTileRows && r + i < w.rows; ++i)
-            for (int j = 0; j < B; ++j) {
-                const int32_t dot = _mm512_reduce_add_epi32(acc[i][j]) - x.total[b + j];
-                y[(b + j) * w.rows + r + i] =
-                    static_cast<float>(dot) * w.scales[r + i] / x.sx[b + j];
-            }
-    }
+#define PYBITNET_TIER_TERNARY_STORE_4X4
+inline void store_4x4(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_t b,
+                      __m512i acc[4][4], float *y) {
+    __m512i a[8], c[4], e[2];
+    const __m512i *v = &acc[0][0];
+    for (int k = 0; k < 8; ++k)  // per 128-bit lane: partial sums of v[2k], v[2k+1] twice
+        a[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * k], v[2 * k + 1]),
+                                _mm512_unpackhi_epi32(v[2 * k], v[2 * k + 1]));
+    for (int k = 0; k < 4; ++k)  // per 128-bit lane: partial sums of v[4k] .. v[4k + 3]
+        c[k] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * k], a[2 * k + 1]),
+                                _mm512_unpackhi_epi64(a[2 * k], a[2 * k + 1]));
+    for (int k = 0; k < 2; ++k)  // 128-bit lanes added in pairs
+        e[k] = _mm512_add_epi32(_mm512_shuffle_i32x4(c[2 * k], c[2 * k + 1], 0x88),
+                                _mm512_shuffle_i32x4(c[2 * k], c[2 * k + 1], 0xDD));
+    const __m512i sums = _mm512_add_epi32(_mm512_shuffle_i32x4(e[0], e[1], 0x88),
+                                          _mm512_shuffle_i32x4(e[0], e[1], 0xDD));
+    const __m512i rows = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512 scale =
+        _mm512_permutexvar_ps(rows, _mm512_castps128_ps512(_mm_loadu_ps(w.scales + r)));
+    const __m512i total =
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i *>(x.total + b)));
+    const __m512 sx = _mm512_broadcast_f32x4(_mm_loadu_ps(x.sx + b));
+    alignas(64) float out[16];
+    _mm512_store_ps(
+        out, _mm512_div_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sums, total)), scale),
+                           sx));
+    for (int i = 0; i < 4 && r + i < w.rows; ++i)
+        for (int j = 0; j < 4; ++j) y[(b + j) * w.rows + r + i] = out[4 * i + j];
 }
 
 #include "matmul_tiles.h"
