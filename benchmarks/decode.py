@@ -97,8 +97,8 @@ def bench_engine(path: Path, threads: int, output_head: str | None, reps: int) -
                 token = int(np.argmax(engine.forward([token], cache)[0]))
             seconds = time.perf_counter() - t
         samples.append(DECODE / seconds)
-        overheads.append(1 - sum(s["seconds"] for s in prof.stats()) / seconds)
-        profiles.append({s["id"]: s["seconds"] / seconds for s in prof.stats()})
+        profiles.append(time_shares(prof, seconds))
+        overheads.append(profiles[-1]["outside kernels"])
     middle = samples.index(statistics.median_low(samples))
     runs = [batched_decode(engine, rng) for _ in range(reps)]
     batched = [tok_s for tok_s, _, _ in runs]
@@ -112,7 +112,7 @@ def bench_engine(path: Path, threads: int, output_head: str | None, reps: int) -
         tg128_samples=samples,
         python_overhead_share=statistics.median(overheads),
         # share of decode time per kernel id, from the run with the median speed
-        decode_profile=profiles[middle] | {"outside kernels": overheads[middle]},
+        decode_profile=profiles[middle],
         bytes_per_token=bytes_per_token(engine),
         # the most KV cache held at once: the longest prompt's, or the batch's 8
         kv_cache_bytes=max(engine.new_cache(max(PROMPTS)).nbytes, runs[0][2]),
@@ -134,10 +134,14 @@ def batched_decode(engine: Engine, rng: np.random.Generator) -> tuple[float, dic
             tokens = [[int(np.argmax(row[-1]))] for row in logits]
             logits = engine.forward_batch(list(zip(tokens, caches, strict=True)))
         seconds = time.perf_counter() - t
-    kernel_seconds = {s["id"]: s["seconds"] for s in prof.stats()}
-    profile = {k: v / seconds for k, v in kernel_seconds.items()}
-    profile["outside kernels"] = 1 - sum(kernel_seconds.values()) / seconds
-    return BATCH * BATCH_STEPS / seconds, profile, sum(cache.nbytes for cache in caches)
+    kv_bytes = sum(cache.nbytes for cache in caches)
+    return BATCH * BATCH_STEPS / seconds, time_shares(prof, seconds), kv_bytes
+
+
+def time_shares(prof: kernels.Profile, seconds: float) -> dict[str, float]:
+    """Each kernel id's share of `seconds`, and the share outside the kernels."""
+    shares = {s["id"]: s["seconds"] / seconds for s in prof.stats()}
+    return shares | {"outside kernels": 1 - sum(shares.values())}
 
 
 PEER_SCRIPT = """
