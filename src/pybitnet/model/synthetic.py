@@ -94,6 +94,7 @@ def make_model(
     if etype.ternary:
         raise ModelError(f"token_embd cannot be {etype.name}: choose a float or Q type")
     tensors = _tensor_specs(shape, ARCHITECTURES[arch].sub_norms, wtype, etype, seed)
+    tokens, scores, types = synthetic_vocab(shape.vocab)
     metadata = {
         "general.architecture": arch,
         "general.name": f"synthetic-{arch}-{preset}-{wtype.name.lower()}-s{seed}",
@@ -107,10 +108,10 @@ def make_model(
         f"{arch}.rope.dimension_count": np.uint32(shape.dim // shape.heads),
         f"{arch}.rope.freq_base": np.float32(shape.rope_theta),
         f"{arch}.attention.layer_norm_rms_epsilon": np.float32(shape.eps),
-        **llama_tokenizer(*synthetic_vocab(shape.vocab), add_space_prefix=True),
+        **llama_tokenizer(tokens, scores, types, add_space_prefix=True),
     }
-    if shape.vocab > PEERS_VOCAB:  # the vocabulary holds END_OF_TURN
-        metadata["tokenizer.ggml.eot_token_id"] = np.uint32(PEERS_VOCAB)
+    if END_OF_TURN in tokens:
+        metadata["tokenizer.ggml.eot_token_id"] = np.uint32(tokens.index(END_OF_TURN))
         metadata["tokenizer.chat_template"] = CHAT_TEMPLATE
     write_gguf(path, metadata, tensors)
     return Path(path)
@@ -143,7 +144,7 @@ def synthetic_vocab(size: int) -> tuple[list[str], list[float], list[int]]:
     lower, upper = "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     pieces = ["▁", *lower, *("▁" + a for a in lower), *("▁" + a + b for a in lower for b in lower)]
     tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *pieces]
-    tokens += [f"▁tok{i - 312}" for i in range(len(tokens), PEERS_VOCAB)]
+    tokens += [_filler(i) for i in range(len(tokens), PEERS_VOCAB)]
     types = [UNKNOWN, CONTROL, CONTROL] + [BYTE] * 256 + [NORMAL] * (PEERS_VOCAB - specials)
     longer = [
         *("▁" + a for a in upper),
@@ -153,12 +154,16 @@ def synthetic_vocab(size: int) -> tuple[list[str], list[float], list[int]]:
     ]
     tokens += [END_OF_TURN, *longer]
     types += [CONTROL] + [NORMAL] * len(longer)
-    tokens = tokens[:size] + [f"▁tok{i - 312}" for i in range(len(tokens), size)]
+    tokens = tokens[:size] + [_filler(i) for i in range(len(tokens), size)]
     types = types[:size] + [NORMAL] * (size - len(types))
     # Normal pieces score -k in order; the others 0.
     rank = np.cumsum(np.asarray(types) == NORMAL) - 1
     scores = [-float(k) if t == NORMAL else 0.0 for k, t in zip(rank.tolist(), types, strict=True)]
     return tokens, scores, types
+
+
+def _filler(token_id: int) -> str:
+    return f"▁tok{token_id - 312}"
 
 
 def _tensor_specs(
