@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import pybitnet
 from pybitnet import kernels
 from pybitnet.cli import app
-from pybitnet.model.perplexity import perplexity
+from pybitnet.eval.perplexity import perplexity
 
 GREEDY = ["--temperature", "0", "--max-tokens", "24"]
 

@@ -195,7 +195,7 @@ def perplexity(
     """Perplexity by llama-perplexity's procedure (comparable with its figures)."""
     import json
 
-    from pybitnet.model.perplexity import perplexity as compute
+    from pybitnet.eval.perplexity import perplexity as compute
 
     m = _load(model, threads)
     tokens = m.tokenize(text_file.read_text(encoding="utf-8"))
@@ -226,7 +226,7 @@ def accuracy(
     from rich.console import Console
 
     from pybitnet import kernels
-    from pybitnet.bench.accuracy import measure_accuracy, print_report, write_json
+    from pybitnet.eval.accuracy import measure_accuracy, print_report, write_json
 
     if threads is not None:
         kernels.set_threads(threads)
@@ -247,7 +247,7 @@ def convert(
     wtype: Annotated[str, typer.Option("--type", help="GGUF type of ternary weights.")] = "I2_S",
 ) -> None:
     """Convert a checkpoint from another format into a GGUF model."""
-    from pybitnet.model.convert import convert as convert_checkpoint
+    from pybitnet.convert import convert as convert_checkpoint
 
     path = convert_checkpoint(source, src, output, weight_type=wtype, tokenizer=tokenizer)
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
@@ -271,7 +271,7 @@ def make_model(
     rope_theta: Annotated[float | None, typer.Option(help="Override: RoPE base.")] = None,
 ) -> None:
     """Write a synthetic model with seeded random ternary weights (for tests and benchmarks)."""
-    from pybitnet.model.synthetic import make_model as make
+    from pybitnet.convert.synthetic import make_model as make
 
     shape = dict(
         vocab=vocab,

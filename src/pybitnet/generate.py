@@ -11,11 +11,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from pybitnet.chat import render_chat, template_for
+from pybitnet.data import default_model_path
 from pybitnet.engine import Engine
 from pybitnet.errors import ModelError
 from pybitnet.gguf import open_gguf
 from pybitnet.model import ModelConfig, Weights
-from pybitnet.model.convert import default_model_path
 from pybitnet.sampling import Sampler, SamplerConfig, StopStrings
 from pybitnet.tokenizer import StreamDecoder, Tokenizer
 
@@ -89,7 +89,7 @@ class Model:
                 f"token_embd.weight has only {self.config.vocab_size} rows"
             )
         self.n_ctx = min(n_ctx or self.config.context_length, self.config.context_length)
-        self.forward_model: ForwardModel = Engine(self.weights, output_head=output_head)
+        self.engine: ForwardModel = Engine(self.weights, output_head=output_head)
 
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False):
         return self.tokenizer.encode(text, add_bos=add_bos, parse_special=parse_special)
@@ -105,7 +105,7 @@ class Model:
                 f"{self.path}: logits need 1 to {self.n_ctx} token ids (the context), "
                 f"got {len(ids)}"
             )
-        return self.forward_model.forward(ids, self.forward_model.new_cache(self.n_ctx))
+        return self.engine.forward(ids, self.engine.new_cache(self.n_ctx))
 
     def _checked_ids(self, token_ids: Sequence[int]) -> list[int]:
         ids = [int(t) for t in token_ids]
@@ -182,14 +182,14 @@ class Model:
         sampler = Sampler(SamplerConfig(**sampling))
         stops = StopStrings(stop)
         decoder = StreamDecoder(self.tokenizer)
-        cache = self.forward_model.new_cache(self.n_ctx)
+        cache = self.engine.new_cache(self.n_ctx)
         n = min(max_tokens, self.n_ctx - len(ids))
         if n == 0:
             return
-        logits = prefill(self.forward_model, cache, ids)
+        logits = prefill(self.engine, cache, ids)
         result.finish_reason = "stop"
         tokens = decode_n_tokens(
-            self.forward_model, cache, logits, sampler, list(ids), n, self.tokenizer.eog_ids
+            self.engine, cache, logits, sampler, list(ids), n, self.tokenizer.eog_ids
         )
         for token in tokens:
             result.token_ids.append(token)

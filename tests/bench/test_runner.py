@@ -99,7 +99,7 @@ def test_generation_kernels_come_from_the_registry(doc, model):
 def test_bitlinear_calls_per_pass_follow_the_engine(model):
     """verify's count of BitLinear calls per forward pass (fused q/k/v and gate/up) is what the
     engine makes: one pass of one token, and one pass of a batch of three sequences."""
-    engine = model.forward_model
+    engine = model.engine
     ternary = sum(t.wtype.ternary for t in model.file.tensors.values())
     fewest, most = bitlinear_calls_per_pass(ternary)
     for batch in (1, 3):
@@ -135,7 +135,7 @@ class Unregistered:
 
 def test_a_forward_pass_outside_the_registry_is_refused():
     plain = generate.load()
-    plain.forward_model = Unregistered(plain)
+    plain.engine = Unregistered(plain)
     with pytest.raises(BenchError, match="no kernel of the registry ran"):
         runner.run_bench(plain, WORKLOAD)
 

@@ -12,13 +12,13 @@ from lockstep import TOLERANCE, first_flip, load, lockstep
 
 from helpers.tokenizer_files import smollm2_path
 from pybitnet import formats, kernels
+from pybitnet.convert.synthetic import make_model
 from pybitnet.engine import Engine
+from pybitnet.engine.forward import PREFILL_CHUNK
 from pybitnet.engine.layers import Linear
-from pybitnet.engine.model import PREFILL_CHUNK
 from pybitnet.errors import ModelError
 from pybitnet.kernels import reference as numpy_kernels
 from pybitnet.model import ReferenceModel
-from pybitnet.model.synthetic import make_model
 from pybitnet.model.weights import Tensor
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import pybitnet
+from pybitnet.convert.synthetic import make_model
 from pybitnet.errors import ModelError
 from pybitnet.gguf import TensorSpec, open_gguf, write_gguf
-from pybitnet.model.synthetic import make_model
 
 SHAPE = dict(vocab=300, dim=128, layers=2, heads=4, kv_heads=2, ffn=256, ctx=32)
 

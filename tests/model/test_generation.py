@@ -30,9 +30,9 @@ import pytest
 
 import pybitnet
 from helpers.llama2c_ref import Llama2cReference
+from pybitnet.convert import convert
 from pybitnet.generate import Model
 from pybitnet.model import ReferenceModel
-from pybitnet.model.convert import convert
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "bitllama2c"
 CHECKPOINTS = {"3m": FIXTURES / "tinystories-3m.bin", "1m": FIXTURES / "tinystories-1m.bin"}
@@ -67,7 +67,7 @@ def load_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str],
     def load(size: str, backend: str) -> Model:
         model = pybitnet.load() if size == "3m" else pybitnet.load(converted_1m)
         if backend == "reference":
-            model.forward_model = ReferenceModel(model.weights)
+            model.engine = ReferenceModel(model.weights)
         return model
 
     return load

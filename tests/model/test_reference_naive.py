@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from helpers.naive_bitnet import NaiveBitnet
+from pybitnet.convert.synthetic import make_model
 from pybitnet.generate import Model
 from pybitnet.model import ReferenceModel
-from pybitnet.model.synthetic import make_model
 
 REL_TOL = 1e-6
 # GQA (4 heads, 2 kv heads); rows of 256 and 512 elements, so TQ1_0/TQ2_0 blocks fit

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pybitnet.eval.perplexity import perplexity
 from pybitnet.generate import ForwardModel, Model
 from pybitnet.model import ReferenceModel
-from pybitnet.model.perplexity import perplexity
 
 PEERS = Path(__file__).resolve().parents[1] / "fixtures" / "peers"
 GOLDENS = json.loads((PEERS / "goldens.json").read_text())
@@ -35,7 +35,7 @@ def load(fixture: str) -> Model:
 def forward_model(fixture: str, backend: str) -> ForwardModel:
     """The float64 ReferenceModel, or the engine Model generates with."""
     model = load(fixture)
-    return ReferenceModel(model.weights) if backend == "reference" else model.forward_model
+    return ReferenceModel(model.weights) if backend == "reference" else model.engine
 
 
 @pytest.fixture(params=["reference", "engine"])

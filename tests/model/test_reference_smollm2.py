@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from helpers.tokenizer_files import FIXTURES, goldens, smollm2_path
+from pybitnet.eval.perplexity import perplexity
 from pybitnet.generate import ForwardModel, Model
 from pybitnet.model import ReferenceModel
-from pybitnet.model.perplexity import perplexity
 
 MARGIN = 1.5
 PEERS = goldens("peers")["smollm2"]
@@ -33,7 +33,7 @@ def smollm2() -> Model:
 def forward_model(backend: str) -> ForwardModel:
     """The float64 ReferenceModel, or the engine Model generates with."""
     model = smollm2()
-    return ReferenceModel(model.weights) if backend == "reference" else model.forward_model
+    return ReferenceModel(model.weights) if backend == "reference" else model.engine
 
 
 @pytest.fixture(params=[pytest.param("reference", marks=pytest.mark.slow), "engine"])

@@ -59,9 +59,9 @@ class _Forward:
 class _WithForward:
     """The model, with another forward model."""
 
-    def __init__(self, model, forward_model):
+    def __init__(self, model, engine):
         self._model = model
-        self.forward_model = forward_model
+        self.engine = engine
 
     def __getattr__(self, name):
         return getattr(self._model, name)
@@ -69,7 +69,7 @@ class _WithForward:
 
 def _paced_app(model, config: ServerConfig | None = None):
     """An app whose steps take 3 ms at least: 500 tokens take 1.5 s, whatever the engine."""
-    return create_app(_WithForward(model, _Forward(model.forward_model, 0.003)), config)
+    return create_app(_WithForward(model, _Forward(model.engine, 0.003)), config)
 
 
 async def _complete(client: httpx.AsyncClient, prompt: str, max_tokens: int, **extra) -> dict:
@@ -81,7 +81,7 @@ async def _complete(client: httpx.AsyncClient, prompt: str, max_tokens: int, **e
 
 def test_one_forward_call_per_step_for_all_active_sequences(model):
     expected = [model.complete(p, max_tokens=12, temperature=0).text for p in PROMPTS]
-    forward = _Forward(model.forward_model)
+    forward = _Forward(model.engine)
     forward.go.clear()  # until the four requests are in
     with running(create_app(_WithForward(model, forward), ServerConfig(max_batch=4))) as url:
 
@@ -199,7 +199,7 @@ def test_a_scheduler_fault_fails_its_requests_and_refuses_new_ones(model):
 
 def test_kv_bytes_per_token_counts_keys_and_values_of_every_layer(model):
     c = model.config
-    itemsize = model.forward_model.new_cache(1).k.itemsize
+    itemsize = model.engine.new_cache(1).k.itemsize
     assert kv_bytes_per_token(model) == 2 * c.n_layers * c.n_kv_heads * c.head_dim * itemsize
 
 
@@ -270,7 +270,7 @@ def test_a_client_that_leaves_frees_its_slot(model):
 
 
 def test_a_failed_forward_step_answers_500_and_the_server_goes_on(model):
-    forward = _Forward(model.forward_model)
+    forward = _Forward(model.engine)
     body = {"prompt": "Once upon a time", "max_tokens": 3}
     with running(create_app(_WithForward(model, forward))) as url:
         forward.fault = RuntimeError("injected fault")

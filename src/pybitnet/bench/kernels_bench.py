@@ -35,7 +35,8 @@ from rich.table import Table
 
 from pybitnet import formats, kernels
 from pybitnet.bench import receipt as rc
-from pybitnet.bench.runner import KernelCounters, Step, check_at_least, receipt_head
+from pybitnet.bench.provenance import receipt_head
+from pybitnet.bench.runner import KernelCounters, Step, check_at_least
 from pybitnet.errors import BenchError, PyBitnetError
 
 MAD_TO_SD = 1.4826  # MAD of normal data x 1.4826 = its sd

@@ -23,15 +23,12 @@ compute_path from the tiers those kernels ran on.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import platform
 import re
-import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +42,7 @@ from rich.table import Table
 import pybitnet
 from pybitnet import kernels
 from pybitnet.bench import receipt as rc
+from pybitnet.bench.provenance import kernel_tier, model_info, receipt_head
 from pybitnet.errors import BenchError
 from pybitnet.generate import Model
 from pybitnet.kernels.registry import NATIVE_TIERS
@@ -239,7 +237,7 @@ class _Batch:
     def __init__(
         self, model: Model, prompts: list[list[int]], n: int, sampler: SamplerConfig
     ) -> None:
-        self.engine = model.forward_model
+        self.engine = model.engine
         self.caches = [self.engine.new_cache(len(p) + n) for p in prompts]
         self.histories = [list(p) for p in prompts]
         self.samplers = [Sampler(sampler) for _ in prompts]
@@ -279,7 +277,7 @@ class KernelCounters:
                 "no kernel of the registry ran during the measured repetitions, so the receipt "
                 "could not say what computed them (the forward pass bypasses pybitnet.kernels)"
             )
-        native = any(_tier(k) in NATIVE_TIERS for k in self.calls)
+        native = any(kernel_tier(k) in NATIVE_TIERS for k in self.calls)
         return {
             "backend": "cpu",
             "compute_path": "native" if native else "reference",
@@ -287,10 +285,6 @@ class KernelCounters:
                 {"id": k, "calls": self.calls[k], "seconds": self.seconds[k]} for k in self.ids()
             ],
         }
-
-
-def _tier(kernel_id: str) -> str:
-    return kernel_id.rpartition("_")[2]
 
 
 class PeakRss:
@@ -335,73 +329,6 @@ def _reset_peak_rss() -> bool:
 def _vm_hwm_bytes() -> int:
     match = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
     return int(match.group(1)) * 1024 if match else 0
-
-
-def receipt_head(kind: str, threads: Sequence[int], kernel_ids: Iterable[str]) -> dict[str, Any]:
-    """The fields every receipt opens with: schema, kind, time, tool and host."""
-    return {
-        "schema_version": rc.SCHEMA_VERSION,
-        "kind": kind,
-        "created_at": rc.utc_now(),
-        "tool": tool_info(),
-        "host": host_info(threads, kernel_ids),
-    }
-
-
-def tool_info() -> dict[str, Any]:
-    return {"name": "pybitnet", "version": pybitnet.__version__, "git_commit": _git_commit()}
-
-
-def _git_commit() -> str | None:
-    """HEAD of the checkout pybitnet runs from (an editable install), else None."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(pybitnet.__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
-
-
-def host_info(threads: Sequence[int], kernel_ids: Iterable[str]) -> dict[str, Any]:
-    """The host; cpu_features_used: what the tiers of the kernels that ran need of the CPU."""
-    info = kernels.describe()
-    used = {f for k in kernel_ids for f in kernels.registry.TIER_FEATURES[_tier(k)]}
-    return {
-        "cpu_model": info["cpu"] or "unknown",
-        "cpu_features_used": sorted(used & set(info["features"])),
-        "logical_cores": os.cpu_count() or 1,
-        "threads": list(dict.fromkeys(threads)),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
-def model_info(model: Model) -> dict[str, Any]:
-    tensors = model.file.tensors.values()
-    return {
-        "path": str(model.path.resolve()),
-        "sha256": file_sha256(model.path),
-        "bytes": model.file.size,
-        "architecture": model.config.arch,
-        "parameter_count": sum(t.n_elements for t in tensors),
-        "vocab_size": model.config.vocab_size,
-        "tensor_types": dict(sorted(Counter(t.wtype.name for t in tensors).items())),
-    }
-
-
-def file_sha256(path: str | Path) -> str:
-    try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-    except OSError as exc:
-        raise BenchError(f"{path}: cannot read the model to hash it: {exc}") from None
 
 
 def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
@@ -453,7 +380,7 @@ def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
 def preset_model(preset: str) -> Path:
     """The synthetic model of a preset ("2b": bitnet-b1.58-2B-4T's shape, I2_S weights, F16
     embedding), made once in the cache directory ($PYBITNET_CACHE, else ~/.cache/pybitnet)."""
-    from pybitnet.model.synthetic import PRESETS, make_model
+    from pybitnet.convert.synthetic import PRESETS, make_model
 
     if preset not in PRESETS:
         raise BenchError(f"unknown preset {preset!r}; presets are {', '.join(PRESETS)}")

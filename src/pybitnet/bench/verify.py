@@ -323,7 +323,7 @@ def _wall_seconds(doc: dict[str, Any]) -> float:
     return float(total)
 
 
-# The engine's BitLinear calls per forward pass (engine/model.py): each block's ternary matrices
+# The engine's BitLinear calls per forward pass (engine/forward.py): each block's ternary matrices
 # in BLOCK_CALLS stacked calls, at most MAX_STACKED matrices (q/k/v) in one call.
 BLOCK_TERNARY_TENSORS, BLOCK_CALLS, MAX_STACKED = 7, 4, 3
 

@@ -1,6 +1,6 @@
 """The fast forward pass: SPEC section 1 over the native kernels (kernels/), function for function
 like the numpy reference (model/reference.py), with a float32 KV cache and batched decoding."""
 
-from pybitnet.engine.model import Engine, KVCache
+from pybitnet.engine.forward import Engine, EngineCache
 
-__all__ = ["Engine", "KVCache"]
+__all__ = ["Engine", "EngineCache"]

@@ -1,15 +1,16 @@
-"""Models: config from GGUF metadata, weights, and the numpy reference forward pass."""
+"""The runtime model: config from GGUF metadata, weights, KV caches, and the float64 reference
+forward pass (the engine's oracle)."""
 
+from pybitnet.model.cache import CacheSpan, ReferenceCache
 from pybitnet.model.config import ARCHITECTURES, ModelConfig
-from pybitnet.model.convert import default_model_path
-from pybitnet.model.reference import KVCache, ReferenceModel
+from pybitnet.model.reference import ReferenceModel
 from pybitnet.model.weights import Weights
 
 __all__ = [
     "ARCHITECTURES",
-    "KVCache",
+    "CacheSpan",
     "ModelConfig",
+    "ReferenceCache",
     "ReferenceModel",
     "Weights",
-    "default_model_path",
 ]

@@ -1,4 +1,4 @@
-"""The numpy reference forward pass: SPEC section 1, read top to bottom, evaluated in float64.
+"""The float64 reference forward pass: SPEC section 1, read top to bottom, in numpy float64.
 
 This is the oracle that the native engine is tested against. It stays this simple.
 """
@@ -11,35 +11,9 @@ import numpy as np
 from scipy.special import expit
 
 from pybitnet.errors import ModelError
+from pybitnet.model.cache import ReferenceCache
 from pybitnet.model.config import ModelConfig
 from pybitnet.model.weights import Tensor, Weights
-
-
-class CacheSpan:
-    """What every KV cache keeps besides its arrays: room for n_ctx positions, `length` filled."""
-
-    def __init__(self, config: ModelConfig, n_ctx: int | None = None) -> None:
-        self.n_ctx = min(n_ctx or config.context_length, config.context_length)
-        self.length = 0
-
-    def reserve(self, n: int) -> None:
-        if self.length + n > self.n_ctx:
-            raise ModelError(
-                f"{self.length} cached + {n} new tokens exceed the context of {self.n_ctx} tokens"
-            )
-
-    def reset(self) -> None:
-        self.length = 0
-
-
-class KVCache(CacheSpan):
-    """Keys and values of every layer for the positions seen so far (float64)."""
-
-    def __init__(self, config: ModelConfig, n_ctx: int | None = None) -> None:
-        super().__init__(config, n_ctx)
-        shape = (config.n_layers, self.n_ctx, config.n_kv_heads, config.head_dim)
-        self.k = np.zeros(shape)
-        self.v = np.zeros(shape)
 
 
 class ReferenceModel:
@@ -51,11 +25,11 @@ class ReferenceModel:
         self.config = weights.config
         self._dense: dict[str, np.ndarray] = {}
 
-    def new_cache(self, n_ctx: int | None = None) -> KVCache:
-        return KVCache(self.config, n_ctx)
+    def new_cache(self, n_ctx: int | None = None) -> ReferenceCache:
+        return ReferenceCache(self.config, n_ctx)
 
     def forward(
-        self, tokens: Sequence[int], cache: KVCache, *, last_only: bool = False
+        self, tokens: Sequence[int], cache: ReferenceCache, *, last_only: bool = False
     ) -> np.ndarray:
         """Logits (len(tokens), vocab) for tokens at positions cache.length onwards
         (``last_only``: only the last position's, (1, vocab))."""

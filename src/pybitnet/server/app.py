@@ -98,7 +98,7 @@ class APIError(Exception):
 def kv_bytes_per_token(model: Any) -> int:
     """Bytes one cached position takes, from a full-context cache (its pages are never touched):
     the cache's `nbytes` if it reports it, else the size of its numpy arrays."""
-    cache = model.forward_model.new_cache(model.n_ctx)
+    cache = model.engine.new_cache(model.n_ctx)
     nbytes = getattr(cache, "nbytes", None)
     if nbytes is None:
         nbytes = sum(a.nbytes for a in vars(cache).values() if isinstance(a, np.ndarray))

@@ -224,7 +224,7 @@ class Scheduler:
         for gen in batch:
             work.append((gen.pending[:PREFILL_CHUNK], gen.cache))
             gen.pending = gen.pending[PREFILL_CHUNK:]
-        forward_model = self.model.forward_model
+        forward_model = self.model.engine
         if hasattr(forward_model, "forward_batch"):
             logits = forward_model.forward_batch(work, last_only=True)
         else:
@@ -279,7 +279,7 @@ class Scheduler:
             if self.kv_used_tokens + gen.kv_tokens > self.kv_budget_tokens:
                 return
             self._waiting.popleft()
-            gen.cache = self.model.forward_model.new_cache(gen.kv_tokens)
+            gen.cache = self.model.engine.new_cache(gen.kv_tokens)
             gen.decoder = StreamDecoder(self.model.tokenizer)
             self.kv_used_tokens += gen.kv_tokens
             self._active.append(gen)

@@ -9,8 +9,8 @@ each ternary format in a temporary GGUF, every other tensor copied as it is:
   tensor that has a nonzero weight has the same scale (I2_S and HF-derived models); a model with
   several block scales in a tensor skips the I2_S path.
 - TQ1_0/TQ2_0 hold a float16 scale per 256-block, which would round a float32 scale: as
-  model/llama2c.py does, a tensor with one scale becomes blocks of d = 1 with the exact scale in an
-  F32 `.scale` tensor; a tensor with several block scales keeps its own (float16) ones.
+  convert/llama2c.py does, a tensor with one scale becomes blocks of d = 1 with the exact scale
+  in an F32 `.scale` tensor; a tensor with several block scales keeps its own (float16) ones.
 A format that cannot hold a tensor's shape (I2_S: whole 128-element blocks; TQ: rows of whole
 256-blocks) is skipped with a note. After writing, every ternary tensor of the new file is
 dequantized and compared with the model's: `weights_identical` is that check, not an assumption.
@@ -41,17 +41,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from pybitnet import formats, kernels
+from pybitnet.convert.metadata import FILE_TYPES
+from pybitnet.convert.synthetic import make_model
+from pybitnet.data import default_model_path
 from pybitnet.engine import Engine
-from pybitnet.engine.model import OUTPUT_HEADS
+from pybitnet.engine.forward import OUTPUT_HEADS
 from pybitnet.errors import FormatError, ModelError
+from pybitnet.eval.perplexity import PerplexityResult, perplexity
 from pybitnet.formats import WeightType
 from pybitnet.generate import ForwardModel, Model
 from pybitnet.gguf import GGUFFile, TensorSpec, write_gguf
-from pybitnet.model.convert import default_model_path
-from pybitnet.model.metadata import FILE_TYPES
-from pybitnet.model.perplexity import PerplexityResult, perplexity
 from pybitnet.model.reference import ReferenceModel
-from pybitnet.model.synthetic import make_model
 
 TERNARY_PATHS = ("I2_S", "TQ2_0", "TQ1_0")
 LOOKUP_TABLE_NOTE = (

@@ -1,4 +1,4 @@
-"""Convert checkpoints from other formats into GGUF models, and find the embedded default model.
+"""Convert checkpoints from other formats into GGUF models.
 
 Each importer reads one source format and returns the GGUF metadata and tensor specs of an
 equivalent model; ``convert`` writes them. A new source (e.g. "hf") is one more entry in
@@ -12,16 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from pybitnet import formats
+from pybitnet.convert.llama2c import import_llama2c
 from pybitnet.errors import ModelError
 from pybitnet.formats import WeightType
 from pybitnet.gguf import TensorSpec, write_gguf
-from pybitnet.model.llama2c import import_llama2c
 
 # importer(source path, weight type for ternary matrices, tokenizer path or None)
 Importer = Callable[[Path, WeightType, Path | None], tuple[Mapping[str, Any], Sequence[TensorSpec]]]
 IMPORTERS: dict[str, Importer] = {"llama2c": import_llama2c}
-
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 def convert(
@@ -47,8 +45,3 @@ def convert(
     metadata, tensors = importer(Path(src_path), formats.weight_type(weight_type), tokenizer_path)
     write_gguf(dst_path, metadata, tensors)
     return Path(dst_path)
-
-
-def default_model_path() -> Path:
-    """The embedded model: bitllama2.c's TinyStories 3M, converted (see data/README.md)."""
-    return DATA_DIR / "tinystories-3m.gguf"

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from pybitnet import formats
+from pybitnet.convert.metadata import BYTE, CONTROL, FILE_TYPES, NORMAL, UNKNOWN, llama_tokenizer
 from pybitnet.errors import FormatError, ModelError
 from pybitnet.formats import WeightType, i2_s
 from pybitnet.gguf import TensorSpec, write_gguf
 from pybitnet.model.config import ARCHITECTURES
-from pybitnet.model.metadata import BYTE, CONTROL, FILE_TYPES, NORMAL, UNKNOWN, llama_tokenizer
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from pybitnet import generate, kernels
-from pybitnet.bench import accuracy as acc
 from pybitnet.cli import main
+from pybitnet.convert.synthetic import make_model
+from pybitnet.data import default_model_path
 from pybitnet.errors import ModelError
-from pybitnet.model.convert import default_model_path
-from pybitnet.model.perplexity import perplexity
-from pybitnet.model.synthetic import make_model
+from pybitnet.eval import accuracy as acc
+from pybitnet.eval.perplexity import perplexity
 
 TEXT = acc.BUILTIN_TEXT.split("\n\n")[0]  # the first paragraph: 117 tokens, 3 chunks of 32
 N_CTX = 32

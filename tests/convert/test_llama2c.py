@@ -18,11 +18,12 @@ from helpers.llama2c_ref import (
     unpack_matrix,
 )
 from pybitnet.cli import app
+from pybitnet.convert import convert
+from pybitnet.convert.llama2c import read_checkpoint
+from pybitnet.convert.metadata import read_sentencepiece
+from pybitnet.data import default_model_path
 from pybitnet.errors import ModelError
 from pybitnet.gguf import open_gguf
-from pybitnet.model.convert import convert, default_model_path
-from pybitnet.model.llama2c import read_checkpoint
-from pybitnet.model.metadata import read_sentencepiece
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "bitllama2c"
 MODEL_3M = FIXTURES / "tinystories-3m.bin"

@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from pybitnet.cli import app
+from pybitnet.convert.synthetic import make_model, synthetic_vocab
 from pybitnet.errors import ModelError
 from pybitnet.generate import load
 from pybitnet.gguf import open_gguf
 from pybitnet.model.config import ModelConfig
-from pybitnet.model.synthetic import make_model, synthetic_vocab
 
 PEERS = Path(__file__).parent.parent / "fixtures" / "peers"
 SMALL = dict(vocab=300, dim=128, layers=2, heads=4, kv_heads=2, ffn=256)  # rows of 128 and 256
@@ -212,7 +212,7 @@ def test_cli_make_model(tmp_path: Path) -> None:
 
 def _peak_rss_mb(tmp_path: Path, layers: int) -> float:
     code = (
-        "import resource, sys; from pybitnet.model.synthetic import make_model; "
+        "import resource, sys; from pybitnet.convert.synthetic import make_model; "
         f"make_model(sys.argv[1], '2b', vocab=32000, layers={layers}); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )

@@ -15,15 +15,15 @@ from pybitnet import kernels
 from pybitnet.engine.layers import Linear
 from pybitnet.errors import ModelError
 from pybitnet.kernels.reference import KEY_BLOCK
+from pybitnet.model.cache import CacheSpan
 from pybitnet.model.config import ModelConfig
-from pybitnet.model.reference import CacheSpan
 from pybitnet.model.weights import Weights
 
 OUTPUT_HEADS = (None, "q8")
 PREFILL_CHUNK = 128  # tokens per forward pass of a long prompt (Engine.forward)
 
 
-class KVCache(CacheSpan):
+class EngineCache(CacheSpan):
     """float32 keys and values of every layer, laid out for the attention kernel (which writes
     them): keys in blocks of 16 positions, each block transposed (layers, kv_heads, ctx / 16,
     head_dim, 16); values (layers, kv_heads, ctx, head_dim). Pages are touched only as
@@ -101,11 +101,11 @@ class Engine:
         self._cos = np.cos(angles).astype(np.float32)
         self._sin = np.sin(angles).astype(np.float32)
 
-    def new_cache(self, n_ctx: int | None = None) -> KVCache:
-        return KVCache(self.config, n_ctx)
+    def new_cache(self, n_ctx: int | None = None) -> EngineCache:
+        return EngineCache(self.config, n_ctx)
 
     def forward(
-        self, tokens: Sequence[int], cache: KVCache, *, last_only: bool = False
+        self, tokens: Sequence[int], cache: EngineCache, *, last_only: bool = False
     ) -> np.ndarray:
         """Logits (len(tokens), vocab) float32 for tokens at positions cache.length onwards
         (``last_only``: only the last position's, (1, vocab), as a prompt's prefill needs).
@@ -120,14 +120,14 @@ class Engine:
         logits = [self.forward_batch([(chunk, cache)], last_only=last_only)[0] for chunk in chunks]
         return logits[-1] if last_only or len(logits) == 1 else np.concatenate(logits)
 
-    def _check(self, ids: np.ndarray, cache: KVCache) -> None:
+    def _check(self, ids: np.ndarray, cache: EngineCache) -> None:
         vocab = self.config.vocab_size
         if ids.size == 0 or ids.min() < 0 or ids.max() >= vocab:
             raise ModelError(f"token ids must be in [0, {vocab}), got {ids.tolist()!r}")
         cache.reserve(ids.size)
 
     def forward_batch(
-        self, items: Sequence[tuple[Sequence[int], KVCache]], *, last_only: bool = False
+        self, items: Sequence[tuple[Sequence[int], EngineCache]], *, last_only: bool = False
     ) -> list[np.ndarray]:
         """forward() for several sequences (each its own cache) in one pass: every linear layer
         is one kernel call over all their tokens, so the weights are read once per step, and so
@@ -190,7 +190,7 @@ class Engine:
         k: np.ndarray,
         v: np.ndarray,
         layer: int,
-        seqs: Sequence[tuple[KVCache, int, int]],
+        seqs: Sequence[tuple[EngineCache, int, int]],
     ) -> np.ndarray:
         """For each sequence (cache, start, rows), in order, its next rows of q (n, heads,
         head_dim), k and v (n, kv_heads, head_dim): stores k and v of positions start.. in the

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from pybitnet.convert.metadata import FILE_TYPES, read_sentencepiece
 from pybitnet.errors import FormatError, ModelError
 from pybitnet.formats import WeightType, quantize, tensor_nbytes
 from pybitnet.gguf import TensorSpec
-from pybitnet.model.metadata import FILE_TYPES, read_sentencepiece
 
 MAGIC = 0x616B3432  # "ak42"
 HEADER_BYTES = 256

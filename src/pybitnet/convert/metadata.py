@@ -1,6 +1,6 @@
 """GGUF metadata that pybitnet writes: file types and SentencePiece-style (`llama`) tokenizers.
 
-Used by the importers (model/llama2c.py) and the synthetic model generator (model/synthetic.py).
+Used by the importers (convert/llama2c.py) and the synthetic model generator (convert/synthetic.py).
 """
 
 from __future__ import annotations

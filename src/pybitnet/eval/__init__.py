@@ -1,0 +1,1 @@
+"""Evaluation: accuracy of every weight path against float64, and perplexity."""
