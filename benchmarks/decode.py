@@ -7,10 +7,12 @@ same TQ2_0 file in the same run (ratios).
     .venv/bin/python benchmarks/decode.py /tmp/2b-i2s.gguf /tmp/2b-tq2.gguf [--threads 1,2]
         [--output-head q8] [--reps 3] [--json decode.json] [--peer /work/peer-venv/bin/python]
 
-Workloads (llama-bench's): prefill is the whole prompt of random ids in one forward pass, logits
-of its last position only; decode feeds 128 tokens one at a time (greedy) after a 16-token
-prompt; batched decode feeds 8 sequences (16-token prompts) 64 tokens each, one forward pass for
-all 8 a step, as the server's scheduler does. Figures are medians of --reps runs; each model and
+Workloads (llama-bench's), each run by the functions `pybitnet bench` times (bench/runner.py's
+prefill_once and decode_once, on the token loop of decode.py): prefill is a prompt of random ids
+in forward passes of decode.PREFILL_CHUNK tokens, then its first token sampled; decode is 128
+greedy steps of one token after a 16-token prompt; batched decode is 8 sequences (16-token
+prompts) decoded together for 64 steps, one forward pass for all 8 a step, as the server's
+scheduler does. Figures are medians of --reps runs; each model and
 thread count runs in a process of its own (for its peak RSS), its load time measured there.
 Columns:
 - bound: decode tok/s if every weight byte of a token (the engine's own layout) were read once
@@ -49,14 +51,17 @@ import numpy as np
 
 from kernels import read_bandwidth  # benchmarks/kernels.py
 from pybitnet import kernels
+from pybitnet.bench.runner import decode_once, prefill_once
 from pybitnet.engine import Engine
 from pybitnet.gguf import open_gguf
 from pybitnet.model import ModelConfig, Weights
+from pybitnet.sampling import SamplerConfig
 
 PROMPTS = (128, 512)
 DECODE = 128
 DECODE_PROMPT = 16
 BATCH, BATCH_STEPS = 8, 64  # batched decode: 8 sequences, one forward pass a step (a server's)
+GREEDY = SamplerConfig(temperature=0.0, seed=0)
 
 
 def bytes_per_token(engine: Engine) -> int:
@@ -68,6 +73,7 @@ def bytes_per_token(engine: Engine) -> int:
 
 
 def bench_engine(path: Path, threads: int, output_head: str | None, reps: int) -> dict:
+    """Every workload through the token loop (decode.py), as `pybitnet bench` runs it."""
     kernels.set_threads(threads)
     start = time.perf_counter()
     f = open_gguf(path)
@@ -76,66 +82,51 @@ def bench_engine(path: Path, threads: int, output_head: str | None, reps: int) -
     result = {"load_s": time.perf_counter() - start, "output_head": output_head or "stored"}
     rng = np.random.default_rng(0)
     vocab = engine.config.vocab_size
+
+    def prompts(batch: int, n: int) -> list[list[int]]:
+        return rng.integers(0, vocab, (batch, n)).tolist()
+
     for n in PROMPTS:
-        samples = []
-        for _ in range(reps):
-            cache = engine.new_cache(n)
-            ids = rng.integers(0, vocab, n).tolist()
-            t = time.perf_counter()
-            engine.forward(ids, cache, last_only=True)
-            samples.append(n / (time.perf_counter() - t))
+        samples = [n / prefill_once(engine, prompts(1, n), GREEDY)[0] * 1e3 for _ in range(reps)]
         result[f"pp{n}_tok_s"] = statistics.median(samples)
         result[f"pp{n}_samples"] = samples
-    samples, overheads, profiles = [], [], []
-    for _ in range(reps):
-        cache = engine.new_cache(DECODE_PROMPT + DECODE)
-        logits = engine.forward(rng.integers(0, vocab, DECODE_PROMPT).tolist(), cache)
-        token = int(np.argmax(logits[-1]))
-        with kernels.profile() as prof:
-            t = time.perf_counter()
-            for _ in range(DECODE):
-                token = int(np.argmax(engine.forward([token], cache)[0]))
-            seconds = time.perf_counter() - t
-        samples.append(DECODE / seconds)
-        profiles.append(time_shares(prof, seconds))
-        overheads.append(profiles[-1]["outside kernels"])
-    middle = samples.index(statistics.median_low(samples))
-    runs = [batched_decode(engine, rng) for _ in range(reps)]
-    batched = [tok_s for tok_s, _, _ in runs]
-    result.update(
-        batch_tok_s=statistics.median(batched),
-        batch_samples=batched,
-        batch_profile=runs[batched.index(statistics.median_low(batched))][1],
-    )
+    decoded = [timed_decode(engine, prompts(1, DECODE_PROMPT), DECODE) for _ in range(reps)]
+    samples = [tok_s for tok_s, _ in decoded]
+    batched = [
+        timed_decode(engine, prompts(BATCH, DECODE_PROMPT), BATCH_STEPS) for _ in range(reps)
+    ]
+    batch_samples = [tok_s for tok_s, _ in batched]
     result.update(
         tg128_tok_s=statistics.median(samples),
         tg128_samples=samples,
-        python_overhead_share=statistics.median(overheads),
-        # share of decode time per kernel id, from the run with the median speed
-        decode_profile=profiles[middle],
+        # shares of the run with the median speed, per kernel id
+        decode_profile=decoded[samples.index(statistics.median_low(samples))][1],
+        batch_tok_s=statistics.median(batch_samples),
+        batch_samples=batch_samples,
+        batch_profile=batched[batch_samples.index(statistics.median_low(batch_samples))][1],
         bytes_per_token=bytes_per_token(engine),
         # the most KV cache held at once: the longest prompt's, or the batch's 8
-        kv_cache_bytes=max(engine.new_cache(max(PROMPTS)).nbytes, runs[0][2]),
+        kv_cache_bytes=max(
+            engine.new_cache(max(PROMPTS)).nbytes,
+            BATCH * engine.new_cache(DECODE_PROMPT + BATCH_STEPS + 1).nbytes,
+        ),
         peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
+    result["python_overhead_share"] = result["decode_profile"]["outside kernels"]
     return result
 
 
-def batched_decode(engine: Engine, rng: np.random.Generator) -> tuple[float, dict, int]:
-    """(tok/s, kernel profile, KV-cache bytes) of BATCH sequences decoded together, BATCH_STEPS
-    tokens each after a DECODE_PROMPT-token prompt (their caches are freed on return)."""
-    vocab = engine.config.vocab_size
-    caches = [engine.new_cache(DECODE_PROMPT + BATCH_STEPS) for _ in range(BATCH)]
-    prompts = [rng.integers(0, vocab, DECODE_PROMPT).tolist() for _ in range(BATCH)]
-    logits = engine.forward_batch(list(zip(prompts, caches, strict=True)), last_only=True)
+def timed_decode(
+    engine: Engine, prompts: list[list[int]], steps: int, sampling: SamplerConfig
+) -> tuple[float, dict, list[list[int]]]:
+    """(tok/s of the decode steps, all sequences together; kernel time shares of the whole run;
+    the ids generated) of one tg repetition of `pybitnet bench` (runner.decode_once): the prompts
+    prefilled together, then `steps` decode steps of one token per sequence."""
     with kernels.profile() as prof:
-        t = time.perf_counter()
-        for _ in range(BATCH_STEPS):
-            tokens = [[int(np.argmax(row[-1]))] for row in logits]
-            logits = engine.forward_batch(list(zip(tokens, caches, strict=True)))
-        seconds = time.perf_counter() - t
-    kv_bytes = sum(cache.nbytes for cache in caches)
-    return BATCH * BATCH_STEPS / seconds, time_shares(prof, seconds), kv_bytes
+        start = time.perf_counter()
+        ids, _, gaps, _ = decode_once(engine, prompts, steps, sampling)
+        seconds = time.perf_counter() - start
+    return len(prompts) * steps / (sum(gaps) / 1e3), time_shares(prof, seconds), ids
 
 
 def time_shares(prof: kernels.Profile, seconds: float) -> dict[str, float]:

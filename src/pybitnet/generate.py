@@ -1,65 +1,24 @@
-"""Text in, text out: a loaded model, and generation split as gpt-fast splits it
-(prefill, decode_one_token, decode_n_tokens, generate)."""
+"""Text in, text out: a loaded model (`load`, `Model`) whose generation runs on the one token
+loop in decode.py."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from pybitnet import decode
 from pybitnet.chat import render_chat, template_for
 from pybitnet.data import default_model_path
 from pybitnet.engine import Engine
 from pybitnet.errors import ModelError
 from pybitnet.gguf import open_gguf
 from pybitnet.model import ModelConfig, Weights
-from pybitnet.sampling import Sampler, SamplerConfig, StopStrings
-from pybitnet.tokenizer import StreamDecoder, Tokenizer
-
-
-class ForwardModel(Protocol):
-    """What generation needs of a forward pass: the reference and the engine both provide it."""
-
-    config: ModelConfig
-
-    def new_cache(self, n_ctx: int | None = None) -> Any: ...
-
-    def forward(
-        self, tokens: Sequence[int], cache: Any, *, last_only: bool = False
-    ) -> np.ndarray: ...
-
-
-def prefill(model: ForwardModel, cache: Any, tokens: Sequence[int]) -> np.ndarray:
-    """Runs the whole prompt (the engine chunks a long one); returns the logits that predict the
-    next token."""
-    return model.forward(tokens, cache, last_only=True)[-1]
-
-
-def decode_one_token(model: ForwardModel, cache: Any, token: int) -> np.ndarray:
-    return model.forward([token], cache)[0]
-
-
-def decode_n_tokens(
-    model: ForwardModel,
-    cache: Any,
-    logits: np.ndarray,
-    sampler: Sampler,
-    history: list[int],
-    n: int,
-    eog_ids: frozenset[int],
-) -> Iterator[int]:
-    """Samples up to n tokens, feeding each back; stops before yielding an end-of-generation id."""
-    for i in range(n):
-        token = sampler.sample(logits, history)
-        if token in eog_ids:
-            return
-        yield token
-        history.append(token)
-        if i + 1 < n:
-            logits = decode_one_token(model, cache, token)
+from pybitnet.sampling import SamplerConfig
+from pybitnet.tokenizer import Tokenizer
 
 
 @dataclass
@@ -67,7 +26,7 @@ class Completion:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
-    finish_reason: str = "length"  # "stop": end-of-generation token or stop string
+    finish_reason: str = "length"  # or "stop": an end-of-generation token or a stop string
 
 
 class Model:
@@ -89,7 +48,7 @@ class Model:
                 f"token_embd.weight has only {self.config.vocab_size} rows"
             )
         self.n_ctx = min(n_ctx or self.config.context_length, self.config.context_length)
-        self.engine: ForwardModel = Engine(self.weights, output_head=output_head)
+        self.engine: decode.ForwardPass = Engine(self.weights, output_head=output_head)
 
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False):
         return self.tokenizer.encode(text, add_bos=add_bos, parse_special=parse_special)
@@ -179,32 +138,19 @@ class Model:
         if max_tokens < 0:
             raise ModelError(f"{self.path}: max_tokens must be >= 0, got {max_tokens}")
         result.prompt_tokens = len(ids)
-        sampler = Sampler(SamplerConfig(**sampling))
-        stops = StopStrings(stop)
-        decoder = StreamDecoder(self.tokenizer)
-        cache = self.engine.new_cache(self.n_ctx)
-        n = min(max_tokens, self.n_ctx - len(ids))
-        if n == 0:
-            return
-        logits = prefill(self.engine, cache, ids)
-        result.finish_reason = "stop"
-        tokens = decode_n_tokens(
-            self.engine, cache, logits, sampler, list(ids), n, self.tokenizer.eog_ids
+        gen = decode.Generation(
+            ids,
+            self.engine.new_cache(self.n_ctx),
+            tokenizer=self.tokenizer,
+            sampling=SamplerConfig(**sampling),
+            max_tokens=min(max_tokens, self.n_ctx - len(ids)),
+            stop=stop,
         )
-        for token in tokens:
-            result.token_ids.append(token)
-            text = stops.push(decoder.push(token))
+        result.token_ids = gen.token_ids  # filled as the loop runs
+        for text in decode.run(self.engine, gen):
             result.text += text
-            if text:
-                yield text
-            if stops.stopped:
-                return
-        tail = stops.push(decoder.flush()) + stops.flush()
-        result.text += tail
-        if tail:
-            yield tail
-        if len(result.token_ids) == n:
-            result.finish_reason = "length"
+            yield text
+        result.finish_reason = gen.finish_reason
 
 
 def load(

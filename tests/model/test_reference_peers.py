@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pybitnet.decode import ForwardPass
 from pybitnet.eval.perplexity import perplexity
-from pybitnet.generate import ForwardModel, Model
+from pybitnet.generate import Model
 from pybitnet.model import ReferenceModel
 
 PEERS = Path(__file__).resolve().parents[1] / "fixtures" / "peers"
@@ -32,7 +33,7 @@ def load(fixture: str) -> Model:
 
 
 @functools.cache
-def forward_model(fixture: str, backend: str) -> ForwardModel:
+def forward_model(fixture: str, backend: str) -> ForwardPass:
     """The float64 ReferenceModel, or the engine Model generates with."""
     model = load(fixture)
     return ReferenceModel(model.weights) if backend == "reference" else model.engine

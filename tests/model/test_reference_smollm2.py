@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from helpers.tokenizer_files import FIXTURES, goldens, smollm2_path
+from pybitnet.decode import ForwardPass
 from pybitnet.eval.perplexity import perplexity
-from pybitnet.generate import ForwardModel, Model
+from pybitnet.generate import Model
 from pybitnet.model import ReferenceModel
 
 MARGIN = 1.5
@@ -30,7 +31,7 @@ def smollm2() -> Model:
 
 
 @functools.cache
-def forward_model(backend: str) -> ForwardModel:
+def forward_model(backend: str) -> ForwardPass:
     """The float64 ReferenceModel, or the engine Model generates with."""
     model = smollm2()
     return ReferenceModel(model.weights) if backend == "reference" else model.engine

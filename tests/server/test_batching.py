@@ -179,14 +179,28 @@ def test_a_scheduler_fault_fails_its_requests_and_refuses_new_ones(model):
     async def main():
         loop = asyncio.get_running_loop()
         gens = [
-            Generation([1, 2, 3], max_tokens=5, sampling=SamplerConfig(), loop=loop)
+            Generation(
+                [1, 2, 3],
+                tokenizer=model.tokenizer,
+                max_tokens=5,
+                sampling=SamplerConfig(),
+                loop=loop,
+            )
             for _ in range(2)
         ]
         for gen in gens:
             scheduler.submit(gen)
         events = [await gen.events.get() for gen in gens]
         with pytest.raises(NotAccepting):
-            scheduler.submit(Generation([1], max_tokens=1, sampling=SamplerConfig(), loop=loop))
+            scheduler.submit(
+                Generation(
+                    [1],
+                    tokenizer=model.tokenizer,
+                    max_tokens=1,
+                    sampling=SamplerConfig(),
+                    loop=loop,
+                )
+            )
         return events
 
     try:

@@ -1,17 +1,18 @@
 """`pybitnet bench`: llama-bench-style generation benchmarks, written as receipts (SPEC section 6).
 
-Runs, for each thread count, like llama-bench rows:
-- ``pp<P>`` for each prompt length P: prefill P prompt tokens in one pass (ms, tok/s), then
-  sample the first token (time to first token, TTFT).
+Runs, for each thread count, like llama-bench rows, on the one token loop (decode.py):
+- ``pp<P>`` for each prompt length P: prefill P prompt tokens (ms, tok/s) as generation does,
+  in forward passes of decode.PREFILL_CHUNK tokens, then sample the first token (time to first
+  token, TTFT).
 - ``tg<N>``: prefill the workload's prompt (the first prompt length) and sample the first token
   (TTFT), then N decode steps, each one forward pass of one token and a greedy sample. Its ms is
   the sum of the N inter-token gaps, so tok/s = N / ms = 1000 / mean gap is llama-bench's tg<N>
   figure (N forward passes of one token), free of the prompt. The outputs are the first N
   tokens: what generating N tokens from the prompt returns, so `verify --replay` can redo them.
 With a batch of B (-b), each run has B prompts (drawn one after the other from the seeded
-generator), run together by Engine.forward_batch: one pass prefills all of them, each decode step
-is one pass of B tokens, one per sequence. n_tokens and tok/s count the tokens of all B sequences
-(aggregate throughput); TTFT and the inter-token gaps are those of the steps, which every
+generator), run together: each prefill step is one pass over a chunk of every prompt, each
+decode step one pass of B tokens, one per sequence. n_tokens and tok/s count the tokens of all B
+sequences (aggregate throughput); TTFT and the inter-token gaps are those of the steps, which every
 sequence shares. Every run records the peak RSS of each repetition. The bench never stops early:
 end-of-generation ids are generated like any other, as llama-bench does.
 
@@ -40,13 +41,13 @@ from rich.console import Console
 from rich.table import Table
 
 import pybitnet
-from pybitnet import kernels
+from pybitnet import decode, kernels
 from pybitnet.bench import receipt as rc
 from pybitnet.bench.provenance import kernel_tier, model_info, receipt_head
 from pybitnet.errors import BenchError
 from pybitnet.generate import Model
 from pybitnet.kernels.registry import NATIVE_TIERS
-from pybitnet.sampling import Sampler, SamplerConfig
+from pybitnet.sampling import SamplerConfig
 
 RSS_POLL_SECONDS = 0.001  # where the kernel cannot reset the peak RSS for us
 
@@ -125,7 +126,7 @@ def run_bench(model: Model, workload: Workload, step: Step | None = None) -> dic
                     workload,
                     step,
                     counters,
-                    lambda prompts=prompts: _prefill_once(model, prompts, workload.sampler),
+                    lambda prompts=prompts: prefill_once(model.engine, prompts, workload.sampler),
                 )
                 ms, ttft, rss = zip(*samples, strict=True)
                 runs.append(rc.prefill_run(f"pp{length}", threads, batch * length, ms, rss, ttft))
@@ -135,7 +136,9 @@ def run_bench(model: Model, workload: Workload, step: Step | None = None) -> dic
                     workload,
                     step,
                     counters,
-                    lambda: decode_once(model, tg_prompts, workload.generate, workload.sampler),
+                    lambda: decode_once(
+                        model.engine, tg_prompts, workload.generate, workload.sampler
+                    ),
                 )
                 ids, ttft, gaps, rss = zip(*samples, strict=True)
                 ms = [float(np.sum(g)) for g in gaps]
@@ -193,66 +196,60 @@ def _repeat(
     return results
 
 
-def _prefill_once(
-    model: Model, prompts: list[list[int]], sampler: SamplerConfig
+def prefill_once(
+    engine: decode.ForwardPass, prompts: list[list[int]], sampler: SamplerConfig
 ) -> tuple[float, float, float]:
-    """(prefill ms, time to first token ms, peak RSS MB) of one repetition: the prompts in one
-    pass, then each one's first token sampled."""
-    batch = _Batch(model, prompts, 0, sampler)
+    """(prefill ms, time to first token ms, peak RSS MB) of one repetition: the prompts
+    prefilled together (decode.prefill), then each one's first token sampled."""
+    batch = _generations(engine, prompts, 1, sampler)
     with PeakRss() as rss:
         start = time.perf_counter_ns()
-        logits = batch.prefill()
+        logits = decode.prefill(engine, batch)
         prefilled = time.perf_counter_ns()
-        batch.sample(logits)
+        for gen, row in zip(batch, logits, strict=True):
+            gen.advance(row)
         first = time.perf_counter_ns()
     return (prefilled - start) / 1e6, (first - start) / 1e6, rss.mb
 
 
 def decode_once(
-    model: Model, prompts: list[list[int]], n: int, sampler: SamplerConfig
+    engine: decode.ForwardPass, prompts: list[list[int]], n: int, sampler: SamplerConfig
 ) -> tuple[list[list[int]], float, list[float], float]:
     """One tg repetition, as the bench and `verify --replay` run it: (the first n ids generated
     for each prompt, time to first token ms, the n inter-token gaps ms, peak RSS MB). The prompts
-    are prefilled in one pass and each one's first token sampled, then n decode steps, each one
+    are prefilled together and each one's first token sampled, then n decode steps, each one
     pass of one token per sequence and a sample; generation never stops early."""
-    batch = _Batch(model, prompts, n, sampler)
+    batch = _generations(engine, prompts, n + 1, sampler)
     stamps = np.empty(n + 1, np.int64)
     with PeakRss() as rss:
         start = time.perf_counter_ns()
-        logits = batch.prefill()
+        logits = decode.prefill(engine, batch)
         for i in range(n + 1):
             if i:
-                logits = batch.step()
-            batch.sample(logits)
+                logits = decode.step(engine, batch)
+            for gen, row in zip(batch, logits, strict=True):
+                gen.advance(row)
             stamps[i] = time.perf_counter_ns()
     gaps = (np.diff(stamps) / 1e6).tolist()
-    ids = [h[len(p) : len(p) + n] for h, p in zip(batch.histories, prompts, strict=True)]
-    return ids, (stamps[0] - start) / 1e6, gaps, rss.mb
+    return [gen.token_ids[:n] for gen in batch], (stamps[0] - start) / 1e6, gaps, rss.mb
 
 
-class _Batch:
-    """Sequences generated together through the engine's forward_batch: each its own cache,
-    history (prompt, then generated ids) and sampler."""
-
-    def __init__(
-        self, model: Model, prompts: list[list[int]], n: int, sampler: SamplerConfig
-    ) -> None:
-        self.engine = model.engine
-        self.caches = [self.engine.new_cache(len(p) + n) for p in prompts]
-        self.histories = [list(p) for p in prompts]
-        self.samplers = [Sampler(sampler) for _ in prompts]
-
-    def prefill(self) -> list[np.ndarray]:
-        items = list(zip(self.histories, self.caches, strict=True))
-        return [rows[-1] for rows in self.engine.forward_batch(items, last_only=True)]
-
-    def step(self) -> list[np.ndarray]:
-        items = [([h[-1]], cache) for h, cache in zip(self.histories, self.caches, strict=True)]
-        return [rows[0] for rows in self.engine.forward_batch(items)]
-
-    def sample(self, logits: list[np.ndarray]) -> None:
-        for history, sampler, row in zip(self.histories, self.samplers, logits, strict=True):
-            history.append(sampler.sample(row, history))
+def _generations(
+    engine: decode.ForwardPass, prompts: list[list[int]], max_tokens: int, sampler: SamplerConfig
+) -> list[decode.Generation]:
+    """The token loop's sequences for a batch of prompts, each with its own cache and sampler;
+    ids only (no text), end-of-generation ids generated like any other (llama-bench's rule)."""
+    return [
+        decode.Generation(
+            p,
+            engine.new_cache(len(p) + max_tokens),
+            tokenizer=None,
+            sampling=sampler,
+            max_tokens=max_tokens,
+            stop_at_eog=False,
+        )
+        for p in prompts
+    ]
 
 
 class KernelCounters:

@@ -19,9 +19,10 @@ are not run: they read fields the schema promises. A rule that does not apply sa
   makes a fixed number of BitLinear calls per forward pass, whatever the batch: a block's seven
   ternary matrices in four calls (q/k/v stacked, attn_output, gate/up stacked, ffn_down), and a
   ternary output layer in one. So when the model's tensor types hold T ternary tensors, the
-  bitlinear kernels ran, and their calls are the runner's forward passes over the timed
-  repetitions (one per prefill repetition, generated_tokens + 1 per decode repetition) times
-  the calls per pass. Each kernel run's kernel was called at least once per timed repetition.
+  bitlinear kernels ran, and their calls are the token loop's forward passes over the timed
+  repetitions (ceil(P / PREFILL_CHUNK) for a P-token prompt, then generated_tokens per decode
+  repetition) times the calls per pass. Each kernel run's kernel was called at least once per
+  timed repetition.
 - summaries: each run has one sample per repetition (workload.repetitions), and its derived
   samples and summaries are what receipt.rebuild_run makes from its raw measurements, within
   1% (medians, tok/s = tokens / seconds, latency percentiles); a decode repetition lasts at
@@ -66,6 +67,7 @@ from pybitnet.bench.receipt import (
     token_ids_sha256,
     validate_receipt,
 )
+from pybitnet.decode import PREFILL_CHUNK
 from pybitnet.errors import BenchError, PyBitnetError
 from pybitnet.kernels.registry import NATIVE_TIERS
 from pybitnet.sampling import SamplerConfig
@@ -151,7 +153,9 @@ def replay_workload(
     model = load(model_path)
     sampler = SamplerConfig(**workload["sampler"], seed=workload["seed"])
     with kernels.profile() as prof:
-        ids = decode_once(model, workload["prompt_ids"], workload["generated_tokens"], sampler)[0]
+        ids = decode_once(
+            model.engine, workload["prompt_ids"], workload["generated_tokens"], sampler
+        )[0]
     return ids, {k["id"] for k in prof.stats()}
 
 
@@ -360,19 +364,29 @@ def _generation_calls(doc: dict[str, Any]) -> list[str]:
     claim = f"make {calls / most:g} passes" if exact else "do not fit"
     per_pass = f"{most}" if exact else f"{fewest} to {most}"
     return [
-        f"{calls} bitlinear calls {claim}: the runs made {passes} forward passes (one per "
-        "prefill repetition, generated_tokens + 1 per decode repetition, warmups not counted) "
+        f"{calls} bitlinear calls {claim}: the runs made {passes} forward passes (a prompt's "
+        "chunks, then generated_tokens decode steps per decode repetition, warmups not counted) "
         f"of {per_pass} calls (the engine's over {ternary} ternary tensors)"
     ]
 
 
 def _forward_passes(doc: dict[str, Any]) -> int:
-    """The forward passes of the timed repetitions, as the runner makes them: a prefill
-    repetition prefills every prompt of the batch in one pass; a decode repetition prefills and
-    then makes generated_tokens decode steps of one pass each."""
+    """The forward passes of the timed repetitions, as the token loop makes them (decode.py): a
+    prompt of P tokens is prefilled in ceil(P / PREFILL_CHUNK) passes, every prompt of the batch
+    in the same passes; a decode repetition then makes generated_tokens steps of one pass."""
     w = doc["workload"]
-    steps = {"prefill": 1, "decode": w["generated_tokens"] + 1}
-    return w["repetitions"] * sum(steps[run["kind"]] for run in doc["runs"])
+    batch = max(w["batch"], 1)
+
+    def prefill(prompt_tokens: int) -> int:
+        return -(-prompt_tokens // PREFILL_CHUNK)
+
+    per_repetition = sum(
+        prefill(run["n_tokens"] // batch)
+        if run["kind"] == "prefill"
+        else prefill(w["prompt_tokens"]) + w["generated_tokens"]
+        for run in doc["runs"]
+    )
+    return w["repetitions"] * per_repetition
 
 
 def _kernel_run_calls(doc: dict[str, Any]) -> list[str]:

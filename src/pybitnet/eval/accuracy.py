@@ -44,12 +44,13 @@ from pybitnet import formats, kernels
 from pybitnet.convert.metadata import FILE_TYPES
 from pybitnet.convert.synthetic import make_model
 from pybitnet.data import default_model_path
+from pybitnet.decode import ForwardPass
 from pybitnet.engine import Engine
 from pybitnet.engine.forward import OUTPUT_HEADS
 from pybitnet.errors import FormatError, ModelError
 from pybitnet.eval.perplexity import PerplexityResult, perplexity
 from pybitnet.formats import WeightType
-from pybitnet.generate import ForwardModel, Model
+from pybitnet.generate import Model
 from pybitnet.gguf import GGUFFile, TensorSpec, write_gguf
 from pybitnet.model.reference import ReferenceModel
 
@@ -166,7 +167,7 @@ def _measure(
     tokens = source.tokenize(text)
     bos = source.tokenizer.bos_id if source.tokenizer.add_bos else None
 
-    def run(model: ForwardModel) -> tuple[PerplexityResult, list[np.ndarray]]:
+    def run(model: ForwardPass) -> tuple[PerplexityResult, list[np.ndarray]]:
         return _run(model, tokens, n_ctx, bos)
 
     step("float64 reference on the model file")
@@ -234,7 +235,7 @@ def _measure(
 
 
 def _run(
-    model: ForwardModel, tokens: Sequence[int], n_ctx: int, bos: int | None
+    model: ForwardPass, tokens: Sequence[int], n_ctx: int, bos: int | None
 ) -> tuple[PerplexityResult, list[np.ndarray]]:
     """Perplexity by llama-perplexity's procedure, and the logits of every chunk it ran."""
     logits: list[np.ndarray] = []

@@ -66,6 +66,12 @@ class ReferenceModel:
             h = h[-1:]
         return self.linear(rmsnorm(h, w.output_norm, c.rms_eps), w.output)
 
+    def forward_batch(
+        self, items: Sequence[tuple[Sequence[int], ReferenceCache]], *, last_only: bool = False
+    ) -> list[np.ndarray]:
+        """forward() for several sequences, one after the other (the engine runs them as one)."""
+        return [self.forward(tokens, cache, last_only=last_only) for tokens, cache in items]
+
     def linear(self, x: np.ndarray, w: Tensor) -> np.ndarray:
         """x (n, in) -> (n, out): BitLinear for ternary weights, a plain float layer otherwise."""
         if w.wtype.ternary:

@@ -319,6 +319,7 @@ def _generation(
     }
     return Generation(
         prompt,
+        tokenizer=model.tokenizer,
         # Generation ends at the context's end (finish_reason "length") whatever max_tokens says.
         max_tokens=min(max_tokens or room, room),
         sampling=SamplerConfig(**sampling),

@@ -2,9 +2,8 @@
 
 A request joins the batch as it arrives if a batch slot and room in the KV-cache budget are
 free; otherwise it waits in a bounded queue, admitted between steps first come first served.
-Each step feeds every active sequence its next tokens in ONE forward call (`Scheduler.step`):
-the next chunk of a prompt being prefilled, or the token just sampled, so the weights are read
-once per step for the whole batch when the forward model has a batched path (`forward_batch`).
+Each step is one `decode.step` over every active sequence (the token loop, prefill chunks and
+end of generation live in decode.py; the scheduler keeps admission, budgets and cancellation).
 Results go back to the asyncio side through each request's asyncio.Queue
 (loop.call_soon_threadsafe); a cancelled request is dropped at the next step.
 """
@@ -19,19 +18,16 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from pybitnet import decode
 from pybitnet.errors import PyBitnetError
-from pybitnet.sampling import Sampler, SamplerConfig, StopStrings
-from pybitnet.tokenizer import StreamDecoder
+from pybitnet.generate import Model
+from pybitnet.sampling import SamplerConfig
+from pybitnet.tokenizer import Tokenizer
 
 logger = logging.getLogger("pybitnet.server")
-
-# Prompt tokens one sequence feeds per step: bounds how long a new prompt's prefill delays the
-# tokens of the sequences already decoding.
-PREFILL_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -70,37 +66,37 @@ class NotAccepting(Exception):
     """The scheduler is shutting down or stopped (HTTP 503)."""
 
 
-class Generation:
-    """One request in the scheduler: its prompt and sampling, then its cache and progress.
+class Generation(decode.Generation):
+    """One request in the scheduler: a sequence of the token loop, with the queue its events go
+    to. Created on the event loop's thread; its KV cache is made when it joins the batch.
 
-    Created on the event loop's thread; `events` receives Piece*, then one Finished or Failed
-    (a cancelled generation too, once the scheduler drops it).
+    `events` receives Piece*, then one Finished or Failed (a cancelled generation too, once the
+    scheduler drops it).
     """
 
     def __init__(
         self,
         prompt_ids: Sequence[int],
         *,
+        tokenizer: Tokenizer,
         max_tokens: int,
         sampling: SamplerConfig,
         stop: Sequence[str] = (),
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.prompt_ids = list(prompt_ids)
-        self.max_tokens = max_tokens
-        self.sampler = Sampler(sampling)
-        self.stops = StopStrings(stop)
+        super().__init__(
+            prompt_ids,
+            None,
+            tokenizer=tokenizer,
+            sampling=sampling,
+            max_tokens=max_tokens,
+            stop=stop,
+        )
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = False
         self._loop = loop
-        # Set and used by the scheduler's thread only.
-        self.cache: Any = None
-        self.decoder: StreamDecoder | None = None
-        self.pending = list(prompt_ids)  # tokens not yet in the cache
-        self.history = list(prompt_ids)  # for the repetition penalty
-        self.generated = 0
         self.submitted_at = time.perf_counter()
-        self.last_token_at: float | None = None
+        self.last_token_at = self.submitted_at
 
     @property
     def kv_tokens(self) -> int:
@@ -135,7 +131,7 @@ class Scheduler:
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         *,
         max_batch: int,
         max_queue: int,
@@ -216,21 +212,6 @@ class Scheduler:
             self._thread.join(timeout)
         self._fail_all(Failed("the server stopped before this request finished", 503))
 
-    def step(self, batch: list[Generation]) -> list[np.ndarray]:
-        """One forward pass for the whole batch: each sequence's next prompt chunk (prefill)
-        or its last sampled token (decode). Returns each sequence's logits after its last
-        token fed."""
-        work = []
-        for gen in batch:
-            work.append((gen.pending[:PREFILL_CHUNK], gen.cache))
-            gen.pending = gen.pending[PREFILL_CHUNK:]
-        forward_model = self.model.engine
-        if hasattr(forward_model, "forward_batch"):
-            logits = forward_model.forward_batch(work, last_only=True)
-        else:
-            logits = [forward_model.forward(tokens, cache) for tokens, cache in work]
-        return [x[-1] for x in logits]
-
     def _run(self) -> None:
         try:
             self._steps()
@@ -251,7 +232,7 @@ class Scheduler:
                     return
                 batch = list(self._active)
             try:
-                logits = self.step(batch)
+                logits = decode.step(self.model.engine, batch)
             except Exception as exc:  # a fault in the forward pass fails its batch, not the server
                 logger.exception("forward step failed")
                 for gen in batch:
@@ -259,8 +240,8 @@ class Scheduler:
                 continue
             self._observer.step(len(batch))
             for gen, row in zip(batch, logits, strict=True):
-                if not gen.cancelled and not gen.pending:
-                    self._sample(gen, row)
+                if row is not None and not gen.cancelled:
+                    self._advance(gen, row)
 
     def _fail_all(self, event: Failed) -> None:
         """Ends every request still here with `event`; no more are accepted."""
@@ -280,7 +261,6 @@ class Scheduler:
                 return
             self._waiting.popleft()
             gen.cache = self.model.engine.new_cache(gen.kv_tokens)
-            gen.decoder = StreamDecoder(self.model.tokenizer)
             self.kv_used_tokens += gen.kv_tokens
             self._active.append(gen)
 
@@ -294,39 +274,25 @@ class Scheduler:
             # Ends whatever still awaits it (a plain request whose client left).
             gen.send(Failed("the client closed the request", CLIENT_CLOSED))
 
-    def _sample(self, gen: Generation, logits: np.ndarray) -> None:
+    def _advance(self, gen: Generation, logits: np.ndarray) -> None:
+        """The sequence's next token: its text to the client, and its end when it ends."""
+        before = len(gen.token_ids)
+        if before == 0:
+            self._observer.prompt_done(len(gen.prompt_ids))
         try:
-            token = gen.sampler.sample(logits, gen.history)
-        except Exception as exc:
+            text = gen.advance(logits)
+        except Exception as exc:  # one sequence's fault fails that request, not the server
             logger.exception("sampling failed")
             self._finish(gen, Failed(f"sampling failed: {exc}"))
             return
-        if gen.generated == 0:
-            self._observer.prompt_done(len(gen.prompt_ids))
-        if token in self.model.tokenizer.eog_ids:
-            self._finish(gen, self._finished(gen, "stop"))
-            return
-        now = time.perf_counter()
-        first = gen.generated == 0
-        self._observer.token(first, now - (gen.submitted_at if first else gen.last_token_at))
-        gen.last_token_at = now
-        gen.generated += 1
-        gen.history.append(token)
-        text = gen.stops.push(gen.decoder.push(token))
+        if len(gen.token_ids) > before:  # a token came, not an end-of-generation id
+            now = time.perf_counter()
+            self._observer.token(before == 0, now - gen.last_token_at)
+            gen.last_token_at = now
         if text:
             gen.send(Piece(text))
-        if gen.stops.stopped:
-            self._finish(gen, self._finished(gen, "stop"))
-        elif gen.generated == gen.max_tokens:
-            self._finish(gen, self._finished(gen, "length"))
-        else:
-            gen.pending = [token]
-
-    def _finished(self, gen: Generation, reason: str) -> Finished:
-        tail = gen.stops.push(gen.decoder.flush()) + gen.stops.flush()
-        if tail:
-            gen.send(Piece(tail))
-        return Finished(reason, len(gen.prompt_ids), gen.generated)
+        if gen.finished:
+            self._finish(gen, Finished(gen.finish_reason, len(gen.prompt_ids), len(gen.token_ids)))
 
     def _finish(self, gen: Generation, event: Finished | Failed) -> None:
         gen.send(event)

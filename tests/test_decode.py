@@ -1,0 +1,161 @@
+"""The one token loop (decode.py): every entry point that generates (Model, the server's
+scheduler, `pybitnet bench`, benchmarks/decode.py) gives the same token ids for the same prompt
+and seed, greedy and sampled, alone and inside a batch of 8."""
+
+import asyncio
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import pybitnet
+from pybitnet import decode
+from pybitnet.bench import runner
+from pybitnet.bench.verify import Verdict, check_receipt
+from pybitnet.sampling import SamplerConfig
+from pybitnet.server.scheduler import Failed, Finished, Generation, Scheduler
+
+PROMPT = "Once upon a time, there was a little"
+OTHERS = (  # the prompt's neighbours in a batch of 8, of other lengths
+    "The dog",
+    "Lily and Ben went to the park to play with their ball.",
+    "One day",
+    "Tom had a red car. He liked to",
+    "The sun was",
+    "A big fish swam in the blue sea, and a small bird sat on a rock",
+    "Mom said",
+)
+N = 24
+SAMPLERS = {
+    "greedy": SamplerConfig(temperature=0.0, seed=0),
+    "sampled": SamplerConfig(temperature=0.9, top_k=40, top_p=0.95, seed=7),
+}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def model():
+    return pybitnet.load()
+
+
+def batch_of_8(model, ids: list[int]) -> list[list[int]]:
+    """The prompt in fourth place among seven others."""
+    others = [model.tokenize(text) for text in OTHERS]
+    return [*others[:3], ids, *others[3:]]
+
+
+def until_end_of_generation(model, ids: list[int]) -> list[int]:
+    """What a generation that stops at end-of-generation ids keeps of ids that do not stop."""
+    ends = [i for i, token in enumerate(ids) if token in model.tokenizer.eog_ids]
+    return ids[: ends[0]] if ends else ids
+
+
+def scheduler_ids(model, prompts: list[list[int]], sampling: SamplerConfig) -> list[list[int]]:
+    """The ids the server's scheduler generates for prompts submitted together."""
+    scheduler = Scheduler(model, max_batch=8, max_queue=8, kv_budget_tokens=8 * model.n_ctx)
+    scheduler.start()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        gens = [
+            Generation(p, tokenizer=model.tokenizer, max_tokens=N, sampling=sampling, loop=loop)
+            for p in prompts
+        ]
+        for gen in gens:
+            scheduler.submit(gen)
+        for gen in gens:
+            while not isinstance(event := await gen.events.get(), Finished | Failed):
+                pass
+            assert isinstance(event, Finished), event
+        return [gen.token_ids for gen in gens]
+
+    try:
+        return asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        scheduler.stop(timeout=10)
+
+
+def decode_benchmark():
+    """benchmarks/decode.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("decode_benchmark", ROOT / "benchmarks/decode.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # it imports its neighbour kernels.py
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_entry_point_generates_the_same_ids(model, name):
+    sampling = SAMPLERS[name]
+    ids = model.tokenize(PROMPT)
+    batch = batch_of_8(model, ids)
+    bench = runner.decode_once(model.engine, [ids], N, sampling)[0][0]
+    assert len(bench) == N
+    if name == "sampled":  # the draw is really taken, not the argmax
+        assert bench != runner.decode_once(model.engine, [ids], N, SAMPLERS["greedy"])[0][0]
+    assert runner.decode_once(model.engine, batch, N, sampling)[0][3] == bench
+    benchmark = decode_benchmark()
+    assert benchmark.timed_decode(model.engine, [ids], N, sampling)[2][0] == bench
+    assert benchmark.timed_decode(model.engine, batch, N, sampling)[2][3] == bench
+
+    # Model and the server stop at an end-of-generation id; the bench generates on.
+    expected = until_end_of_generation(model, bench)
+    completion = model.complete(ids, max_tokens=N, **dataclasses.asdict(sampling))
+    assert completion.token_ids == expected
+    assert scheduler_ids(model, [ids], sampling) == [expected]
+    assert scheduler_ids(model, batch, sampling)[3] == expected
+
+
+def test_a_stop_string_across_pieces_ends_every_entry_point_alike(model):
+    ids = model.tokenize(PROMPT)
+    full = model.complete(ids, max_tokens=N, temperature=0)
+    words = full.text.split()
+    stop = " ".join(words[2:4])  # spans several tokens, so several pieces
+    cut = model.complete(ids, max_tokens=N, temperature=0, stop=[stop])
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.index(stop)]
+    gen = decode.Generation(
+        ids,
+        model.engine.new_cache(len(ids) + N),
+        tokenizer=model.tokenizer,
+        sampling=SAMPLERS["greedy"],
+        max_tokens=N,
+        stop=[stop],
+    )
+    assert "".join(decode.run(model.engine, gen)) == cut.text
+    assert (gen.token_ids, gen.finish_reason) == (cut.token_ids, "stop")
+
+
+def test_the_context_end_is_finish_reason_length(model):
+    ids = model.tokenize(PROMPT)
+    room = 5
+    small = pybitnet.load(n_ctx=len(ids) + room)
+    completion = small.complete(ids, max_tokens=100, temperature=0)
+    assert (len(completion.token_ids), completion.finish_reason) == (room, "length")
+
+
+def test_a_prompt_longer_than_a_chunk_prefills_in_chunks_and_its_receipt_verifies(model):
+    length = 2 * decode.PREFILL_CHUNK + 9
+    workload = runner.Workload(prompt_lengths=(length,), generate=4, repetitions=1, warmup=0)
+    doc = runner.run_bench(model, workload)
+    report = check_receipt(json.loads(json.dumps(doc)))
+    assert report.verdict("kernel_counters") is Verdict.PASS, report
+    ids = runner.bench_prompts(model, length, seed=0)[0]
+    gen = decode.Generation(
+        ids,
+        model.engine.new_cache(length + 1),
+        tokenizer=None,
+        sampling=SAMPLERS["greedy"],
+        max_tokens=1,
+    )
+    steps = 0
+    while gen.pending:
+        decode.step(model.engine, [gen])
+        steps += 1
+    assert steps == 3  # 128 + 128 + 9
