@@ -30,8 +30,9 @@ except where the server holds text back). Checks: no 5xx
 other than a deliberate 503, no error inside a stream, no transport error; the active, queued
 and KV-cache gauges back to zero after the run; when it started the server, the server's RSS
 (sampled 4 times a second) in the run's last quarter within --rss-tolerance of its second (the
-first holds the ramp-up), and the server gone within 5 s of SIGTERM (it waits for any request
-still running).
+first holds the ramp-up; a full batch of the longest requests runs first, so the server's
+working set is reached before it), and the server gone within 5 s of SIGTERM (it waits for any
+request still running).
 Exit status 1 when a check fails.
 """
 
@@ -314,7 +315,7 @@ class RSSSampler:
 
     def during(self, start: float, end: float) -> dict:
         """RSS over [start, end]: at its start and end, its maximum, the medians of its second
-        and last quarters (the first is the ramp-up to a full batch) and the growth from one to
+        and last quarters (the first is the run's ramp-up) and the growth from one to
         the other, and a timeline of about ten points."""
         mib = [m for t, m in self.samples if start <= t <= end]
         times = [t - start for t, _ in self.samples if start <= t <= end]
@@ -402,12 +403,31 @@ def main() -> None:
     sys.exit(0 if all(checks.values()) else 1)
 
 
+def warm_up(url: str, args) -> None:
+    """A full batch of the longest requests, run to their end before anything is measured: the
+    first full batch (the most prompt tokens prefilled in one step) sets the server's working
+    set, at a moment that a busy machine makes late, and a run measured from a cold start would
+    read that one-off growth as a leak."""
+
+    async def full_batch() -> None:
+        body = {
+            "messages": [{"role": "user", "content": max(PROMPTS, key=len)}],
+            "max_tokens": args.max_tokens,
+            "temperature": 0,
+        }
+        async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+            await asyncio.gather(*(whole(http, body, Run(0)) for _ in range(args.max_batch)))
+
+    asyncio.run(full_batch())
+
+
 def load(url: str, rss: RSSSampler | None, args, results: dict, checks: dict[str, bool]) -> None:
     """The runs against the server at url, adding to results and checks."""
     results["model"] = httpx.get(f"{url}/health").json()["model"]
     httpx.post(  # warm-up: first-touch costs are not the runs'
         f"{url}/v1/completions", json={"prompt": "Once", "max_tokens": 4}, timeout=600
     ).raise_for_status()
+    warm_up(url, args)
     server_errors, errors, gauges_back, speedups = 0, Counter(), True, []
     for _ in range(args.pairs if args.compare_single else 1):
         if args.compare_single:

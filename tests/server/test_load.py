@@ -19,8 +19,8 @@ TIMEOUT = 120  # seconds: the script's start, warm-up, run and stop take about 1
 @pytest.mark.slow
 def test_short_soak_leaves_no_5xx_no_leaked_slot_and_flat_memory(tmp_path):
     out = tmp_path / "load.json"
-    # 8 s: the first quarter must hold the ramp-up to a full batch, which a busy machine
-    # delayed past 1.5 s once (the RSS check compares the 2nd and last quarters)
+    # The script runs a full batch before the measured 8 s, so that the server's working set is
+    # reached before the RSS check's second quarter however late a busy machine makes it.
     args = ["--clients", "64", "--duration", "8", "--disconnect-rate", "0.3"]
     args += ["--max-tokens", "16", "--max-queue", "16", "--rss-tolerance", "10"]
     # A session of its own, so that a timeout also kills the server the script started.
@@ -42,7 +42,9 @@ def test_short_soak_leaves_no_5xx_no_leaked_slot_and_flat_memory(tmp_path):
     run = results["concurrent"]
     statuses = {int(code): n for code, n in run["statuses"].items()}
     assert set(statuses) <= {200, 429, 503}, output
-    assert statuses[200] > 64 and statuses.get(429, 0) > 0, output
+    # How many are served depends on the machine's other work (the benchmark measures that);
+    # that some are, and that a full queue refuses the rest, does not.
+    assert statuses.get(200, 0) > 0 and statuses.get(429, 0) > 0, output
     assert run["requests_completed"] > 0 and run["requests_left_on_purpose"] > 0, output
     assert not run["errors"], output
     assert results["gauges_after"] == {"active": 0, "queued": 0, "kv_used_tokens": 0}
