@@ -16,12 +16,12 @@ are not run: they read fields the schema promises. A rule that does not apply sa
   like a list written by hand. The registry lists each id once, and only kernels that ran (calls
   >= 1, seconds > 0). Kernel time is timed inside the runs, so it cannot exceed their wall time:
   every repetition's ms (+ ttft_ms), with the warmups counted at the same pace. The engine
-  makes a fixed number of BitLinear calls per forward pass, whatever the batch: a block's seven
-  ternary matrices in four calls (q/k/v stacked, attn_output, gate/up stacked, ffn_down), and a
-  ternary output layer in one. So when the model's tensor types hold T ternary tensors, the
-  bitlinear kernels ran, and their calls are the runner's forward passes over the timed
-  repetitions (one per prefill repetition, generated_tokens + 1 per decode repetition) times
-  the calls per pass. Each kernel run's kernel was called at least once per timed repetition.
+  makes a fixed number of BitLinear calls per forward pass, whatever the batch, and says how
+  many (engine.forward.bitlinear_calls_per_pass: a block's stacked linear layers, and a ternary
+  output layer). So when the model's tensor types hold T ternary tensors, the bitlinear kernels
+  ran, and their calls are the runner's forward passes over the timed repetitions (one per
+  prefill repetition, generated_tokens + 1 per decode repetition) times the engine's calls per
+  pass for T. Each kernel run's kernel was called at least once per timed repetition.
 - summaries: each run has one sample per repetition (workload.repetitions), and its derived
   samples and summaries are what receipt.rebuild_run makes from its raw measurements, within
   1% (medians, tok/s = tokens / seconds, latency percentiles); a decode repetition lasts at
@@ -66,6 +66,7 @@ from pybitnet.bench.receipt import (
     token_ids_sha256,
     validate_receipt,
 )
+from pybitnet.engine.forward import bitlinear_calls_per_pass
 from pybitnet.errors import BenchError, PyBitnetError
 from pybitnet.kernels.registry import NATIVE_TIERS
 from pybitnet.sampling import SamplerConfig
@@ -321,22 +322,6 @@ def _wall_seconds(doc: dict[str, Any]) -> float:
         per_rep = np.asarray(samples["ms"]) + np.asarray(samples.get("ttft_ms", 0.0))
         total += per_rep.sum() * (1 + doc["workload"]["warmup"] / per_rep.size) / 1000
     return float(total)
-
-
-# The engine's BitLinear calls per forward pass (engine/forward.py): each block's ternary matrices
-# in BLOCK_CALLS stacked calls, at most MAX_STACKED matrices (q/k/v) in one call.
-BLOCK_TERNARY_TENSORS, BLOCK_CALLS, MAX_STACKED = 7, 4, 3
-
-
-def bitlinear_calls_per_pass(ternary_tensors: int) -> tuple[int, int]:
-    """The fewest and the most BitLinear calls the engine makes per forward pass of a model
-    with this many ternary tensors: exact for whole blocks (and a ternary output layer); for
-    ternary tensors outside whole blocks, how they are stacked is not known from the count."""
-    blocks, rest = divmod(ternary_tensors, BLOCK_TERNARY_TENSORS)
-    if rest <= 1:
-        exact = blocks * BLOCK_CALLS + rest
-        return exact, exact
-    return -(-ternary_tensors // MAX_STACKED), ternary_tensors
 
 
 def _generation_calls(doc: dict[str, Any]) -> list[str]:
