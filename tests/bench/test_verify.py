@@ -287,7 +287,7 @@ ALTERATIONS = {
         "kernel_counters",
         "listed more than once",
     ),
-    "native claimed, reference kernels ran": (
+    "native claimed, numpy kernels ran": (
         kernels_as(("bitlinear_numpy", HONEST_CALLS, 1.0)),
         "compute_path",
         "no native kernel ran",

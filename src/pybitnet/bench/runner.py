@@ -280,7 +280,7 @@ class KernelCounters:
         native = any(kernel_tier(k) in NATIVE_TIERS for k in self.calls)
         return {
             "backend": "cpu",
-            "compute_path": "native" if native else "reference",
+            "compute_path": "native" if native else "numpy",
             "kernels": [
                 {"id": k, "calls": self.calls[k], "seconds": self.seconds[k]} for k in self.ids()
             ],

@@ -10,7 +10,8 @@ They live by what they read: verify_kernels.py the kernel list, verify_runs.py t
 ids, verify_files.py the model file; verify_common.py holds what they share.
 
 - schema: the receipt validates against receipt.schema.json, which also requires a non-empty
-  kernel list.
+  kernel list. Version 1.0.0 receipts are accepted too: they call compute_path "reference" where
+  1.1.0 says "numpy" (only the numpy kernel tier ran), and are otherwise the same.
 - kernel_ids: every kernel id, and every kernel run's kernel_id, is known to the installed
   kernel registry; every codec run's format is one pybitnet.formats knows.
 - compute_path: a receipt that claims "native" ran at least one native (non-numpy) kernel.
