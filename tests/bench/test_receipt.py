@@ -19,7 +19,7 @@ from pybitnet.sampling import SamplerConfig
 
 def test_schema_is_a_valid_draft_2020_12_schema():
     Draft202012Validator.check_schema(rc.schema())
-    assert rc.schema()["properties"]["schema_version"]["const"] == rc.SCHEMA_VERSION
+    assert rc.schema()["$defs"]["schema_version"]["enum"][-1] == rc.SCHEMA_VERSION
 
 
 @pytest.mark.parametrize(
@@ -141,6 +141,23 @@ def test_malformed_receipts_are_refused_naming_the_field(make_receipt, path, val
     _set(doc, path, value)
     with pytest.raises(BenchError, match=message):
         rc.validate_receipt(doc)
+
+
+@pytest.mark.parametrize(
+    ("version", "numpy_tier", "other"),
+    [(rc.SCHEMA_VERSION, "numpy", "reference"), ("1.0.0", "reference", "numpy")],
+)
+def test_compute_path_names_the_numpy_tier_as_its_schema_version_does(
+    make_receipt, make_kernel_receipt, version, numpy_tier, other
+):
+    """1.1.0 says "numpy" when only the numpy kernel tier ran ("reference" is the float64
+    forward pass); 1.0.0 receipts, which called it "reference", still validate."""
+    for doc in (make_receipt(), make_kernel_receipt()):
+        doc |= {"schema_version": version, "compute_path": numpy_tier}
+        rc.validate_receipt(doc)
+        doc["compute_path"] = other
+        with pytest.raises(BenchError, match=rf"\$\.compute_path: '{other}' is not one of"):
+            rc.validate_receipt(doc)
 
 
 def test_a_kernels_receipt_may_not_carry_a_model(make_receipt, make_kernel_receipt):

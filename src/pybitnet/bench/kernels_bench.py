@@ -4,7 +4,7 @@ For each ternary format and weight shape (out x in, numpy order), the BitLinear 
 GEMV (one activation row: decode) and as a GEMM (several rows: prefill, batching); for each
 shape, the registry's I2_S dequantization kernel (native where the CPU runs a native tier); then,
 on one shape (`codec_shape`, as the numpy code is slow), the quantize and dequantize of each
-format of `codecs` by pybitnet.formats (the numpy reference; codec runs, not kernel runs: they
+format of `codecs` by pybitnet.formats (their numpy code; codec runs, not kernel runs: they
 are no kernel of the registry). Throughput is
 elements per second: weights x activation rows for BitLinear, weights for (de)quantization.
 Weights are random ternary values stored in the format and read back, as a model's would be.

@@ -25,8 +25,6 @@ compute_path from the tiers those kernels ran on.
 from __future__ import annotations
 
 import os
-import re
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -35,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -43,13 +40,12 @@ from rich.table import Table
 import pybitnet
 from pybitnet import decode, kernels
 from pybitnet.bench import receipt as rc
+from pybitnet.bench.peak_rss import PeakRss
 from pybitnet.bench.provenance import kernel_tier, model_info, receipt_head
 from pybitnet.errors import BenchError
 from pybitnet.generate import Model
 from pybitnet.kernels.registry import NATIVE_TIERS
 from pybitnet.sampling import SamplerConfig
-
-RSS_POLL_SECONDS = 0.001  # where the kernel cannot reset the peak RSS for us
 
 # Called before each repetition with a description of it ("pp128 t=2 rep 3/5").
 Step = Callable[[str], None]
@@ -277,55 +273,11 @@ class KernelCounters:
         native = any(kernel_tier(k) in NATIVE_TIERS for k in self.calls)
         return {
             "backend": "cpu",
-            "compute_path": "native" if native else "reference",
+            "compute_path": "native" if native else "numpy",
             "kernels": [
                 {"id": k, "calls": self.calls[k], "seconds": self.seconds[k]} for k in self.ids()
             ],
         }
-
-
-class PeakRss:
-    """The peak resident set size (MB, 10^6 bytes) of this process within a `with` block.
-
-    On Linux the kernel's high-water mark (VmHWM) is reset at entry (/proc/self/clear_refs) and
-    read at exit, so no peak is missed. Elsewhere a thread polls the RSS every millisecond."""
-
-    def __enter__(self) -> PeakRss:
-        self.mb = 0.0
-        self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
-        if not _reset_peak_rss():
-            self._poller = threading.Thread(target=self._poll, daemon=True)
-            self._poller.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._poller is None:
-            self.mb = _vm_hwm_bytes() / 1e6
-        else:
-            self._stop.set()
-            self._poller.join()
-
-    def _poll(self) -> None:
-        process = psutil.Process()
-        while True:
-            self.mb = max(self.mb, process.memory_info().rss / 1e6)
-            if self._stop.wait(RSS_POLL_SECONDS):
-                self.mb = max(self.mb, process.memory_info().rss / 1e6)
-                return
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS (Linux >= 4.0)
-        return _vm_hwm_bytes() > 0
-    except OSError:
-        return False
-
-
-def _vm_hwm_bytes() -> int:
-    match = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    return int(match.group(1)) * 1024 if match else 0
 
 
 def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:

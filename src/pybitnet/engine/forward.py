@@ -21,6 +21,28 @@ from pybitnet.model.weights import Weights
 
 OUTPUT_HEADS = (None, "q8")
 PREFILL_CHUNK = 128  # tokens per forward pass of a long prompt (Engine.forward)
+# A block's linear layers: each stacks the tensors that read one input into one Linear (one
+# BitLinear call when they are ternary). Engine builds its blocks from this table, and
+# bitlinear_calls_per_pass (which verify checks receipts with) counts from it.
+BLOCK_LINEARS = {
+    "qkv": ("attn_q", "attn_k", "attn_v"),
+    "attn_output": ("attn_output",),
+    "gate_up": ("ffn_gate", "ffn_up"),
+    "ffn_down": ("ffn_down",),
+}
+
+
+def bitlinear_calls_per_pass(ternary_tensors: int) -> tuple[int, int]:
+    """The fewest and the most BitLinear calls one forward pass (of any batch) makes for a model
+    with this many ternary tensors: exact for whole blocks (and a ternary output layer, one call
+    more); for ternary tensors outside whole blocks, how they stack is not known from the count."""
+    per_block = sum(len(tensors) for tensors in BLOCK_LINEARS.values())
+    blocks, rest = divmod(ternary_tensors, per_block)
+    if rest <= 1:
+        exact = blocks * len(BLOCK_LINEARS) + rest
+        return exact, exact
+    most_stacked = max(len(tensors) for tensors in BLOCK_LINEARS.values())
+    return -(-ternary_tensors // most_stacked), ternary_tensors
 
 
 class EngineCache(CacheSpan):
@@ -74,13 +96,13 @@ class Engine:
         self.blocks = [
             _Block(
                 attn_norm=_f32(b.attn_norm),
-                qkv=Linear([b.attn_q, b.attn_k, b.attn_v], tier),
-                attn_output=Linear([b.attn_output], tier),
                 attn_sub_norm=_f32(b.attn_sub_norm),
                 ffn_norm=_f32(b.ffn_norm),
-                gate_up=Linear([b.ffn_gate, b.ffn_up], tier),
-                ffn_down=Linear([b.ffn_down], tier),
                 ffn_sub_norm=_f32(b.ffn_sub_norm),
+                **{
+                    name: Linear([getattr(b, t) for t in tensors], tier)
+                    for name, tensors in BLOCK_LINEARS.items()
+                },
             )
             for b in weights.blocks
         ]
