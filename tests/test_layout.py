@@ -9,6 +9,7 @@ function, when the line above its def (or above its first decorator) does.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,3 +115,25 @@ def test_a_long_file_or_function_passes_when_it_says_why():
     too_long = f"example.py: {MAX_FILE_LINES + 1} lines (more than {MAX_FILE_LINES})"
     assert long_files(path, filler) == [too_long]
     assert long_files(path, ['"""A table, long because ..."""', *filler]) == []
+
+
+def readme_layout() -> str:
+    """The code block under the README's `## Layout` heading."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Layout\n", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_the_readme_layout_block_matches_the_tree():
+    block = readme_layout()
+    package = ROOT / "src" / "pybitnet"
+    named = {m.group(1) for m in re.finditer(r"(?<![\w./-])([\w]+(?:/|\.py))(?=\s)", block)}
+    under_package = {name for name in named if (package / name).exists()}
+    elsewhere = {name for name in named - under_package if (ROOT / name).exists()}
+    assert not named - under_package - elsewhere, "named in the README, not in the tree"
+    entries = {
+        p.name + ("/" if p.is_dir() else "")
+        for p in package.iterdir()
+        if p.name not in {"__init__.py", "__pycache__"} and p.suffix in {"", ".py"}
+    }
+    assert not entries - named, "in src/pybitnet, not in the README's layout"
