@@ -24,7 +24,6 @@ from pybitnet.engine import Engine
 from pybitnet.generate import Model
 from pybitnet.sampling import SamplerConfig
 from pybitnet.server import ServerConfig, create_app
-from pybitnet.server.app import kv_bytes_per_token
 from pybitnet.server.scheduler import Failed, Generation, NotAccepting, Scheduler, StepObserver
 
 PROMPTS = ["Once upon a time", "The cat", "Tom had a red ball", "One day, Lily"]
@@ -195,11 +194,13 @@ def test_a_scheduler_fault_fails_its_requests_and_refuses_new_ones(model):
 def test_kv_bytes_per_token_counts_keys_and_values_of_every_layer(model):
     c = model.config
     itemsize = model.engine.new_cache(1).k.itemsize
-    assert kv_bytes_per_token(model) == 2 * c.n_layers * c.n_kv_heads * c.head_dim * itemsize
+    per_token = model.engine.kv_bytes_per_token()
+    assert per_token == 2 * c.n_layers * c.n_kv_heads * c.head_dim * itemsize
 
 
 def test_kv_budget_holds_requests_in_the_queue(model):
-    config = ServerConfig(max_batch=4, kv_budget_bytes=model.n_ctx * kv_bytes_per_token(model))
+    per_token = model.engine.kv_bytes_per_token()
+    config = ServerConfig(max_batch=4, kv_budget_bytes=model.n_ctx * per_token)
     with running(_paced_app(model, config)) as url:
         health = httpx.get(f"{url}/health").json()
         assert health["kv_budget_tokens"] == model.n_ctx
