@@ -48,7 +48,7 @@ class Model:
                 f"token_embd.weight has only {self.config.vocab_size} rows"
             )
         self.n_ctx = min(n_ctx or self.config.context_length, self.config.context_length)
-        self.engine: decode.ForwardPass = Engine(self.weights, output_head=output_head)
+        self.engine = Engine(self.weights, output_head=output_head)
 
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False):
         return self.tokenizer.encode(text, add_bos=add_bos, parse_special=parse_special)

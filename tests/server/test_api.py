@@ -3,12 +3,15 @@ the expected texts come from the single-sequence path (Model.complete), not from
 
 from __future__ import annotations
 
+import copy
+
 import httpx
 import openai
 import pytest
 
 from helpers.serving import HTTP_TIMEOUT, error, running
 from pybitnet.server import ServerConfig, create_app
+from pybitnet.tokenizer import Tokenizer
 
 MESSAGES = [{"role": "user", "content": "Tell me a story about a cat."}]
 
@@ -107,15 +110,16 @@ def test_stop_string_ends_the_reply_before_it(client, model):
     assert "".join(c.choices[0].text for c in chunks) == text[: text.index(stop)]
 
 
-class _Substitute:
-    """Delegates to `inner`, except for the attributes given."""
+class _EndsAt(Tokenizer):
+    """The model's tokenizer, with `token` as its one end-of-generation id."""
 
-    def __init__(self, inner, **overrides):
-        self._inner = inner
-        self.__dict__.update(overrides)
+    def __init__(self, inner: Tokenizer, token: int) -> None:
+        vars(self).update(vars(inner))
+        self._eog_at = frozenset({token})
 
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
+    @property
+    def eog_ids(self) -> frozenset[int]:
+        return self._eog_at
 
 
 def test_end_of_generation_token_stops_with_reason_stop(model):
@@ -123,8 +127,9 @@ def test_end_of_generation_token_stops_with_reason_stop(model):
     # greedily is declared end-of-generation instead.
     ids = model.complete("Once upon a time", max_tokens=20, temperature=0).token_ids
     k = next(i for i in range(8, 20) if ids[i] not in ids[:i])
-    tokenizer = _Substitute(model.tokenizer, eog_ids=frozenset({ids[k]}))
-    with running(create_app(_Substitute(model, tokenizer=tokenizer))) as url:
+    ends_early = copy.copy(model)
+    ends_early.tokenizer = _EndsAt(model.tokenizer, ids[k])
+    with running(create_app(ends_early)) as url:
         body = {"prompt": "Once upon a time", "max_tokens": 20, "temperature": 0}
         reply = httpx.post(f"{url}/v1/completions", json=body).json()
     assert reply["choices"][0]["finish_reason"] == "stop"

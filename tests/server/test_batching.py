@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 
@@ -19,57 +20,50 @@ from helpers.serving import (
     wait_for_gauge,
     wait_idle,
 )
+from pybitnet.engine import Engine
+from pybitnet.generate import Model
 from pybitnet.sampling import SamplerConfig
 from pybitnet.server import ServerConfig, create_app
-from pybitnet.server.app import kv_bytes_per_token
 from pybitnet.server.scheduler import Failed, Generation, NotAccepting, Scheduler, StepObserver
 
 PROMPTS = ["Once upon a time", "The cat", "Tom had a red ball", "One day, Lily"]
 
 
-class _Forward:
-    """The engine behind a wrapper that records each step's batch. A step takes at least
+class _Forward(Engine):
+    """The engine, over the model's weights, recording each step's batch. A step takes at least
     `step_seconds` (so a test can watch a generation before it ends, however fast the engine
     is), none runs until `go` is set (10 s at most), and each raises `fault` while it is set."""
 
-    def __init__(self, inner, step_seconds: float = 0.0):
-        self.inner = inner
-        self.config = inner.config
+    def __init__(self, model: Model, step_seconds: float = 0.0):
+        super().__init__(model.weights)
         self.step_seconds = step_seconds
         self.batches: list[list[int]] = []
         self.go = threading.Event()
         self.go.set()
         self.fault: Exception | None = None  # raised by the steps while set
 
-    def new_cache(self, n_ctx=None):
-        return self.inner.new_cache(n_ctx)
-
-    def forward(self, tokens, cache):
+    def forward(self, tokens, cache, *, last_only=False):
         raise AssertionError("the scheduler must use forward_batch when the model has it")
 
-    def forward_batch(self, work, last_only=False):
+    def forward_batch(self, items, *, last_only=False):
         assert self.go.wait(10), "the test never let the first step run"
         if self.fault is not None:
             raise self.fault
-        self.batches.append([len(tokens) for tokens, _ in work])
+        self.batches.append([len(tokens) for tokens, _ in items])
         time.sleep(self.step_seconds)
-        return self.inner.forward_batch(work, last_only=last_only)
+        return super().forward_batch(items, last_only=last_only)
 
 
-class _WithForward:
-    """The model, with another forward model."""
-
-    def __init__(self, model, engine):
-        self._model = model
-        self.engine = engine
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
+def _with_engine(model: Model, engine: Engine) -> Model:
+    """The model (sharing its weights and tokenizer), with another engine."""
+    other = copy.copy(model)
+    other.engine = engine
+    return other
 
 
 def _paced_app(model, config: ServerConfig | None = None):
     """An app whose steps take 3 ms at least: 500 tokens take 1.5 s, whatever the engine."""
-    return create_app(_WithForward(model, _Forward(model.engine, 0.003)), config)
+    return create_app(_with_engine(model, _Forward(model, 0.003)), config)
 
 
 async def _complete(client: httpx.AsyncClient, prompt: str, max_tokens: int, **extra) -> dict:
@@ -81,9 +75,9 @@ async def _complete(client: httpx.AsyncClient, prompt: str, max_tokens: int, **e
 
 def test_one_forward_call_per_step_for_all_active_sequences(model):
     expected = [model.complete(p, max_tokens=12, temperature=0).text for p in PROMPTS]
-    forward = _Forward(model.engine)
+    forward = _Forward(model)
     forward.go.clear()  # until the four requests are in
-    with running(create_app(_WithForward(model, forward), ServerConfig(max_batch=4))) as url:
+    with running(create_app(_with_engine(model, forward), ServerConfig(max_batch=4))) as url:
 
         async def main():
             async with httpx.AsyncClient(base_url=url) as client:
@@ -214,11 +208,13 @@ def test_a_scheduler_fault_fails_its_requests_and_refuses_new_ones(model):
 def test_kv_bytes_per_token_counts_keys_and_values_of_every_layer(model):
     c = model.config
     itemsize = model.engine.new_cache(1).k.itemsize
-    assert kv_bytes_per_token(model) == 2 * c.n_layers * c.n_kv_heads * c.head_dim * itemsize
+    per_token = model.engine.kv_bytes_per_token()
+    assert per_token == 2 * c.n_layers * c.n_kv_heads * c.head_dim * itemsize
 
 
 def test_kv_budget_holds_requests_in_the_queue(model):
-    config = ServerConfig(max_batch=4, kv_budget_bytes=model.n_ctx * kv_bytes_per_token(model))
+    per_token = model.engine.kv_bytes_per_token()
+    config = ServerConfig(max_batch=4, kv_budget_bytes=model.n_ctx * per_token)
     with running(_paced_app(model, config)) as url:
         health = httpx.get(f"{url}/health").json()
         assert health["kv_budget_tokens"] == model.n_ctx
@@ -284,9 +280,9 @@ def test_a_client_that_leaves_frees_its_slot(model):
 
 
 def test_a_failed_forward_step_answers_500_and_the_server_goes_on(model):
-    forward = _Forward(model.engine)
+    forward = _Forward(model)
     body = {"prompt": "Once upon a time", "max_tokens": 3}
-    with running(create_app(_WithForward(model, forward))) as url:
+    with running(create_app(_with_engine(model, forward))) as url:
         forward.fault = RuntimeError("injected fault")
         failed = httpx.post(f"{url}/v1/completions", json=body, timeout=HTTP_TIMEOUT)
         assert error(failed, 500)["message"] == "the forward pass failed: injected fault"

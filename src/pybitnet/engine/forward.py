@@ -126,6 +126,11 @@ class Engine:
     def new_cache(self, n_ctx: int | None = None) -> EngineCache:
         return EngineCache(self.config, n_ctx)
 
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one cached position takes (keys and values of every layer): what a KV budget
+        is counted in. Read off a one-block cache, whose pages are never touched."""
+        return self.new_cache(KEY_BLOCK).nbytes // KEY_BLOCK
+
     def forward(
         self, tokens: Sequence[int], cache: EngineCache, *, last_only: bool = False
     ) -> np.ndarray:

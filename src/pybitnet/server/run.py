@@ -9,7 +9,8 @@ from types import FrameType
 import uvicorn
 
 from pybitnet.generate import load
-from pybitnet.server.app import ServerConfig, create_app
+from pybitnet.server.app import create_app
+from pybitnet.server.config import ServerConfig
 from pybitnet.server.scheduler import Scheduler
 
 

@@ -1,0 +1,32 @@
+"""How a server shares its model: the settings, and the KV-cache budget they come to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+
+from pybitnet.generate import Model
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the server shares the model. kv_budget_bytes None: room for max_batch full contexts,
+    at most half the memory available at start (and at least one full context)."""
+
+    max_batch: int = 8
+    max_queue: int = 64
+    api_key: str | None = None
+    kv_budget_bytes: int | None = None
+    max_body_bytes: int = 1 << 20
+    cors_origins: tuple[str, ...] = ()  # none: CORS off
+    shutdown_timeout: float = 10.0  # seconds to finish in-flight requests after SIGTERM
+
+
+def kv_budget_tokens(model: Model, config: ServerConfig) -> int:
+    """The cache positions the active sequences may hold together (the scheduler's budget)."""
+    per_token = model.engine.kv_bytes_per_token()
+    if config.kv_budget_bytes is not None:
+        return config.kv_budget_bytes // per_token
+    affordable = psutil.virtual_memory().available // 2 // per_token
+    return max(model.n_ctx, min(config.max_batch * model.n_ctx, affordable))

@@ -1,0 +1,89 @@
+"""What every request passes through before its route: counting, the body limit, CORS."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pybitnet.server.config import ServerConfig
+from pybitnet.server.errors import APIError
+from pybitnet.server.metrics import Metrics
+
+
+def add_middleware(app: FastAPI, config: ServerConfig, metrics: Metrics) -> None:
+    """Outermost first: counting (so a refused request is counted too), the body limit, CORS."""
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(LimitBody, limit=config.max_body_bytes)
+    app.add_middleware(CountRequests, metrics=metrics)
+
+
+class CountRequests:
+    """Counts requests by route template (not raw path, to bound the labels) and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")
+            path = route.path if isinstance(route, Route) else "unmatched"
+            self.metrics.requests.labels(path, str(status)).inc()
+
+
+class LimitBody:
+    """Answers 413 to a request body over `limit` bytes, whether it declares its length or not."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await self._too_large(declared.decode("latin-1")).response()(scope, receive, send)
+            return
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                # Raised while the route reads its body; FastAPI passes HTTPExceptions on.
+                raise HTTPException(413, self._too_large(f"more than {received}").message)
+            return message
+
+        await self.app(scope, receive_within_limit, send)
+
+    def _too_large(self, size: str) -> APIError:
+        return APIError(
+            413,
+            f"The request body ({size} bytes) is larger than the limit of {self.limit} bytes.",
+            code="request_too_large",
+        )

@@ -1,0 +1,147 @@
+"""The routes (SPEC section 8). Each is a short function that takes what it works with (the
+model, the scheduler, the metrics, the configuration, the completion handler) from the app's
+state, as create_app put them there: `public` (the chat page, health, metrics) and `v1`
+(behind the API key when one is set)."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cache
+from importlib.resources import files
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from pybitnet.generate import Model
+from pybitnet.server.config import ServerConfig
+from pybitnet.server.errors import APIError
+from pybitnet.server.metrics import Metrics
+from pybitnet.server.replies import ModelCard
+from pybitnet.server.scheduler import Scheduler
+from pybitnet.server.schemas import ChatCompletionRequest, CompletionRequest
+from pybitnet.server.serving import Answer, Serving
+
+
+def _model(request: Request) -> Model:
+    return request.app.state.model
+
+
+def _card(request: Request) -> ModelCard:
+    return request.app.state.card
+
+
+def _scheduler(request: Request) -> Scheduler:
+    return request.app.state.scheduler
+
+
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def _config(request: Request) -> ServerConfig:
+    return request.app.state.config
+
+
+def _serving(request: Request) -> Serving:
+    return request.app.state.serving
+
+
+ModelDep = Annotated[Model, Depends(_model)]
+CardDep = Annotated[ModelCard, Depends(_card)]
+SchedulerDep = Annotated[Scheduler, Depends(_scheduler)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+ConfigDep = Annotated[ServerConfig, Depends(_config)]
+ServingDep = Annotated[Serving, Depends(_serving)]
+
+
+async def require_api_key(request: Request, config: ConfigDep) -> None:
+    if config.api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(
+        token.strip().encode(), config.api_key.encode()
+    ):
+        raise APIError(
+            401,
+            "Missing or wrong API key: send the header 'Authorization: Bearer <key>'.",
+            code="invalid_api_key",
+        )
+
+
+public = APIRouter()
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+@cache
+def _page() -> str:
+    return files("pybitnet.server").joinpath("page.html").read_text(encoding="utf-8")
+
+
+@public.get("/", include_in_schema=False)
+async def chat_page() -> HTMLResponse:
+    return HTMLResponse(_page())
+
+
+@public.get("/health")
+async def health(model: ModelDep, card: CardDep, scheduler: SchedulerDep) -> dict[str, Any]:
+    return {
+        "status": "ok" if scheduler.accepting else "draining",
+        "model": card.id,
+        "n_ctx": model.n_ctx,
+        "active": scheduler.active,
+        "queued": scheduler.queue_depth,
+        "max_batch": scheduler.max_batch,
+        "max_queue": scheduler.max_queue,
+        "kv_budget_tokens": scheduler.kv_budget_tokens,
+        "kv_used_tokens": scheduler.kv_used_tokens,
+    }
+
+
+@public.get("/health/live")
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@public.get("/health/ready")
+async def ready(scheduler: SchedulerDep) -> dict[str, str]:
+    if not scheduler.accepting:
+        raise APIError(503, "The server is shutting down.", type="server_error", code="unavailable")
+    if scheduler.queue_depth >= scheduler.max_queue:
+        raise APIError(503, "The queue is full.", type="server_error", code="queue_full")
+    return {"status": "ready"}
+
+
+@public.get("/metrics")
+async def prometheus(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@v1.get("/models")
+async def list_models(card: CardDep) -> dict[str, Any]:
+    return {"object": "list", "data": [card.body()]}
+
+
+@v1.get("/models/{name}")
+async def get_model(name: str, card: CardDep) -> dict[str, Any]:
+    if name != card.id:
+        raise APIError(
+            404,
+            f"The model {name!r} does not exist; this server has {card.id!r}.",
+            code="model_not_found",
+            param="model",
+        )
+    return card.body()
+
+
+@v1.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, serving: ServingDep
+) -> Answer:
+    return await serving.chat(body, request)
+
+
+@v1.post("/completions", response_model=None)
+async def completions(body: CompletionRequest, request: Request, serving: ServingDep) -> Answer:
+    return await serving.complete(body, request)
