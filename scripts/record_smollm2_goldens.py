@@ -6,10 +6,11 @@ tests/fixtures/smollm2/README.md), never from the test suite:
     /work/peer-venv/bin/python scripts/record_smollm2_goldens.py --model PATH/TO/SmolLM2.gguf
 
 One file, long because it records every golden of one peer (tokenizer, chat, logits,
-perplexity) in one run of that peer's environment. Writes tests/fixtures/smollm2/goldens.json: llama.cpp's tokenization, detokenization and chat
-renderings (for pybitnet.tokenizer / pybitnet.chat) and SmolLM2's logits, greedy continuations
-and perplexity (for the model code). Everything goes through libllama's C API (via
-llama_cpp.llama_cpp) so that weight repacking can be switched off (use_extra_bufts=false).
+perplexity) in one run of that peer's environment. Writes tests/fixtures/smollm2/goldens.json:
+llama.cpp's tokenization, detokenization and chat renderings (for pybitnet.tokenizer /
+pybitnet.chat) and SmolLM2's logits, greedy continuations and perplexity (for the model code).
+Everything goes through libllama's C API (via llama_cpp.llama_cpp) so that weight repacking can
+be switched off (use_extra_bufts=false).
 """
 
 from __future__ import annotations
