@@ -4,7 +4,7 @@ import sys
 
 import numpy as np
 import pytest
-from kernel_helpers import NATIVE_TIERS, pack_i2s
+from kernel_helpers import NATIVE_TIERS
 
 from pybitnet import kernels
 from pybitnet.errors import PyBitnetError
@@ -13,7 +13,6 @@ from pybitnet.errors import PyBitnetError
 STABLE_IDS = {
     f"{op}_{tier}"
     for op in (
-        "i2s_dequant",
         "bitlinear",
         "linear_f32",
         "linear_f16",
@@ -29,7 +28,7 @@ STABLE_IDS = {
         "attention",
     )
     for tier in ("avx512", "avx2", "scalar", "numpy")
-} | {"bitlinear_tl_avx512"}
+}
 
 
 def test_ids_are_stable():
@@ -55,12 +54,13 @@ def test_env_forces_the_reference_kernels_in_a_new_process():
 @pytest.mark.parametrize("tier", NATIVE_TIERS)
 def test_env_forces_a_tier(monkeypatch, tier):
     monkeypatch.setenv(kernels.ENV, tier)
-    assert kernels.get("i2s_dequant").id == f"i2s_dequant_{tier}"
+    assert kernels.get("rmsnorm").id == f"rmsnorm_{tier}"
 
 
-def test_env_with_an_unknown_tier_is_an_error(monkeypatch):
-    monkeypatch.setenv(kernels.ENV, "avx1024")
-    with pytest.raises(PyBitnetError, match="PYBITNET_KERNELS='avx1024' is not a kernel tier"):
+@pytest.mark.parametrize("value", ["avx1024"])
+def test_env_with_an_unknown_tier_is_an_error(monkeypatch, value):
+    monkeypatch.setenv(kernels.ENV, value)
+    with pytest.raises(PyBitnetError, match=f"PYBITNET_KERNELS='{value}' is not a kernel tier"):
         kernels.get("bitlinear")
 
 
@@ -71,22 +71,21 @@ def test_unknown_op_is_an_error():
 
 def test_calls_are_counted_only_inside_profile():
     bitlinear = kernels.get("bitlinear", "numpy")
-    dequant = kernels.get("i2s_dequant", "numpy")
+    norm = kernels.get("rmsnorm", "numpy")
     w = bitlinear.prepare(np.ones((8, 256), np.int8), np.ones((8, 1), np.float32))
     x = np.ones((1, 256), np.float32)
-    data = pack_i2s(np.ones(256, np.uint8), 1.0)
     bitlinear(x, w)
     with kernels.profile() as outer:
         bitlinear(x, w)
         with kernels.profile() as inner:
             bitlinear(x, w)
-            dequant(data, (2, 128))
+            norm(x, np.ones(256, np.float32), 1e-5)
     bitlinear(x, w)
     calls = {s["id"]: s["calls"] for s in outer.stats()}
-    assert calls == {"bitlinear_numpy": 2, "i2s_dequant_numpy": 1}
+    assert calls == {"bitlinear_numpy": 2, "rmsnorm_numpy": 1}
     assert {s["id"]: s["calls"] for s in inner.stats()} == {
         "bitlinear_numpy": 1,
-        "i2s_dequant_numpy": 1,
+        "rmsnorm_numpy": 1,
     }
     assert all(s["seconds"] > 0 for s in outer.stats())
 

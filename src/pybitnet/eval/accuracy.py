@@ -20,9 +20,7 @@ with the output layer as stored and as int8 rows, "q8") run the llama-perplexity
 text. Every row compares the logits at every position of every chunk with a float64 reference:
 engine rows with the reference on the same file; reference rows with the reference on the model's
 own file, which with identical weights must give a cosine of 1 and an error of 0 (a check of the
-re-encoding and of the comparison itself). The lookup-table kernel (bitlinear_tl) is not a path
-of the engine (it loses at decode; benchmarks/results/lut.json), so the report says so instead of
-measuring it; tests/kernels/test_lut.py holds it to the multiply-add kernel's exact results.
+re-encoding and of the comparison itself).
 """
 
 from __future__ import annotations
@@ -54,10 +52,6 @@ from pybitnet.gguf import GGUFFile, TensorSpec, write_gguf
 from pybitnet.model.reference import ReferenceModel
 
 TERNARY_PATHS = ("I2_S", "TQ2_0", "TQ1_0")
-LOOKUP_TABLE_NOTE = (
-    "TL (bitlinear_tl, lookup tables): not an engine path; its results equal bitlinear's "
-    "(tests/kernels/test_lut.py), its speed is in `pybitnet bench kernels`"
-)
 
 # The default text: a short story in the style the embedded TinyStories model was trained on,
 # written for this file.
@@ -229,7 +223,7 @@ def _measure(
         positions=source_ppl.n_chunks * n_ctx,
         reference_ppl=source_ppl.ppl,
         paths=rows,
-        skipped=[*skipped, LOOKUP_TABLE_NOTE],
+        skipped=skipped,
     )
 
 

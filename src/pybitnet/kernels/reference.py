@@ -12,11 +12,6 @@ from pybitnet import formats
 from pybitnet.errors import FormatError
 
 
-def i2s_dequant(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """float32 weights of `shape` from I2_S tensor data (codes, then the scale in the tail)."""
-    return formats.dequantize(formats.weight_type("I2_S"), data, shape)
-
-
 @dataclass(frozen=True)
 class TernaryCodes:
     """Ternary weights as the numpy BitLinear takes them: codes int8 (out, in) in {-1, 0, 1},
