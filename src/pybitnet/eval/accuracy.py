@@ -51,7 +51,7 @@ from pybitnet.generate import ForwardModel, Model
 from pybitnet.gguf import GGUFFile, TensorSpec, write_gguf
 from pybitnet.model.reference import ReferenceModel
 
-TERNARY_PATHS = ("I2_S", "TQ2_0", "TQ1_0")
+TERNARY_PATHS = formats.TERNARY  # every ternary format of the table
 
 # The default text: a short story in the style the embedded TinyStories model was trained on,
 # written for this file.

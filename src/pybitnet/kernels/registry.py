@@ -202,7 +202,7 @@ def _checked_prepare_packed(prepare: Callable[..., Any]) -> Callable[..., Any]:
 def _check_ternary_part(i: int, t: formats.WeightType, data: np.ndarray, rows: int, cols: int):
     where = f"ternary part {i} ({t.name}, {rows} rows of {cols})"
     if not t.ternary:
-        raise FormatError(f"{where}: {t.name} is not ternary; BitLinear reads TQ1_0, TQ2_0, I2_S")
+        raise FormatError(f"{where}: {t.name} is not ternary; BitLinear reads {formats.TERNARY}")
     if rows < 1:
         raise FormatError(f"{where}: a part holds at least one row")
     try:
@@ -222,8 +222,8 @@ def _check_scales(scales: np.ndarray, rows: int, cols: int, what: str) -> None:
         )
 
 
-# The float and Q formats a dense linear kernel reads in place (SPEC section 2).
-DENSE_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+# The float and Q formats a dense linear kernel reads in place: the table's non-ternary ones.
+DENSE_FORMATS = formats.DENSE
 
 
 def _native_prepare_dense(wtype: str, data: np.ndarray, shape: tuple[int, int]) -> Any:
