@@ -1,4 +1,4 @@
-"""BitLinear kernel microbenchmark: every tier against the numpy reference, beside the memory
+"""BitLinear kernel microbenchmark: every tier against the numpy tier, beside the memory
 read bandwidth it is bound by. Dense formats (F16, Q8_0, ...) time the float linear kernels and
 INT8 the int8 output head (weights quantized from F16), e.g. the 2B model's output layer:
 

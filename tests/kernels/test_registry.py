@@ -43,9 +43,9 @@ def test_the_best_supported_tier_is_selected(monkeypatch):
     assert set(kernels.supported_tiers()) <= set(kernels.TIERS)
 
 
-def test_env_forces_the_reference_kernels_in_a_new_process():
+def test_env_forces_the_numpy_kernels_in_a_new_process():
     code = "from pybitnet import kernels; print(kernels.get('bitlinear').id)"
-    env = {**os.environ, kernels.ENV: "reference"}
+    env = {**os.environ, kernels.ENV: "numpy"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "bitlinear_numpy"
@@ -57,7 +57,7 @@ def test_env_forces_a_tier(monkeypatch, tier):
     assert kernels.get("rmsnorm").id == f"rmsnorm_{tier}"
 
 
-@pytest.mark.parametrize("value", ["avx1024"])
+@pytest.mark.parametrize("value", ["avx1024", "reference"])
 def test_env_with_an_unknown_tier_is_an_error(monkeypatch, value):
     monkeypatch.setenv(kernels.ENV, value)
     with pytest.raises(PyBitnetError, match=f"PYBITNET_KERNELS='{value}' is not a kernel tier"):

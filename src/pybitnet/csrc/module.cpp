@@ -314,7 +314,7 @@ void bind_float_ops(nb::module_ &m) {
 }
 
 using Heads = Array<const float, nb::ndim<3>>;
-// One sequence of a batched attention call: (kc, vc, start, rows), as kernels/reference.py says.
+// One sequence of a batched attention call: (kc, vc, start, rows), as kernels/numpy_tier.py says.
 using Sequence = std::tuple<Array<float, nb::ndim<4>>, Array<float, nb::ndim<3>>, int64_t, int64_t>;
 
 template <typename A>

@@ -3,8 +3,8 @@ the native module: the shapes and sizes callers pass are checked here, once, for
 
 Every kernel has an id ``<op>_<tier>`` (``bitlinear_avx512``, ``linear_f16_numpy``). Tiers, best
 first: ``avx512`` (AVX-512 F/BW/VL/VNNI), ``avx2`` (AVX2, FMA, F16C), ``scalar`` (portable C++),
-``numpy`` (kernels/reference.py). ``get(op)`` picks the best tier this CPU runs; the environment
-variable PYBITNET_KERNELS forces one (``reference`` for numpy, or a tier name). Receipts take
+``numpy`` (kernels/numpy_tier.py). ``get(op)`` picks the best tier this CPU runs; the environment
+variable PYBITNET_KERNELS forces one by name (``numpy`` for the numpy kernels). Receipts take
 their kernel list from ``profile()``, never from a list written by hand.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from pybitnet import formats
 from pybitnet.errors import FormatError, PyBitnetError
-from pybitnet.kernels import reference
+from pybitnet.kernels import numpy_tier
 
 try:
     from pybitnet import _native
@@ -138,12 +138,9 @@ def _forced_tier() -> str | None:
     value = os.environ.get(ENV, "").strip().lower()
     if not value:
         return None
-    tier = "numpy" if value == "reference" else value
-    if tier not in TIERS:
-        raise PyBitnetError(
-            f"{ENV}={value!r} is not a kernel tier; use reference or one of {', '.join(TIERS)}"
-        )
-    return tier
+    if value not in TIERS:
+        raise PyBitnetError(f"{ENV}={value!r} is not a kernel tier; use one of {', '.join(TIERS)}")
+    return value
 
 
 def selected_tier() -> str:
@@ -287,7 +284,7 @@ def _native_rope(
 
 
 def _native_attention(
-    tier: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, seqs: Sequence[reference.AttentionSeq]
+    tier: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, seqs: Sequence[numpy_tier.AttentionSeq]
 ) -> np.ndarray:
     f32 = np.float32
     q, k, v = (
@@ -299,9 +296,9 @@ def _native_attention(
 
 
 def _run(tier: str, name: str) -> Callable[..., Any]:
-    """The numpy function `name` of kernels/reference.py, or the native one on `tier`."""
+    """The numpy function `name` of kernels/numpy_tier.py, or the native one on `tier`."""
     if tier == "numpy":
-        return getattr(reference, name)
+        return getattr(numpy_tier, name)
     native = {
         "rmsnorm": partial(_native.rmsnorm, tier),
         "gated": partial(_native.gated, tier),
@@ -318,8 +315,8 @@ def _make(op: str, tier: str) -> Kernel:
     on_numpy = tier == "numpy"
     if op == "bitlinear":
         if on_numpy:
-            run, prepare = reference.bitlinear, reference.prepare_ternary
-            packed = reference.prepare_ternary_packed
+            run, prepare = numpy_tier.bitlinear, numpy_tier.prepare_ternary
+            packed = numpy_tier.prepare_ternary_packed
         else:
             run, prepare = partial(_native_bitlinear, tier), _native_prepare
             packed = _native_prepare_packed
@@ -334,14 +331,14 @@ def _make(op: str, tier: str) -> Kernel:
     if op.startswith("linear_"):
         wtype = "int8" if op == "linear_int8" else op.removeprefix("linear_").upper()
         if op == "linear_int8":
-            run = reference.int8_linear if on_numpy else partial(_native_linear, tier, op)
-            prepare = reference.prepare_int8 if on_numpy else partial(_native_prepare_int8, tier)
+            run = numpy_tier.int8_linear if on_numpy else partial(_native_linear, tier, op)
+            prepare = numpy_tier.prepare_int8 if on_numpy else partial(_native_prepare_int8, tier)
             # prepare(wtype, data, shape): quantizes any dense matrix to int8 rows
             return Kernel(kid, op, tier, _checked_linear(op, run), _checked_prepare_dense(prepare))
         if wtype in DENSE_FORMATS:
-            run = reference.linear if on_numpy else partial(_native_linear, tier, op)
+            run = numpy_tier.linear if on_numpy else partial(_native_linear, tier, op)
             prepare = _checked_prepare_dense(
-                reference.prepare_dense if on_numpy else _native_prepare_dense
+                numpy_tier.prepare_dense if on_numpy else _native_prepare_dense
             )
             return Kernel(kid, op, tier, _checked_linear(op, run), partial(prepare, wtype))
     if op in ("embedding", "rmsnorm", "rope", "gated", "attention"):
