@@ -126,7 +126,7 @@ def test_codes_outside_ternary_are_rejected(tier, rng):
         kernels.get("bitlinear", tier).prepare(codes, scales)
 
 
-@pytest.mark.parametrize("fmt", ["I2_S", "TQ1_0", "TQ2_0"])
+@pytest.mark.parametrize("fmt", formats.TERNARY)
 @pytest.mark.parametrize("tier", NATIVE_TIERS)
 def test_weights_read_from_each_ternary_format(fmt, tier, rng):
     wtype = formats.weight_type(fmt)

@@ -80,7 +80,7 @@ class KernelWorkload:
                 f"codec format {unknown[0]!r} is unknown; pybitnet.formats has "
                 f"{', '.join(ALL_FORMATS)}"
             )
-        stored = [(shape, fmt) for shape in self.shapes for fmt in (*self.formats, "I2_S")]
+        stored = [(shape, fmt) for shape in self.shapes for fmt in self.formats]
         stored += [(self.codec_shape, fmt) for fmt in self.codecs]
         for (rows, cols), fmt in stored:
             try:

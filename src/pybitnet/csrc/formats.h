@@ -22,7 +22,7 @@ struct FormatTraits {
     const char *name;
     int id;
     int64_t block_size;  // elements per block
-    int64_t type_size;   // bytes per block (I2_S: a 128-element block's codes; see tensor_bytes)
+    int64_t type_size;   // bytes per block (I2_S: a 128-element block's codes; then a tail)
     bool ternary;        // read by TernaryMatrix (BitLinear), else by DenseMatrix
 };
 
@@ -62,12 +62,6 @@ static_assert(format_of(kTQ1_0).block_size == format_of(kTQ2_0).block_size);
 // Bytes of one row of `cols` elements (whole blocks) of a dense format.
 constexpr int64_t row_bytes(const FormatTraits &f, int64_t cols) {
     return cols / f.block_size * f.type_size;
-}
-
-// Bytes of a rows x cols tensor (ggml's size formula; I2_S: the codes of the whole tensor, then
-// its tail).
-constexpr int64_t tensor_bytes(const FormatTraits &f, int64_t rows, int64_t cols) {
-    return f.id == kI2_S ? rows * cols / 4 + kI2sTailBytes : rows * row_bytes(f, cols);
 }
 
 }  // namespace pybitnet

@@ -296,12 +296,13 @@ def _encode(f: GGUFFile, name: str, fmt: WeightType) -> tuple[np.ndarray, np.flo
     distinct = np.unique(block_scales[used] * extra)
     if len(distinct) <= 1:
         s = distinct[0] if len(distinct) else np.float32(0)
-        if fmt.name == "I2_S":
+        if fmt.tensor_scale:
             return formats.quantize(fmt, codes * s), None
         return formats.quantize(fmt, codes.astype(np.float32)), s  # blocks of d = 1
-    if fmt.name == "I2_S":
+    if fmt.tensor_scale:
         raise FormatError(
-            f"tensor {name} has {len(distinct)} different block scales; I2_S holds one per tensor"
+            f"tensor {name} has {len(distinct)} different block scales; "
+            f"{fmt.name} holds one per tensor"
         )
     # TQ to TQ: the blocks keep their float16 scales, the tensor its `.scale`.
     values = codes * np.repeat(block_scales, codes.shape[1] // groups, axis=1)

@@ -34,6 +34,7 @@ class WeightType:
     ternary: bool  # BitLinear weights (codes and scales), else a float linear layer's
     file_type: int  # general.file_type of a model whose linear weights are of this type
     codec: ModuleType = field(repr=False, compare=False)  # quantize, dequantize (unpack, scales)
+    tensor_scale: bool = False  # ternary with one float32 scale a tensor (else one a block)
 
 
 # file_type: llama.cpp's LLAMA_FTYPE_MOSTLY_* values, and bitnet.cpp's 40 for I2_S.
@@ -50,7 +51,7 @@ TYPES: dict[int, WeightType] = {
         WeightType("TQ2_0", 35, 256, 66, True, 37, tq2_0),
         # bitnet.cpp's I2_S: 4 codes per byte in 128-element blocks, then a 32-byte tail whose
         # first 4 bytes are the float32 per-tensor scale (SPEC section 2).
-        WeightType("I2_S", 36, 128, 32, True, 40, i2_s),
+        WeightType("I2_S", 36, 128, 32, True, 40, i2_s, tensor_scale=True),
     )
 }
 TERNARY = tuple(t.name for t in TYPES.values() if t.ternary)
