@@ -17,9 +17,10 @@ thread count runs in a process of its own (for its peak RSS), its load time meas
 Columns:
 - bound: decode tok/s if every weight byte of a token (the engine's own layout) were read once
   at the read bandwidth measured here with the same threads; tg % is tg128 / bound. The probe
-  (_native.read_all, a plain summing loop) is a floor of the bandwidth, not its peak: the
-  weight kernels, which prefetch and read huge pages, stream faster (tg % over 100%: on this
-  machine ~35 GB/s probed, ~41-48 GB/s reached by the 2-thread decode);
+  (benchmarks/kernels.py's read_bandwidth: numpy maxima over slices, one a thread) is a floor
+  of the bandwidth, not its peak: the weight kernels, which prefetch and read huge pages,
+  stream faster (tg % over 100%: on this machine ~35 GB/s probed by the old native summing
+  loop, ~41-48 GB/s reached by the 2-thread decode);
 - x8: the 8 sequences' tokens per second together; x8/x1 = x8 / tg128, the most the server's
   batching can gain (one sequence's decode is bound by memory bandwidth, 8 sequences' by
   compute);

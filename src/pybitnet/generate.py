@@ -31,7 +31,7 @@ class Completion:
 
 class Model:
     """A GGUF model ready to generate text: tokenizer, weights and the engine's forward pass
-    (native kernels; numpy ones under PYBITNET_KERNELS=reference). ``output_head="q8"`` holds
+    (native kernels; numpy ones under PYBITNET_KERNELS=numpy). ``output_head="q8"`` holds
     the output layer as int8 rows (see Engine)."""
 
     def __init__(

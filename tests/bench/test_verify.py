@@ -273,12 +273,12 @@ ALTERATIONS = {
         "more than the .* s of wall time",
     ),
     "hand-written list, no BitLinear": (
-        kernels_as(("i2s_dequant_avx512", 4, 0.01)),
+        kernels_as(("rmsnorm_avx512", 4, 0.01)),
         "kernel_counters",
         "no bitlinear kernel ran",
     ),
     "hand-written list, a kernel that never ran": (
-        kernels_as(("bitlinear_avx512", HONEST_CALLS, 1.0), ("i2s_dequant_avx2", 0, 0.0)),
+        kernels_as(("bitlinear_avx512", HONEST_CALLS, 1.0), ("rmsnorm_avx2", 0, 0.0)),
         "kernel_counters",
         "with no calls or no time",
     ),
@@ -413,10 +413,10 @@ def test_replay_compares_ids_and_kernel_set(monkeypatch, tmp_path):
     monkeypatch.setattr(verify_files, "replay_workload", lambda d, path: result)
     assert v.check_receipt(doc, replay=True).verdict("replay") == v.Verdict.PASS
     result[0][0][5] += 1
-    result[1].add("i2s_dequant_avx512")
+    result[1].add("rmsnorm_avx512")
     detail = failed(v.check_receipt(doc, replay=True))["replay"]
     assert "sequence 0 differs from position 5" in detail
-    assert "the replay ran kernels ['bitlinear_avx512', 'i2s_dequant_avx512']" in detail
+    assert "the replay ran kernels ['bitlinear_avx512', 'rmsnorm_avx512']" in detail
 
 
 def test_replay_needs_the_model_file_and_the_prompts(tmp_path):

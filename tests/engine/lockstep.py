@@ -19,7 +19,7 @@ import numpy as np
 from pybitnet.engine import Engine
 from pybitnet.gguf import open_gguf
 from pybitnet.kernels import Kernel
-from pybitnet.kernels import reference as numpy_kernels
+from pybitnet.kernels import numpy_tier as numpy_kernels
 from pybitnet.model import ModelConfig, ReferenceModel, Weights
 from pybitnet.model import reference as R
 

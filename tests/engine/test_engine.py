@@ -17,7 +17,7 @@ from pybitnet.engine import Engine
 from pybitnet.engine.forward import PREFILL_CHUNK
 from pybitnet.engine.layers import Linear
 from pybitnet.errors import ModelError
-from pybitnet.kernels import reference as numpy_kernels
+from pybitnet.kernels import numpy_tier as numpy_kernels
 from pybitnet.model import ReferenceModel
 from pybitnet.model.weights import Tensor
 
@@ -178,7 +178,7 @@ def test_forward_batch_equals_one_sequence_at_a_time(path):
 
 
 def test_reference_kernels_run_the_engine_end_to_end(monkeypatch):
-    monkeypatch.setenv(kernels.ENV, "reference")
+    monkeypatch.setenv(kernels.ENV, "numpy")
     weights = load(PEERS[2])
     engine = Engine(weights)
     ids = prompt(weights)

@@ -65,7 +65,7 @@ def test_the_report_covers_every_ternary_path_and_head(report):
     assert report.n_chunks == len(tokens) // N_CTX == 3
     assert report.positions == report.n_chunks * N_CTX
     assert report.kernel_tier == kernels.selected_tier()
-    assert report.skipped == [acc.LOOKUP_TABLE_NOTE]
+    assert report.skipped == []
 
 
 def test_reference_rows_show_no_difference_on_identical_weights(report):

@@ -6,7 +6,7 @@ import pytest
 from kernel_helpers import NATIVE_TIERS
 
 from pybitnet import formats, kernels
-from pybitnet.kernels import reference
+from pybitnet.kernels import numpy_tier
 from pybitnet.kernels.registry import DENSE_FORMATS
 
 TIERS = [*NATIVE_TIERS, "numpy"]
@@ -61,15 +61,16 @@ def test_int8_linear_equals_numpy_bit_for_bit(tier, rng):
         data[: 2 * cols] = 0  # an all-zero row: scale 0, no division by zero
         kernel = kernels.get("linear_int8", tier)
         prepared = kernel.prepare("F16", data, (rows, cols))
-        expected_w = reference.prepare_int8("F16", data, (rows, cols))
+        expected_w = numpy_tier.prepare_int8("F16", data, (rows, cols))
         for n in BATCHES:
             x = rng.standard_normal((n, cols)).astype(np.float32)
-            np.testing.assert_array_equal(kernel(x, prepared), reference.int8_linear(x, expected_w))
+            expected = numpy_tier.int8_linear(x, expected_w)
+            np.testing.assert_array_equal(kernel(x, prepared), expected)
 
 
 def test_int8_weights_are_rounded_per_row(rng):
     data, w = dense_matrix(rng, "F32", 7, 64)
-    q8 = reference.prepare_int8("F32", data, (7, 64))
+    q8 = numpy_tier.prepare_int8("F32", data, (7, 64))
     assert np.abs(q8.q).max(axis=1).tolist() == [127] * 7
     assert np.all(np.abs(q8.q * q8.scales[:, None] - w) <= q8.scales[:, None] / 2 * (1 + 1e-6))
 
@@ -79,7 +80,7 @@ def test_rmsnorm(tier, rng):
     for n, dim in [(1, 1), (3, 17), (5, 256), (40, 2560)]:
         x = (rng.standard_normal((n, dim)) * rng.uniform(0.01, 100, (n, 1))).astype(np.float32)
         w = rng.uniform(0.5, 1.5, dim).astype(np.float32)
-        expected = reference.rmsnorm(x.astype(np.float64), w, 1e-5)
+        expected = numpy_tier.rmsnorm(x.astype(np.float64), w, 1e-5)
         y = kernels.get("rmsnorm", tier)(x, w, 1e-5)
         np.testing.assert_allclose(y, expected, rtol=2e-6, atol=1e-7)
 
@@ -91,7 +92,7 @@ def test_rope_rotates_pairs_in_place(tier, neox, rope_dim, rng):
     x = rng.standard_normal((5, 3, 64)).astype(np.float32)
     angles = rng.uniform(-100, 100, (5, rope_dim // 2))
     cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
-    expected = reference.rope(x.astype(np.float64), cos, sin, rope_dim, neox)
+    expected = numpy_tier.rope(x.astype(np.float64), cos, sin, rope_dim, neox)
     y = kernels.get("rope", tier)(x, cos, sin, rope_dim, neox)
     assert y is x
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
@@ -105,7 +106,7 @@ def test_gated(tier, act, rng):
         g = (rng.standard_normal((1, count)) * 10).astype(np.float32)
         g[0, :3] = [-100.0, 100.0, 0.0][:count] if count >= 3 else g[0, :3]
         u = rng.standard_normal((1, count)).astype(np.float32)
-        expected = reference.gated(act, g.astype(np.float64), u)
+        expected = numpy_tier.gated(act, g.astype(np.float64), u)
         y = kernels.get("gated", tier)(act, g, u)
         np.testing.assert_allclose(y, expected, rtol=2e-6, atol=1e-30)
 
@@ -116,7 +117,7 @@ def cache_for(rng, n_kv, d, ctx, start, n):
     kc = np.full((n_kv, ctx // 16, d, 16), 1e4, np.float32)
     vc = np.full((n_kv, ctx, d), np.nan, np.float32)
     old = [rng.standard_normal((start, n_kv, d)).astype(np.float32) for _ in range(2)]
-    reference.store_kv(*old, kc, vc, 0)
+    numpy_tier.store_kv(*old, kc, vc, 0)
     k, v = (rng.standard_normal((n, n_kv, d)).astype(np.float32) for _ in range(2))
     return k, v, kc, vc
 
@@ -124,7 +125,7 @@ def cache_for(rng, n_kv, d, ctx, start, n):
 def test_store_kv_layout(rng):
     k, v, kc, vc = cache_for(rng, 2, 8, 48, 0, 0)
     k, v = rng.standard_normal((2, 20, 2, 8)).astype(np.float32)
-    reference.store_kv(k, v, kc, vc, 13)
+    numpy_tier.store_kv(k, v, kc, vc, 13)
     for i, pos in enumerate(range(13, 33)):
         np.testing.assert_array_equal(kc[:, pos // 16, :, pos % 16], k[i])
         np.testing.assert_array_equal(vc[:, pos], v[i])
@@ -141,11 +142,11 @@ def test_attention_is_causal_softmax_with_grouped_heads(tier, n, start, heads, n
     k, v, kc, vc = cache_for(rng, n_kv, d, ctx, start, n)
     q = rng.standard_normal((n, heads, d)).astype(np.float32)
     kc64, vc64 = kc.astype(np.float64), vc.astype(np.float64)
-    expected = reference.attention(q.astype(np.float64), k, v, [(kc64, vc64, start, n)])
+    expected = numpy_tier.attention(q.astype(np.float64), k, v, [(kc64, vc64, start, n)])
     y = kernels.get("attention", tier)(q, k, v, [(kc, vc, start, n)])
     assert y.shape == (n, heads * d)
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=2e-6)
-    # the kernel stored the new keys and values as the reference did, and nothing else
+    # the kernel stored the new keys and values as the numpy tier did, and nothing else
     np.testing.assert_array_equal(kc, kc64.astype(np.float32))
     np.testing.assert_array_equal(vc, vc64.astype(np.float32))
 
@@ -201,7 +202,7 @@ def test_numpy_attention_matches_the_model_reference(rng):
     n, start, heads, n_kv, d = 6, 3, 6, 2, 16
     k, v, kc, vc = cache_for(rng, n_kv, d, 32, start, n)
     q = rng.standard_normal((n, heads, d))
-    y = reference.attention(q, k, v, [(kc, vc, start, n)])
+    y = numpy_tier.attention(q, k, v, [(kc, vc, start, n)])
     keys = kc.transpose(0, 1, 3, 2).reshape(n_kv, 32, d)[:, : start + n].transpose(1, 0, 2)
     values = vc[:, : start + n].transpose(1, 0, 2)
     expected = model_reference.attention(

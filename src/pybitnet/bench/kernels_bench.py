@@ -1,11 +1,10 @@
 """`pybitnet bench kernels`: microbenchmarks of the registry's kernels, written as receipts.
 
 For each ternary format and weight shape (out x in, numpy order), the BitLinear kernel as a
-GEMV (one activation row: decode) and as a GEMM (several rows: prefill, batching); for each
-shape, the registry's I2_S dequantization kernel (native where the CPU runs a native tier); then,
-on one shape (`codec_shape`, as the numpy code is slow), the quantize and dequantize of each
-format of `codecs` by pybitnet.formats (their numpy code; codec runs, not kernel runs: they
-are no kernel of the registry). Throughput is
+GEMV (one activation row: decode) and as a GEMM (several rows: prefill, batching); then, on one
+shape (`codec_shape`, as the numpy code is slow), the quantize and dequantize of each format of
+`codecs` by pybitnet.formats (numpy; codec runs, not kernel runs: they are no kernel of the
+registry). Throughput is
 elements per second: weights x activation rows for BitLinear, weights for (de)quantization.
 Weights are random ternary values stored in the format and read back, as a model's would be.
 The weights of one case stay in the caches between calls, so these are the kernels' compute
@@ -81,7 +80,7 @@ class KernelWorkload:
                 f"codec format {unknown[0]!r} is unknown; pybitnet.formats has "
                 f"{', '.join(ALL_FORMATS)}"
             )
-        stored = [(shape, fmt) for shape in self.shapes for fmt in (*self.formats, "I2_S")]
+        stored = [(shape, fmt) for shape in self.shapes for fmt in self.formats]
         stored += [(self.codec_shape, fmt) for fmt in self.codecs]
         for (rows, cols), fmt in stored:
             try:
@@ -155,7 +154,7 @@ def run_kernel_bench(workload: KernelWorkload, step: Step | None = None) -> dict
 
 def case_count(workload: KernelWorkload) -> int:
     """How many runs (and progress steps) the workload makes."""
-    per_shape = len(workload.formats) * len(workload.batches) * len(_ternary_kernels()) + 1
+    per_shape = len(workload.formats) * len(workload.batches)
     cases = len(workload.shapes) * per_shape + 2 * len(workload.codecs)
     return cases * len(workload.threads)
 
@@ -163,28 +162,22 @@ def case_count(workload: KernelWorkload) -> int:
 def _cases(workload: KernelWorkload) -> Iterator[Case]:
     """The cases one at a time, so that only one case's weights are in memory."""
     rng = np.random.default_rng(workload.seed)
-    dequant = kernels.get("i2s_dequant")
+    bitlinear = kernels.get("bitlinear")
     for rows, cols in workload.shapes:
         shape = (rows, cols)
         weights = _weights(rng, shape)
         for fmt in workload.formats:
             codes, scales = formats.unpack_ternary(fmt, formats.quantize(fmt, weights), shape)
-            for kernel, suffix in _ternary_kernels():
-                prepared = kernel.prepare(codes, scales)
-                for batch in workload.batches:
-                    x = rng.standard_normal((batch, cols)).astype(np.float32)
-                    kind = "gemv" if batch == 1 else f"gemm{batch}"
-                    name = f"{kind} {fmt} {rows}x{cols}{suffix}"
-                    yield Case(
-                        name,
-                        partial(kernel, x, prepared),
-                        partial(_kernel_run, name, kernel.id, (batch, *shape)),
-                    )
-        name = f"dequant I2_S {rows}x{cols}"
-        data = formats.quantize("I2_S", weights)
-        yield Case(
-            name, partial(dequant, data, shape), partial(_kernel_run, name, dequant.id, shape)
-        )
+            prepared = bitlinear.prepare(codes, scales)
+            for batch in workload.batches:
+                x = rng.standard_normal((batch, cols)).astype(np.float32)
+                kind = "gemv" if batch == 1 else f"gemm{batch}"
+                name = f"{kind} {fmt} {rows}x{cols}"
+                yield Case(
+                    name,
+                    partial(bitlinear, x, prepared),
+                    partial(_kernel_run, name, bitlinear.id, (batch, *shape)),
+                )
     if workload.codecs:
         shape = workload.codec_shape
         weights = _weights(rng, shape)
@@ -196,16 +189,6 @@ def _cases(workload: KernelWorkload) -> Iterator[Case]:
             ):
                 name = f"{direction} {fmt} {shape[0]}x{shape[1]}"
                 yield Case(name, call, partial(_codec_run, name, fmt, direction, shape))
-
-
-def _ternary_kernels() -> list[tuple[kernels.Kernel, str]]:
-    """The BitLinear kernels to time, with their run-name suffix: the multiply-add one, and the
-    lookup-table one where the selected tier has it (avx512; the engine does not use it, see
-    benchmarks/results/lut.json, so it is measured here for a machine where it might win)."""
-    found = [(kernels.get("bitlinear"), "")]
-    if kernels.selected_tier() == "avx512":
-        found.append((kernels.get("bitlinear_tl"), " tl"))
-    return found
 
 
 def _weights(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:

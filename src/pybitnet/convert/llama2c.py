@@ -234,7 +234,7 @@ def _ternary_specs(
     codes, scale = ckpt.matrix(kind, layer)
     if kind in ("wq", "wk"):
         codes = _split_halves_rows(codes, out_f // ckpt.head_size)
-    if wtype.name == "I2_S":  # its per-tensor float32 scale holds the checkpoint's exactly
+    if wtype.tensor_scale:  # its per-tensor float32 scale (I2_S) holds the checkpoint's exactly
         values = codes.astype(np.float32) * np.float32(scale)
         return [TensorSpec(name + ".weight", codes.shape, wtype.name, quantize(wtype, values))]
     # TQ1_0/TQ2_0 blocks of +-1 (d = 1) and the exact scale in a `.scale` tensor: their f16 block

@@ -12,21 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from pybitnet import formats
 from pybitnet.errors import ModelError
 
-# general.file_type ("mostly <type>") by the type of the linear weights: llama.cpp's
-# LLAMA_FTYPE_* values, and bitnet.cpp's 40 for I2_S.
-FILE_TYPES = {
-    "F32": 0,
-    "F16": 1,
-    "Q4_0": 2,
-    "Q4_1": 3,
-    "Q8_0": 7,
-    "BF16": 32,
-    "TQ1_0": 36,
-    "TQ2_0": 37,
-    "I2_S": 40,
-}
+# general.file_type ("mostly <type>") by the type of the linear weights: a column of the format
+# table (llama.cpp's LLAMA_FTYPE_* values, and bitnet.cpp's 40 for I2_S).
+FILE_TYPES = {t.name: t.file_type for t in formats.TYPES.values()}
 
 # Token types, the same numbers in SentencePiece's ModelProto and in GGUF.
 NORMAL, UNKNOWN, CONTROL, BYTE = 1, 2, 3, 6

@@ -12,6 +12,13 @@ constexpr int R = kTileRows;
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// A Q block is one decoded chunk (formats.h holds the sizes; constants, so that no function of
+// formats.h is compiled into a tier unit).
+static_assert(format_of(kQ8_0).block_size == kDenseChunk);
+constexpr int64_t kQ8_0Bytes = format_of(kQ8_0).type_size;
+constexpr int64_t kQ4_0Bytes = format_of(kQ4_0).type_size;
+constexpr int64_t kQ4_1Bytes = format_of(kQ4_1).type_size;
+
 // ---- dense matrices (SPEC section 2 layouts, decoded as gguf.quants.dequantize does) ----
 
 // Columns 32c .. 32c + 31 of row r of w as floats (zeros past the row's end).
@@ -20,12 +27,12 @@ inline void decode_chunk(const DenseView &w, int64_t r, int64_t c, float *out) {
     const int64_t k0 = int64_t{kDenseChunk} * c;
     const int64_t live = min64(kDenseChunk, w.cols - k0);
     switch (w.fmt) {
-    case 0: {  // F32
+    case kF32: {
         const float *src = reinterpret_cast<const float *>(row) + k0;
         for (int64_t i = 0; i < kDenseChunk; ++i) out[i] = i < live ? src[i] : 0.0f;
         break;
     }
-    case 1: {  // F16
+    case kF16: {
         const uint16_t *src = reinterpret_cast<const uint16_t *>(row) + k0;
         if (live == kDenseChunk) {
             for (int i = 0; i < kDenseChunk; i += Vf::N) Vf::store(out + i, Vf::load_f16(src + i));
@@ -34,7 +41,7 @@ inline void decode_chunk(const DenseView &w, int64_t r, int64_t c, float *out) {
         }
         break;
     }
-    case 30: {  // BF16: the high half of a float32
+    case kBF16: {  // the high half of a float32
         const uint16_t *src = reinterpret_cast<const uint16_t *>(row) + k0;
         for (int64_t i = 0; i < kDenseChunk; ++i) {
             const uint32_t bits = i < live ? static_cast<uint32_t>(src[i]) << 16 : 0u;
@@ -42,8 +49,8 @@ inline void decode_chunk(const DenseView &w, int64_t r, int64_t c, float *out) {
         }
         break;
     }
-    case 8: {  // Q8_0: f16 d, 32 int8; q * d
-        const uint8_t *b = row + 34 * c;
+    case kQ8_0: {  // f16 d, 32 int8; q * d
+        const uint8_t *b = row + kQ8_0Bytes * c;
         uint16_t h;
         memcpy(&h, b, 2);
         const float d = Vf::half(h);
@@ -51,8 +58,8 @@ inline void decode_chunk(const DenseView &w, int64_t r, int64_t c, float *out) {
         for (int i = 0; i < 32; ++i) out[i] = static_cast<float>(q[i]) * d;
         break;
     }
-    case 2: {  // Q4_0: f16 d, 16 bytes (low nibbles 0..15, high 16..31); (q - 8) * d
-        const uint8_t *b = row + 18 * c;
+    case kQ4_0: {  // f16 d, 16 bytes (low nibbles 0..15, high 16..31); (q - 8) * d
+        const uint8_t *b = row + kQ4_0Bytes * c;
         uint16_t h;
         memcpy(&h, b, 2);
         const float d = Vf::half(h);
@@ -62,8 +69,8 @@ inline void decode_chunk(const DenseView &w, int64_t r, int64_t c, float *out) {
         }
         break;
     }
-    case 3: {  // Q4_1: f16 d, f16 m, 16 bytes as Q4_0; q * d + m
-        const uint8_t *b = row + 20 * c;
+    case kQ4_1: {  // f16 d, f16 m, 16 bytes as Q4_0; q * d + m
+        const uint8_t *b = row + kQ4_1Bytes * c;
         uint16_t h[2];
         memcpy(h, b, 4);
         const float d = Vf::half(h[0]), m = Vf::half(h[1]);
@@ -74,7 +81,7 @@ inline void decode_chunk(const DenseView &w, int64_t r, int64_t c, float *out) {
         break;
     }
     default:
-        for (int i = 0; i < kDenseChunk; ++i) out[i] = NAN;  // the binding checks fmt first
+        for (int i = 0; i < kDenseChunk; ++i) out[i] = NAN;  // DenseMatrix takes dense formats only
     }
 }
 
@@ -240,10 +247,10 @@ inline void dense_tile_many(const DenseView &w, const float *x, int64_t n, int64
 void dense_matmul(const DenseView &w, const float *x, int64_t n, int64_t r0, int64_t r1,
                   float *y) {
     const int64_t kc = (w.cols + kDenseChunk - 1) / kDenseChunk * kDenseChunk;
-    if (n == 1 && w.fmt == 1 && w.cols % kDenseChunk == 0) {
+    if (n == 1 && w.fmt == kF16 && w.cols % kDenseChunk == 0) {
         f16_rows(w, x, r0, min64(r1, w.rows), y);  // one stream: faster still
     } else if (n <= kStreamRows) {
-        if (w.fmt == 1)
+        if (w.fmt == kF16)
             dense_stream<true>(w, x, n, kc, r0, r1, y);
         else
             dense_stream<false>(w, x, n, kc, r0, r1, y);

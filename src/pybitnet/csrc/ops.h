@@ -1,5 +1,5 @@
 #pragma once
-// Drivers of the float kernels: argument checks are the binding's; these split the work over
+// Drivers of the float kernels: argument checks are the registry's and the binding's; these split the work over
 // the thread pool and own the scratch memory.
 #include <cstdint>
 #include <memory>

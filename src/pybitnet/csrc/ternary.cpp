@@ -13,6 +13,10 @@
 namespace pybitnet {
 
 namespace {
+constexpr int64_t kTqBlock = format_of(kTQ2_0).block_size;  // TQ1_0's too (formats.h)
+constexpr int64_t kTq2Bytes = format_of(kTQ2_0).type_size, kTq1Bytes = format_of(kTQ1_0).type_size;
+constexpr int64_t kI2sBlock = format_of(kI2_S).block_size, kI2sBlockBytes = format_of(kI2_S).type_size;
+
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // Splits [0, n) into about four pieces per thread (multiples of `align`) for the pool to share.
@@ -82,17 +86,17 @@ bool has_code3(const uint8_t *b, int64_t n) {
 
 // The 2-bit code (0..2 valid) of element e of a part.
 int code_at(int fmt, const uint8_t *data, int64_t cols, int64_t r, int64_t c) {
-    if (fmt == 36) {  // I2_S: flat 128-element blocks, byte e % 32 at shift 6 - 2 * (e % 128 / 32)
+    if (fmt == kI2_S) {  // flat 128-element blocks, byte e % 32 at shift 6 - 2 * (e % 128 / 32)
         const int64_t e = r * cols + c;
-        return (data[(e >> 7) * 32 + (e & 31)] >> (6 - 2 * ((e >> 5) & 3))) & 3;
+        return (data[e / kI2sBlock * kI2sBlockBytes + (e & 31)] >> (6 - 2 * ((e >> 5) & 3))) & 3;
     }
-    const int64_t j = c % 256;
-    if (fmt == 35) {  // TQ2_0: element 128 a + 32 l + k in bits 2l of byte 32 a + k
-        const uint8_t *qs = data + (r * (cols / 256) + c / 256) * 66;
+    const int64_t j = c % kTqBlock;
+    if (fmt == kTQ2_0) {  // element 128 a + 32 l + k in bits 2l of byte 32 a + k
+        const uint8_t *qs = data + (r * (cols / kTqBlock) + c / kTqBlock) * kTq2Bytes;
         return (qs[(j / 128) * 32 + j % 32] >> (2 * (j % 128 / 32))) & 3;
     }
     // TQ1_0: base-3 digits, most significant first (formats/tq1_0.py)
-    const uint8_t *qs = data + (r * (cols / 256) + c / 256) * 54;
+    const uint8_t *qs = data + (r * (cols / kTqBlock) + c / kTqBlock) * kTq1Bytes;
     int byte, digit;
     if (j < 160) {
         byte = j % 32, digit = j / 32;
@@ -162,13 +166,13 @@ TernaryMatrix::TernaryMatrix(const std::vector<Packed> &parts, int64_t cols, con
     for (size_t i = 0; i < parts.size(); ++i) {
         const Packed &p = parts[i];
         const int64_t n = p.rows * cols;
-        const bool code3 = p.fmt == 36   ? has_code3(p.data, n / 4)
-                           : p.fmt == 35 ? [&] {
-                                 for (int64_t b = 0; b < n / 256; ++b)
-                                     if (has_code3(p.data + 66 * b, 64)) return true;
+        const bool code3 = p.fmt == kI2_S    ? has_code3(p.data, n / 4)
+                           : p.fmt == kTQ2_0 ? [&] {
+                                 for (int64_t b = 0; b < n / kTqBlock; ++b)
+                                     if (has_code3(p.data + kTq2Bytes * b, kTqBlock / 4)) return true;
                                  return false;
                              }()
-                                         : false;
+                                             : false;
         if (code3) {  // find the first one, for the error message
             for (int64_t e = 0; e < n && *bad < 0; ++e)
                 if (code_at(p.fmt, p.data, cols, e / cols, e % cols) == 3) *bad = e;
@@ -176,25 +180,25 @@ TernaryMatrix::TernaryMatrix(const std::vector<Packed> &parts, int64_t cols, con
             return;
         }
     }
-    const bool i2s_fast = cols % 128 == 0, tq2_fast = true;
+    const bool i2s_fast = cols % kI2sBlock == 0, tq2_fast = true;
     pool()->run(round_up(rows_, kTileRows) / kTileRows, [&](int64_t t) {
         // Whole tiles inside one part with a fast path are shuffled bytewise.
         int64_t first = 0;
         size_t pi = 0;
         while (pi < parts.size() && t * kTileRows >= first + parts[pi].rows) first += parts[pi++].rows;
         const bool whole = pi < parts.size() && (t + 1) * kTileRows <= first + parts[pi].rows;
-        if (whole && ((parts[pi].fmt == 36 && i2s_fast) || (parts[pi].fmt == 35 && tq2_fast))) {
+        if (whole && ((parts[pi].fmt == kI2_S && i2s_fast) || (parts[pi].fmt == kTQ2_0 && tq2_fast))) {
             const Packed &p = parts[pi];
             uint8_t *dst = codes_.get() + t * kTileRows * kp_ / 4;
             for (int i = 0; i < kTileRows; ++i) {
                 const int64_t r = t * kTileRows + i - first;
                 for (int64_t g = 0; g < kp_ / 256; ++g) {
                     uint8_t *out = dst + (g * kTileRows + i) * 64;
-                    if (p.fmt == 35) {
-                        tq2_group(p.data + (r * (cols / 256) + g) * 66, out);
+                    if (p.fmt == kTQ2_0) {
+                        tq2_group(p.data + (r * (cols / kTqBlock) + g) * kTq2Bytes, out);
                     } else {
-                        const uint8_t *a = p.data + (r * cols / 128 + 2 * g) * 32;
-                        i2s_group(a, 256 * g + 128 < cols ? a + 32 : nullptr, out);
+                        const uint8_t *a = p.data + (r * cols / kI2sBlock + 2 * g) * kI2sBlockBytes;
+                        i2s_group(a, 256 * g + kI2sBlock < cols ? a + kI2sBlockBytes : nullptr, out);
                     }
                 }
             }

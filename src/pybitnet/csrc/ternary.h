@@ -22,7 +22,7 @@ class TernaryMatrix {
 
     // One part of a matrix stored in a file's format: `rows` rows of the matrix, in order.
     struct Packed {
-        int fmt;  // ggml type id: 34 TQ1_0, 35 TQ2_0, 36 I2_S
+        int fmt;  // a ternary format of formats.h (TQ1_0, TQ2_0, I2_S)
         const uint8_t *data;
         int64_t rows;
     };

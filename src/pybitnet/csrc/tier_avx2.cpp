@@ -12,30 +12,6 @@
 namespace pybitnet {
 namespace {
 
-int64_t i2s_dequant(const uint8_t *codes, int64_t n, float scale, float *out) {
-    const __m256 table = _mm256_setr_ps(-1.0f * scale, 0.0f * scale, 1.0f * scale, 0, 0, 0, 0, 0);
-    const __m256i m3 = _mm256_set1_epi8(3), m55 = _mm256_set1_epi8(0x55);
-    for (int64_t blk = 0; blk < n / 128; ++blk) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(codes + 32 * blk));
-        // A code 3 has both of its bits set.
-        if (!_mm256_testz_si256(_mm256_and_si256(v, _mm256_srli_epi16(v, 1)), m55)) {
-            for (int j = 0; j < 128; ++j)
-                if (((codes[32 * blk + j % 32] >> (6 - 2 * (j / 32))) & 3) == 3) return 128 * blk + j;
-        }
-        float *o = out + 128 * blk;
-        for (int part = 0; part < 4; ++part) {
-            const __m256i c = _mm256_and_si256(_mm256_srli_epi16(v, 6 - 2 * part), m3);
-            for (int e = 0; e < 4; ++e) {
-                const __m128i c8 = _mm_loadl_epi64(reinterpret_cast<const __m128i *>(
-                    reinterpret_cast<const uint8_t *>(&c) + 8 * e));
-                _mm256_storeu_ps(o + 32 * part + 8 * e,
-                                 _mm256_permutevar8x32_ps(table, _mm256_cvtepu8_epi32(c8)));
-            }
-        }
-    }
-    return -1;
-}
-
 void quantize(const float *x, int64_t k, int64_t r0, int64_t r1, int8_t *q, float *sx,
               int32_t *sums, int64_t kp) {
     const int64_t groups = kp / 256;
@@ -206,8 +182,7 @@ void int8_matmul(const Int8View &w, const QuantizedRows &x, int64_t r0, int64_t 
 
 }  // namespace
 
-const TierKernels avx2_kernels = {"avx2",      i2s_dequant, quantize, matmul, dense_matmul,
-                                  dense_rows,  int8_matmul, rmsnorm,  rope,   gated,
-                                  attention};
+const TierKernels avx2_kernels = {"avx2", quantize, matmul, dense_matmul, dense_rows,
+                                  int8_matmul, rmsnorm, rope, gated, attention};
 
 }  // namespace pybitnet

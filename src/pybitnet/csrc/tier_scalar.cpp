@@ -9,22 +9,6 @@
 namespace pybitnet {
 namespace {
 
-inline bool is_code3(uint8_t b) { return (b & (b >> 1) & 0x55) != 0; }
-
-int64_t i2s_dequant(const uint8_t *codes, int64_t n, float scale, float *out) {
-    const float value[3] = {-1.0f * scale, 0.0f * scale, 1.0f * scale};
-    for (int64_t blk = 0; blk < n / 128; ++blk) {
-        const uint8_t *c = codes + 32 * blk;
-        float *o = out + 128 * blk;
-        for (int j = 0; j < 128; ++j) {
-            const int code = (c[j % 32] >> (6 - 2 * (j / 32))) & 3;
-            if (code == 3) return 128 * blk + j;
-            o[j] = value[code];
-        }
-    }
-    return -1;
-}
-
 inline float clamp_i8(float v) { return fminf(fmaxf(v, -128.0f), 127.0f); }
 
 void quantize(const float *x, int64_t k, int64_t r0, int64_t r1, int8_t *q, float *sx,
@@ -114,8 +98,7 @@ struct Vf {
 
 }  // namespace
 
-const TierKernels scalar_kernels = {"scalar",   i2s_dequant, quantize, matmul, dense_matmul,
-                                    dense_rows, int8_matmul, rmsnorm,  rope,   gated,
-                                    attention};
+const TierKernels scalar_kernels = {"scalar", quantize, matmul, dense_matmul, dense_rows,
+                                    int8_matmul, rmsnorm, rope, gated, attention};
 
 }  // namespace pybitnet

@@ -7,6 +7,8 @@
 // otherwise be the copy the linker keeps for the portable code, and crash an older CPU.
 #include <cstdint>
 
+#include "formats.h"
+
 namespace pybitnet {
 
 // Ternary weights in the kernels' layout (built once by TernaryMatrix in ternary.cpp):
@@ -31,39 +33,6 @@ struct TernaryView {
     int64_t rows, cols, kp, groups;
 };
 
-// The same weights as table indices, for the lookup-table (TL, T-MAC style) kernel of lut.h
-// (built once from a TernaryMatrix by LutMatrix in lut.cpp):
-// - each 256-column block of a row is cut into kLutGroups groups of 3 columns: group j holds
-//   columns 3j, 3j+1, 3j+2 of the block for j < 85, and column 255 alone (with two zero
-//   weights) for j = 85; a group is stored as one byte, the index 9 (w0 + 1) + 3 (w1 + 1) +
-//   (w2 + 1) in 0..26 (13: all zero). Rows and columns are padded with zero weights to
-//   multiples of kLutTileRows and 256;
-// - rows go in tiles of kLutTileRows; tile t, block k is one run of kLutGroups * kLutTileRows
-//   bytes at (t * blocks + k) * kLutGroups * kLutTileRows, holding for each group j the indices
-//   of the tile's rows as 64-byte halves of 64 rows, each with its first 32 rows in the even
-//   bytes and the next 32 in the odd ones: row i of the tile is at byte j * kLutTileRows +
-//   64 * (i / 64) + 2 * (i % 32) + (i % 64) / 32 (a 16-bit lane holds two rows' indices);
-// - scales: blocks-major, scales[k * padded rows + r] (one block when the matrix has one scale
-//   per row), so a run of rows' scales is contiguous.
-// One index byte per 3 weights (2.67 bits a weight) is looked up as a 16-bit lane (vpermw),
-// against a 27-entry int16 table of the activations' partial sums.
-constexpr int kLutGroups = 86, kLutTileRows = 128;
-
-struct LutView {
-    const uint8_t *idx;
-    const float *scales;
-    int64_t rows, cols, kp, groups;  // groups: scale groups per row, 1 or kp / 256
-};
-
-struct QuantizedRows;
-#ifdef PYBITNET_X86_TIERS
-// The lookup-table GEMM (lut_avx512.cpp) for activation rows b0..b1 and weight tiles t0..t1.
-// Scratch: tables holds (b1 - b0) * (kLutGroups * 32 + (t1 - t0) * kLutTileRows) int16, acc
-// (b1 - b0) * (t1 - t0) * kLutTileRows 4-byte values.
-void lut_matmul_avx512(const LutView &w, const QuantizedRows &x, int64_t b0, int64_t b1,
-                       int64_t t0, int64_t t1, int16_t *tables, void *acc, float *y);
-#endif
-
 // Activations quantised per row (SPEC section 1), padded with zeros to kp columns.
 struct QuantizedRows {
     const int8_t *q;       // n x kp
@@ -74,8 +43,8 @@ struct QuantizedRows {
 };
 
 // A float or block-quantized matrix as its GGUF file stores it (no repacking): `rows` rows of
-// `cols` elements, row r at data + r * row_bytes. fmt is the ggml type id: F32 0, F16 1, Q4_0 2,
-// Q4_1 3, Q8_0 8, BF16 30 (SPEC section 2). Q formats have cols % 32 == 0.
+// `cols` elements, row r at data + r * row_bytes. fmt: a dense format of formats.h (its rows
+// are whole blocks).
 struct DenseView {
     const uint8_t *data;
     int64_t rows, cols, row_bytes;
@@ -122,9 +91,6 @@ struct AttentionArgs {
 
 struct TierKernels {
     const char *name;
-    // I2_S codes (n / 4 bytes, n % 128 == 0) to n floats (code - 1) * scale. Returns -1, or the
-    // index of the first element whose code is 3 (the output is then incomplete).
-    int64_t (*i2s_dequant)(const uint8_t *codes, int64_t n, float scale, float *out);
     // Quantises rows r0..r1 of x (n x k float32, row-major) into `out` (whose pointers are
     // writable for those rows) as SPEC section 1 says, bit for bit with numpy.
     void (*quantize)(const float *x, int64_t k, int64_t r0, int64_t r1, int8_t *q, float *sx,

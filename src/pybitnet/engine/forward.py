@@ -1,6 +1,6 @@
 """The engine's forward pass: model/reference.py's structure, in float32, over native kernels.
 
-Every op goes through the kernel registry, so `PYBITNET_KERNELS=reference` runs the same code
+Every op goes through the kernel registry, so `PYBITNET_KERNELS=numpy` runs the same code
 on the numpy kernels, and `kernels.profile()` sees every call.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 from pybitnet import kernels
 from pybitnet.engine.layers import Linear
 from pybitnet.errors import ModelError
-from pybitnet.kernels.reference import KEY_BLOCK
+from pybitnet.kernels.layout import KEY_BLOCK
 from pybitnet.model.cache import CacheSpan
 from pybitnet.model.config import ModelConfig
 from pybitnet.model.weights import Weights

@@ -20,9 +20,7 @@ with the output layer as stored and as int8 rows, "q8") run the llama-perplexity
 text. Every row compares the logits at every position of every chunk with a float64 reference:
 engine rows with the reference on the same file; reference rows with the reference on the model's
 own file, which with identical weights must give a cosine of 1 and an error of 0 (a check of the
-re-encoding and of the comparison itself). The lookup-table kernel (bitlinear_tl) is not a path
-of the engine (it loses at decode; benchmarks/results/lut.json), so the report says so instead of
-measuring it; tests/kernels/test_lut.py holds it to the multiply-add kernel's exact results.
+re-encoding and of the comparison itself).
 """
 
 from __future__ import annotations
@@ -54,11 +52,7 @@ from pybitnet.generate import Model
 from pybitnet.gguf import GGUFFile, TensorSpec, write_gguf
 from pybitnet.model.reference import ReferenceModel
 
-TERNARY_PATHS = ("I2_S", "TQ2_0", "TQ1_0")
-LOOKUP_TABLE_NOTE = (
-    "TL (bitlinear_tl, lookup tables): not an engine path; its results equal bitlinear's "
-    "(tests/kernels/test_lut.py), its speed is in `pybitnet bench kernels`"
-)
+TERNARY_PATHS = formats.TERNARY  # every ternary format of the table
 
 # The default text: a short story in the style the embedded TinyStories model was trained on,
 # written for this file.
@@ -230,7 +224,7 @@ def _measure(
         positions=source_ppl.n_chunks * n_ctx,
         reference_ppl=source_ppl.ppl,
         paths=rows,
-        skipped=[*skipped, LOOKUP_TABLE_NOTE],
+        skipped=skipped,
     )
 
 
@@ -303,12 +297,13 @@ def _encode(f: GGUFFile, name: str, fmt: WeightType) -> tuple[np.ndarray, np.flo
     distinct = np.unique(block_scales[used] * extra)
     if len(distinct) <= 1:
         s = distinct[0] if len(distinct) else np.float32(0)
-        if fmt.name == "I2_S":
+        if fmt.tensor_scale:
             return formats.quantize(fmt, codes * s), None
         return formats.quantize(fmt, codes.astype(np.float32)), s  # blocks of d = 1
-    if fmt.name == "I2_S":
+    if fmt.tensor_scale:
         raise FormatError(
-            f"tensor {name} has {len(distinct)} different block scales; I2_S holds one per tensor"
+            f"tensor {name} has {len(distinct)} different block scales; "
+            f"{fmt.name} holds one per tensor"
         )
     # TQ to TQ: the blocks keep their float16 scales, the tensor its `.scale`.
     values = codes * np.repeat(block_scales, codes.shape[1] // groups, axis=1)

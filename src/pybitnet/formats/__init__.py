@@ -2,17 +2,18 @@
 
 Every format module has the same parts: the block layout (documented in its docstring),
 ``quantize`` (float32 -> bytes) and ``dequantize`` (bytes -> float32); the ternary ones also have
-``unpack`` (bytes -> codes and scales), which the reference BitLinear uses (the native kernels do
-the dot products). Sizes come from ``TYPES``, which the GGUF reader uses too. Callers use the
-checked entry points here: ``dequantize``, ``quantize``, ``unpack_ternary``, ``ternary_scales``,
-``ternarize_absmean``.
+``unpack`` (bytes -> codes and scales), which the numpy BitLinear uses (the native kernels do
+the dot products), and ``scales``. Sizes come from ``TYPES``, which the GGUF reader, the writers,
+the kernel registry and the accuracy report use too (docs/adding-a-weight-format.md). Callers
+use the checked entry points here: ``dequantize``, ``quantize``, ``unpack_ternary``,
+``ternary_scales``, ``ternarize_absmean``.
 Shapes are in numpy order: the last dimension is ggml's ne0, the row length.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import numpy as np
@@ -23,30 +24,38 @@ from pybitnet.formats import bf16, f16, f32, i2_s, q4_0, q4_1, q8_0, tq1_0, tq2_
 
 @dataclass(frozen=True)
 class WeightType:
+    """One row of the format table: what the GGUF reader, the writers and the kernels know of a
+    weight type. csrc/formats.h holds the same ids and sizes for C++ (a test compares them)."""
+
     name: str
     id: int  # the GGUF / ggml type id
     block_size: int  # elements per block
-    type_size: int  # bytes per block (I2_S: see tensor_nbytes)
-    ternary: bool
+    type_size: int  # bytes per block (I2_S: see its module's tensor_nbytes)
+    ternary: bool  # BitLinear weights (codes and scales), else a float linear layer's
+    file_type: int  # general.file_type of a model whose linear weights are of this type
+    codec: ModuleType = field(repr=False, compare=False)  # quantize, dequantize (unpack, scales)
+    tensor_scale: bool = False  # ternary with one float32 scale a tensor (else one a block)
 
 
+# file_type: llama.cpp's LLAMA_FTYPE_MOSTLY_* values, and bitnet.cpp's 40 for I2_S.
 TYPES: dict[int, WeightType] = {
     t.id: t
     for t in (
-        WeightType("F32", 0, 1, 4, False),
-        WeightType("F16", 1, 1, 2, False),
-        WeightType("Q4_0", 2, 32, 18, False),
-        WeightType("Q4_1", 3, 32, 20, False),
-        WeightType("Q8_0", 8, 32, 34, False),
-        WeightType("BF16", 30, 1, 2, False),
-        WeightType("TQ1_0", 34, 256, 54, True),
-        WeightType("TQ2_0", 35, 256, 66, True),
+        WeightType("F32", 0, 1, 4, False, 0, f32),
+        WeightType("F16", 1, 1, 2, False, 1, f16),
+        WeightType("Q4_0", 2, 32, 18, False, 2, q4_0),
+        WeightType("Q4_1", 3, 32, 20, False, 3, q4_1),
+        WeightType("Q8_0", 8, 32, 34, False, 7, q8_0),
+        WeightType("BF16", 30, 1, 2, False, 32, bf16),
+        WeightType("TQ1_0", 34, 256, 54, True, 36, tq1_0),
+        WeightType("TQ2_0", 35, 256, 66, True, 37, tq2_0),
         # bitnet.cpp's I2_S: 4 codes per byte in 128-element blocks, then a 32-byte tail whose
         # first 4 bytes are the float32 per-tensor scale (SPEC section 2).
-        WeightType("I2_S", 36, 128, 32, True),
+        WeightType("I2_S", 36, 128, 32, True, 40, i2_s, tensor_scale=True),
     )
 }
-I2_S_TAIL_BYTES = 32
+TERNARY = tuple(t.name for t in TYPES.values() if t.ternary)
+DENSE = tuple(t.name for t in TYPES.values() if not t.ternary)
 
 _BY_NAME = {t.name: t for t in TYPES.values()}
 
@@ -61,39 +70,23 @@ def weight_type(key: int | str) -> WeightType:
 
 
 def tensor_nbytes(wtype: WeightType, ne0: int, n_elements: int) -> int:
-    """Bytes that a tensor of ``n_elements`` with rows of ``ne0`` elements takes in ``wtype``.
+    """Bytes that a tensor of ``n_elements`` with rows of ``ne0`` elements takes in ``wtype``:
+    ggml's formula (whole blocks a row), or the format module's own ``tensor_nbytes``.
 
     Raises FormatError when the shape does not fit the format's blocks (rows must be whole
     blocks; I2_S needs the whole tensor to be whole 128-element blocks).
     """
     if ne0 < 0 or n_elements < 0:
         raise FormatError(f"{wtype.name}: negative size (row {ne0}, elements {n_elements})")
-    if wtype.id == 36:
-        if n_elements % wtype.block_size:
-            raise FormatError(
-                f"I2_S needs a multiple of {wtype.block_size} elements, got {n_elements}; "
-                "store this tensor in another type"
-            )
-        return n_elements // 4 + I2_S_TAIL_BYTES
+    own_size = getattr(wtype.codec, "tensor_nbytes", None)
+    if own_size is not None:  # a format whose blocks do not follow the rows (I2_S)
+        return own_size(ne0, n_elements)
     if ne0 % wtype.block_size:
         raise FormatError(
             f"{wtype.name} needs rows that are a multiple of {wtype.block_size} elements, "
             f"got rows of {ne0}; store this tensor in another type"
         )
     return n_elements // wtype.block_size * wtype.type_size
-
-
-_MODULES: dict[int, ModuleType] = {
-    0: f32,
-    1: f16,
-    2: q4_0,
-    3: q4_1,
-    8: q8_0,
-    30: bf16,
-    34: tq1_0,
-    35: tq2_0,
-    36: i2_s,
-}
 
 
 def _resolve(wtype: WeightType | int | str) -> WeightType:
@@ -127,7 +120,7 @@ def dequantize(
     zero-copy slice of a memory-mapped file) in ``wtype``. F32 returns a view of ``data``."""
     t = _resolve(wtype)
     shape = tuple(int(d) for d in shape)
-    return _MODULES[t.id].dequantize(_checked_bytes(t, data, shape), shape)
+    return t.codec.dequantize(_checked_bytes(t, data, shape), shape)
 
 
 def quantize(wtype: WeightType | int | str, values: np.ndarray) -> np.ndarray:
@@ -139,7 +132,7 @@ def quantize(wtype: WeightType | int | str, values: np.ndarray) -> np.ndarray:
         tensor_nbytes(t, values.shape[-1] if values.shape else 1, values.size)
     except FormatError as e:
         raise FormatError(f"cannot quantize a tensor of shape {values.shape}: {e}") from None
-    return _MODULES[t.id].quantize(values)
+    return t.codec.quantize(values)
 
 
 def unpack_ternary(
@@ -158,7 +151,7 @@ def unpack_ternary(
         ternary = ", ".join(w.name for w in TYPES.values() if w.ternary)
         raise FormatError(f"{t.name} is not a ternary type; unpack_ternary reads {ternary}")
     shape = tuple(int(d) for d in shape)
-    return _MODULES[t.id].unpack(_checked_bytes(t, data, shape), shape)
+    return t.codec.unpack(_checked_bytes(t, data, shape), shape)
 
 
 def ternary_scales(
@@ -170,7 +163,7 @@ def ternary_scales(
     if not t.ternary:
         raise FormatError(f"{t.name} is not a ternary type; it has no ternary scales")
     shape = tuple(int(d) for d in shape)
-    return _MODULES[t.id].scales(_checked_bytes(t, data, shape), shape)
+    return t.codec.scales(_checked_bytes(t, data, shape), shape)
 
 
 def ternarize_absmean(w: np.ndarray) -> tuple[np.ndarray, np.float32]:

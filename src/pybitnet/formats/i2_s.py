@@ -26,6 +26,17 @@ TAIL_BYTES = 32
 _SHIFTS = np.array([6, 4, 2, 0], np.uint8).reshape(1, 4, 1)
 
 
+def tensor_nbytes(ne0: int, n_elements: int) -> int:
+    """n / 4 bytes of codes, then the tail. The blocks run over the flattened tensor, so rows may
+    be any length, but the tensor must be whole blocks."""
+    if n_elements % BLOCK:
+        raise FormatError(
+            f"I2_S needs a multiple of {BLOCK} elements, got {n_elements}; "
+            "store this tensor in another type"
+        )
+    return n_elements // 4 + TAIL_BYTES
+
+
 def quantize(values: np.ndarray) -> np.ndarray:
     x = values.reshape(-1)
     scale = np.fmax.reduce(np.abs(x), initial=np.float32(0))

@@ -1,5 +1,6 @@
-"""Compute kernels: the registry (ids, tiers, call counters), the native tiers and the numpy
-fallbacks. See registry.py for the ids and how a tier is chosen.
+"""Compute kernels: the registry (ids, tiers, call counters), the native tiers and the numpy tier
+(numpy_tier.py); layout.py holds the layout facts every tier shares. See registry.py for the ids
+and how a tier is chosen.
 
     bl = kernels.get("bitlinear")
     w = bl.prepare(codes, scales)        # once, at load
@@ -8,6 +9,7 @@ fallbacks. See registry.py for the ids and how a tier is chosen.
     prof.stats()                         # [{"id": "bitlinear_avx512", "calls": 1, "seconds": ...}]
 """
 
+from pybitnet.kernels.layout import KEY_BLOCK
 from pybitnet.kernels.registry import (
     ENV,
     OPS,
@@ -26,6 +28,7 @@ from pybitnet.kernels.registry import (
 
 __all__ = [
     "ENV",
+    "KEY_BLOCK",
     "OPS",
     "TIERS",
     "Kernel",

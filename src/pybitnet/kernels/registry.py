@@ -1,10 +1,11 @@
-"""The kernel registry: stable ids, the choice of tier, and the call counters.
+"""The kernel registry: stable ids, the choice of tier, the call counters, and the one door to
+the native module: the shapes and sizes callers pass are checked here, once, for every tier.
 
-Every kernel has an id ``<op>_<tier>`` (``bitlinear_avx512``, ``i2s_dequant_numpy``). Tiers, best
+Every kernel has an id ``<op>_<tier>`` (``bitlinear_avx512``, ``linear_f16_numpy``). Tiers, best
 first: ``avx512`` (AVX-512 F/BW/VL/VNNI), ``avx2`` (AVX2, FMA, F16C), ``scalar`` (portable C++),
-``numpy`` (the reference in kernels/reference.py). ``get(op)`` picks the best tier this CPU
-runs; the environment variable PYBITNET_KERNELS forces one (``reference`` for numpy, or a tier
-name). Receipts take their kernel list from ``profile()``, never from a list written by hand.
+``numpy`` (kernels/numpy_tier.py). ``get(op)`` picks the best tier this CPU runs; the environment
+variable PYBITNET_KERNELS forces one by name (``numpy`` for the numpy kernels). Receipts take
+their kernel list from ``profile()``, never from a list written by hand.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from pybitnet import formats
 from pybitnet.errors import FormatError, PyBitnetError
-from pybitnet.kernels import reference
+from pybitnet.kernels import numpy_tier
 
 try:
     from pybitnet import _native
@@ -137,12 +138,9 @@ def _forced_tier() -> str | None:
     value = os.environ.get(ENV, "").strip().lower()
     if not value:
         return None
-    tier = "numpy" if value == "reference" else value
-    if tier not in TIERS:
-        raise PyBitnetError(
-            f"{ENV}={value!r} is not a kernel tier; use reference or one of {', '.join(TIERS)}"
-        )
-    return tier
+    if value not in TIERS:
+        raise PyBitnetError(f"{ENV}={value!r} is not a kernel tier; use one of {', '.join(TIERS)}")
+    return value
 
 
 def selected_tier() -> str:
@@ -154,14 +152,6 @@ def selected_tier() -> str:
             f"{ENV}={forced!r}: this CPU or build runs only {', '.join(supported_tiers())}{why}"
         )
     return forced or supported_tiers()[0]
-
-
-def _native_i2s_dequant(tier: str, data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    n = int(np.prod(shape, dtype=np.int64))
-    expected = formats.tensor_nbytes(formats.weight_type("I2_S"), shape[-1] if shape else 1, n)
-    if data.size != expected:
-        raise FormatError(f"I2_S tensor of shape {shape} needs {expected} bytes, got {data.size}")
-    return _native.i2s_dequant(tier, np.ascontiguousarray(data, np.uint8).ravel(), n).reshape(shape)
 
 
 def _native_bitlinear(tier: str, x: np.ndarray, w: Any) -> np.ndarray:
@@ -186,12 +176,6 @@ def _native_prepare_packed(
     return _native.TernaryMatrix(native_parts, cols, np.ascontiguousarray(scales, np.float32))
 
 
-def _native_bitlinear_tl(x: np.ndarray, w: Any) -> np.ndarray:
-    if not isinstance(w, _native.LutMatrix):
-        raise PyBitnetError(f"{TL_KERNEL} needs weights from its own prepare(), got {w!r}")
-    return _native.bitlinear_lut(w, np.ascontiguousarray(x, np.float32))
-
-
 def _checked_prepare(prepare: Callable[..., Any]) -> Callable[..., Any]:
     def checked(codes: np.ndarray, scales: np.ndarray) -> Any:
         rows, cols = codes.shape
@@ -203,11 +187,27 @@ def _checked_prepare(prepare: Callable[..., Any]) -> Callable[..., Any]:
 
 def _checked_prepare_packed(prepare: Callable[..., Any]) -> Callable[..., Any]:
     def checked(parts: list[tuple[str, np.ndarray, int]], cols: int, scales: np.ndarray) -> Any:
+        for i, (name, data, rows) in enumerate(parts):
+            _check_ternary_part(i, formats.weight_type(name), data, rows, cols)
         rows = sum(part[2] for part in parts)
         _check_scales(scales, rows, cols, f"{len(parts)} parts of {rows} rows of {cols}")
         return prepare(parts, cols, scales)
 
     return checked
+
+
+def _check_ternary_part(i: int, t: formats.WeightType, data: np.ndarray, rows: int, cols: int):
+    where = f"ternary part {i} ({t.name}, {rows} rows of {cols})"
+    if not t.ternary:
+        raise FormatError(f"{where}: {t.name} is not ternary; BitLinear reads {formats.TERNARY}")
+    if rows < 1:
+        raise FormatError(f"{where}: a part holds at least one row")
+    try:
+        need = formats.tensor_nbytes(t, cols, rows * cols)
+    except FormatError as e:
+        raise FormatError(f"{where}: {e}") from None
+    if data.size != need:
+        raise FormatError(f"{where}: needs {need} bytes, got {data.size}")
 
 
 def _check_scales(scales: np.ndarray, rows: int, cols: int, what: str) -> None:
@@ -219,8 +219,8 @@ def _check_scales(scales: np.ndarray, rows: int, cols: int, what: str) -> None:
         )
 
 
-# The float and Q formats a dense linear kernel reads in place (SPEC section 2).
-DENSE_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+# The float and Q formats a dense linear kernel reads in place: the table's non-ternary ones.
+DENSE_FORMATS = formats.DENSE
 
 
 def _native_prepare_dense(wtype: str, data: np.ndarray, shape: tuple[int, int]) -> Any:
@@ -250,16 +250,18 @@ def _checked_linear(op: str, run: Callable[..., np.ndarray]) -> Callable[..., np
     return linear
 
 
-def _checked_prepare_dense(wtype: str, prepare: Callable[..., Any]) -> Callable[..., Any]:
-    def checked(data: np.ndarray, shape: tuple[int, int]) -> Any:
+def _checked_prepare_dense(prepare: Callable[..., Any]) -> Callable[..., Any]:
+    """prepare(wtype, data, shape) after checking that data holds the matrix in wtype."""
+
+    def checked(wtype: str, data: np.ndarray, shape: tuple[int, int]) -> Any:
         rows, cols = shape
         t = formats.weight_type(wtype)
         if rows < 1 or cols < 1 or cols % t.block_size:
             raise FormatError(f"{wtype} matrix of shape {shape}: rows must be whole blocks")
-        if data.size != formats.tensor_nbytes(t, cols, rows * cols):
+        need = formats.tensor_nbytes(t, cols, rows * cols)
+        if data.size != need:
             raise FormatError(
-                f"{wtype} matrix of shape {shape} needs "
-                f"{formats.tensor_nbytes(t, cols, rows * cols)} bytes, got {data.size}"
+                f"{wtype} matrix of shape {shape} needs {need} bytes, got {data.size}"
             )
         return prepare(wtype, data, shape)
 
@@ -282,7 +284,7 @@ def _native_rope(
 
 
 def _native_attention(
-    tier: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, seqs: Sequence[reference.AttentionSeq]
+    tier: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, seqs: Sequence[numpy_tier.AttentionSeq]
 ) -> np.ndarray:
     f32 = np.float32
     q, k, v = (
@@ -294,9 +296,9 @@ def _native_attention(
 
 
 def _run(tier: str, name: str) -> Callable[..., Any]:
-    """The numpy function `name` of kernels/reference.py, or the native one on `tier`."""
+    """The numpy function `name` of kernels/numpy_tier.py, or the native one on `tier`."""
     if tier == "numpy":
-        return getattr(reference, name)
+        return getattr(numpy_tier, name)
     native = {
         "rmsnorm": partial(_native.rmsnorm, tier),
         "gated": partial(_native.gated, tier),
@@ -310,14 +312,11 @@ def _run(tier: str, name: str) -> Callable[..., Any]:
 @cache
 def _make(op: str, tier: str) -> Kernel:
     kid = f"{op}_{tier}"
-    numpy_tier = tier == "numpy"
-    if op == "i2s_dequant":
-        run = reference.i2s_dequant if numpy_tier else partial(_native_i2s_dequant, tier)
-        return Kernel(kid, op, tier, run)
+    on_numpy = tier == "numpy"
     if op == "bitlinear":
-        if numpy_tier:
-            run, prepare = reference.bitlinear, reference.prepare_ternary
-            packed = reference.prepare_ternary_packed
+        if on_numpy:
+            run, prepare = numpy_tier.bitlinear, numpy_tier.prepare_ternary
+            packed = numpy_tier.prepare_ternary_packed
         else:
             run, prepare = partial(_native_bitlinear, tier), _native_prepare
             packed = _native_prepare_packed
@@ -329,39 +328,25 @@ def _make(op: str, tier: str) -> Kernel:
             _checked_prepare(prepare),
             _checked_prepare_packed(packed),
         )
-    if op == "bitlinear_tl":
-        if tier != "avx512":
-            raise PyBitnetError(f"bitlinear_tl runs on the avx512 tier only, not {tier!r}")
-        return Kernel(
-            kid,
-            op,
-            tier,
-            _checked_linear("bitlinear_tl", _native_bitlinear_tl),
-            _checked_prepare(
-                lambda codes, scales: _native.LutMatrix(_native_prepare(codes, scales))
-            ),
-            _checked_prepare_packed(lambda *args: _native.LutMatrix(_native_prepare_packed(*args))),
-        )
     if op.startswith("linear_"):
         wtype = "int8" if op == "linear_int8" else op.removeprefix("linear_").upper()
         if op == "linear_int8":
-            run = reference.int8_linear if numpy_tier else partial(_native_linear, tier, op)
-            prepare = reference.prepare_int8 if numpy_tier else partial(_native_prepare_int8, tier)
+            run = numpy_tier.int8_linear if on_numpy else partial(_native_linear, tier, op)
+            prepare = numpy_tier.prepare_int8 if on_numpy else partial(_native_prepare_int8, tier)
             # prepare(wtype, data, shape): quantizes any dense matrix to int8 rows
-            return Kernel(kid, op, tier, _checked_linear(op, run), prepare)
+            return Kernel(kid, op, tier, _checked_linear(op, run), _checked_prepare_dense(prepare))
         if wtype in DENSE_FORMATS:
-            run = reference.linear if numpy_tier else partial(_native_linear, tier, op)
-            prepare = reference.prepare_dense if numpy_tier else _native_prepare_dense
-            return Kernel(
-                kid, op, tier, _checked_linear(op, run), _checked_prepare_dense(wtype, prepare)
+            run = numpy_tier.linear if on_numpy else partial(_native_linear, tier, op)
+            prepare = _checked_prepare_dense(
+                numpy_tier.prepare_dense if on_numpy else _native_prepare_dense
             )
+            return Kernel(kid, op, tier, _checked_linear(op, run), partial(prepare, wtype))
     if op in ("embedding", "rmsnorm", "rope", "gated", "attention"):
         return Kernel(kid, op, tier, _run(tier, op))
     raise PyBitnetError(f"unknown kernel op {op!r}; known: {', '.join(OPS)}")
 
 
 OPS = (
-    "i2s_dequant",
     "bitlinear",
     *(f"linear_{name.lower()}" for name in DENSE_FORMATS),
     "linear_int8",
@@ -373,14 +358,9 @@ OPS = (
 )
 
 
-# The lookup-table BitLinear (TL, T-MAC style; csrc/lut.h): the same results as bitlinear, on
-# the avx512 tier only; get("bitlinear_tl") elsewhere raises.
-TL_KERNEL = "bitlinear_tl_avx512"
-
-
 def known_ids() -> frozenset[str]:
     """Every kernel id this version of pybitnet defines, whether or not this CPU runs it."""
-    return frozenset(f"{op}_{tier}" for op in OPS for tier in TIERS) | {TL_KERNEL}
+    return frozenset(f"{op}_{tier}" for op in OPS for tier in TIERS)
 
 
 def get(op: str, tier: str | None = None) -> Kernel:

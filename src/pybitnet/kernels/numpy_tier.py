@@ -1,5 +1,6 @@
-"""The numpy kernels: the fallback when no native tier runs, and the oracle the native tiers are
-tested against. Each computes exactly what SPEC section 1 and 2 say, in float32."""
+"""The numpy kernel tier: the fallback when no native tier runs, and the oracle the native tiers
+are tested against. Each computes exactly what SPEC section 1 and 2 say, in float32.
+(Not to be confused with model/reference.py, the float64 reference forward pass.)"""
 
 from __future__ import annotations
 
@@ -10,11 +11,7 @@ import numpy as np
 
 from pybitnet import formats
 from pybitnet.errors import FormatError
-
-
-def i2s_dequant(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """float32 weights of `shape` from I2_S tensor data (codes, then the scale in the tail)."""
-    return formats.dequantize(formats.weight_type("I2_S"), data, shape)
+from pybitnet.kernels.layout import KEY_BLOCK
 
 
 @dataclass(frozen=True)
@@ -136,9 +133,6 @@ def gated(act: str, g: np.ndarray, u: np.ndarray) -> np.ndarray:
     else:
         a = np.square(np.maximum(g, np.float32(0)))
     return (a * u).astype(np.float32)
-
-
-KEY_BLOCK = 16  # positions per block of the key cache (csrc/tiers.h: kKeyBlock)
 
 
 def store_kv(k: np.ndarray, v: np.ndarray, kc: np.ndarray, vc: np.ndarray, start: int) -> None:

@@ -1,0 +1,34 @@
+"""One format table on each side of the binding: formats.TYPES (Python) and csrc/formats.h (C++)
+must agree, and every table derived from TYPES must follow it."""
+
+import pytest
+
+from pybitnet import formats
+from pybitnet.convert.metadata import FILE_TYPES
+from pybitnet.eval.accuracy import TERNARY_PATHS
+from pybitnet.kernels.registry import DENSE_FORMATS, OPS
+
+native = pytest.importorskip("pybitnet._native", reason="no native build")
+
+
+def test_the_cpp_table_is_the_python_table():
+    python = [(t.name, t.id, t.block_size, t.type_size, t.ternary) for t in formats.TYPES.values()]
+    assert native.format_table() == python
+    assert native.I2S_TAIL_BYTES == formats.i2_s.TAIL_BYTES
+
+
+@pytest.mark.parametrize("t", formats.TYPES.values(), ids=lambda t: t.name)
+def test_each_codec_module_agrees_with_its_row(t):
+    assert callable(t.codec.quantize) and callable(t.codec.dequantize)
+    if t.ternary:
+        assert callable(t.codec.unpack) and callable(t.codec.scales)
+    assert getattr(t.codec, "BLOCK", t.block_size) == t.block_size
+    assert getattr(t.codec, "TYPE_SIZE", t.type_size) == t.type_size
+
+
+def test_derived_tables_follow_the_format_table():
+    assert {t.name: t.file_type for t in formats.TYPES.values()} == FILE_TYPES
+    assert FILE_TYPES["I2_S"] == 40 and FILE_TYPES["TQ2_0"] == 37 and FILE_TYPES["Q8_0"] == 7
+    assert set(TERNARY_PATHS) == {t.name for t in formats.TYPES.values() if t.ternary}
+    assert set(DENSE_FORMATS) == {t.name for t in formats.TYPES.values() if not t.ternary}
+    assert {f"linear_{name.lower()}" for name in DENSE_FORMATS} <= set(OPS)
