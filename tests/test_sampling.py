@@ -179,6 +179,14 @@ def test_same_seed_gives_same_tokens_and_other_seeds_differ():
     assert run(drawn_seed)[1] == tokens  # a run without a seed can be replayed from .seed
 
 
+def test_seeded_keeps_a_seed_and_draws_one_otherwise():
+    given = SamplerConfig(seed=5)
+    assert given.seeded() is given
+    drawn = SamplerConfig(temperature=0.5).seeded()
+    assert drawn == SamplerConfig(temperature=0.5, seed=drawn.seed) and drawn.seed is not None
+    assert Sampler(drawn).seed == drawn.seed
+
+
 def test_draws_cover_exactly_the_filtered_support_and_fit_its_distribution():
     logits = (np.random.default_rng(11).standard_normal(200) * 1.5).astype(np.float32)
     recent = [int(np.argmax(logits)), 3, 3, 17]

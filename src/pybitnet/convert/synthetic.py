@@ -78,7 +78,8 @@ def make_model(
     """Write a synthetic GGUF model of ``arch`` whose linear weights are ``weight_type``.
 
     ``overrides`` replace fields of the preset's Shape (vocab, dim, layers, heads, kv_heads, ffn,
-    ctx, rope_theta, eps). The output layer is tied to token_embd (stored as ``embd_type``).
+    ctx, rope_theta, eps); None keeps the preset's. The output layer is tied to token_embd
+    (stored as ``embd_type``).
     """
     if seed < 0:
         raise ModelError(f"seed {seed} must be non-negative")
@@ -89,7 +90,7 @@ def make_model(
     unknown = set(overrides) - set(Shape.__dataclass_fields__)
     if unknown:
         raise ModelError(f"unknown model dimension(s) {sorted(unknown)}")
-    shape = replace(PRESETS[preset], **overrides)
+    shape = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     wtype, etype = formats.weight_type(weight_type), formats.weight_type(embd_type)
     if etype.ternary:
         raise ModelError(f"token_embd cannot be {etype.name}: choose a float or Q type")

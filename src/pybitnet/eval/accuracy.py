@@ -40,7 +40,7 @@ from pybitnet.decode import ForwardPass
 from pybitnet.engine import Engine
 from pybitnet.engine.forward import OUTPUT_HEADS
 from pybitnet.errors import FormatError, ModelError
-from pybitnet.eval.perplexity import PerplexityResult, perplexity
+from pybitnet.eval.perplexity import PerplexityResult, chunk_bos, perplexity
 from pybitnet.eval.reencode import reencode, same_weights
 from pybitnet.generate import Model
 from pybitnet.model.reference import ReferenceModel
@@ -149,7 +149,7 @@ def _measure(
     source = _source_model(path, n_ctx)
     ternary = [n for n, info in source.file.tensors.items() if info.wtype.ternary]
     tokens = source.tokenize(text)
-    bos = source.tokenizer.bos_id if source.tokenizer.add_bos else None
+    bos = chunk_bos(source.tokenizer)
 
     def run(model: ForwardPass) -> tuple[PerplexityResult, list[np.ndarray]]:
         return _run(model, tokens, n_ctx, bos)
