@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from helpers.tokenizer_files import SPM_FIXTURE, goldens, smollm2_path, tokenizer_metadata
-from pybitnet.chat import CHATML, LLAMA3, render_chat, template_for
+from pybitnet.chat import CHATML, LLAMA3, ChatSession, render_chat, template_for
 from pybitnet.errors import TokenizerError
 from pybitnet.tokenizer import Tokenizer
 
@@ -79,3 +79,32 @@ def test_template_errors_name_the_source(template: str, expected: str) -> None:
             [{"role": "user", "content": "x"}],
             source="model.gguf tokenizer.chat_template",
         )
+
+
+class ScriptedModel:
+    """Stands in for a Model: the prompt is the history it was given, the reply two pieces."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[dict[str, str]], dict]] = []
+
+    def render_chat(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        return list(messages)
+
+    def stream(self, prompt: list[dict[str, str]], **options):
+        self.calls.append((prompt, options))
+        yield from ("Once", " more.")
+
+
+def test_chat_session_keeps_the_history_until_reset() -> None:
+    model = ScriptedModel()
+    session = ChatSession(model, "Be short.", max_tokens=4)
+    system = {"role": "system", "content": "Be short."}
+    assert list(session.reply("Hi")) == ["Once", " more."]
+    assert list(session.reply("Again")) == ["Once", " more."]
+    reply = {"role": "assistant", "content": "Once more."}
+    hi, again = ({"role": "user", "content": t} for t in ("Hi", "Again"))
+    assert session.history == [system, hi, reply, again, reply]
+    assert model.calls[1] == ([system, hi, reply, again], {"parse_special": True, "max_tokens": 4})
+    session.reset()
+    assert session.history == [system]
+    assert ChatSession(model).history == []

@@ -16,7 +16,7 @@ from pybitnet.sampling import Sampler, SamplerConfig, StopStrings
 ALL_TOKENS = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}  # no truncation
 
 
-def reference_probs(logits: np.ndarray, recent: list[int], c: SamplerConfig) -> np.ndarray:
+def spec_probs(logits: np.ndarray, recent: list[int], c: SamplerConfig) -> np.ndarray:
     """SPEC section 5, one step at a time, in float64 and with full sorts."""
     x = np.asarray(logits, dtype=np.float64).copy()
     if c.repeat_last_n > 0:
@@ -59,7 +59,7 @@ def random_config(rng: np.random.Generator, vocab: int) -> SamplerConfig:
     )
 
 
-def test_filtered_probs_match_reference_on_random_cases():
+def test_filtered_probs_match_the_spec_on_random_cases():
     rng = np.random.default_rng(20240501)
     for _ in range(300):
         vocab = int(rng.choice([2, 7, 100, 3000, 5000]))
@@ -67,7 +67,7 @@ def test_filtered_probs_match_reference_on_random_cases():
         recent = rng.integers(0, vocab, int(rng.integers(0, 100))).tolist()
         config = random_config(rng, vocab)
         got = Sampler(config).filtered_probs(logits, recent)
-        want = reference_probs(logits, recent, config)
+        want = spec_probs(logits, recent, config)
         assert set(np.flatnonzero(got)) == set(np.flatnonzero(want)), config
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
 
@@ -135,11 +135,11 @@ def test_top_p_and_min_p_boundaries_are_inclusive():
     assert set(np.flatnonzero(Sampler(min_p).filtered_probs(logits))) == {0, 2}
 
 
-def test_top_p_on_a_flat_large_vocabulary_matches_reference():
+def test_top_p_on_a_flat_large_vocabulary_matches_the_spec():
     logits = np.random.default_rng(3).standard_normal(128_256).astype(np.float32)
     config = SamplerConfig(temperature=1.0, top_k=0, top_p=0.9, min_p=0.0)
     got = Sampler(config).filtered_probs(logits)
-    want = reference_probs(logits, [], config)
+    want = spec_probs(logits, [], config)
     assert np.array_equal(np.flatnonzero(got), np.flatnonzero(want))
     assert np.flatnonzero(got).size > 50_000  # the growing search had to reach most of the vocab
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-15)
@@ -177,6 +177,14 @@ def test_same_seed_gives_same_tokens_and_other_seeds_differ():
     assert run(7)[1] != run(8)[1]
     drawn_seed, tokens = run(None)
     assert run(drawn_seed)[1] == tokens  # a run without a seed can be replayed from .seed
+
+
+def test_seeded_keeps_a_seed_and_draws_one_otherwise():
+    given = SamplerConfig(seed=5)
+    assert given.seeded() is given
+    drawn = SamplerConfig(temperature=0.5).seeded()
+    assert drawn == SamplerConfig(temperature=0.5, seed=drawn.seed) and drawn.seed is not None
+    assert Sampler(drawn).seed == drawn.seed
 
 
 def test_draws_cover_exactly_the_filtered_support_and_fit_its_distribution():

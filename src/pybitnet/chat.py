@@ -1,4 +1,5 @@
-"""Chat prompts: render a model's Jinja2 chat template the way HF transformers does.
+"""Chat prompts: render a model's Jinja2 chat template the way HF transformers does; a
+conversation's history (`ChatSession`).
 
 The template comes from an untrusted file (`tokenizer.chat_template`), so it runs in Jinja2's
 immutable sandbox; any error it raises becomes a TokenizerError naming where it came from.
@@ -9,8 +10,9 @@ tokens, ChatML otherwise (the same text llama.cpp's built-in `llama3` / `chatml`
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import jinja2.ext
@@ -18,6 +20,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from pybitnet.errors import TokenizerError
 from pybitnet.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from pybitnet.generate import Model
 
 CHATML = (
     "{% for message in messages %}"
@@ -108,3 +113,28 @@ def render_chat(
         raise TokenizerError(f"{source}: {type(e).__name__}: {e}") from e
     except Exception as e:  # the template is untrusted: any failure in it is bad input
         raise TokenizerError(f"{source}: rendering failed: {type(e).__name__}: {e}") from e
+
+
+class ChatSession:
+    """A conversation with a model: each reply sees the whole history, which `reset` clears back
+    to the system prompt."""
+
+    def __init__(self, model: Model, system: str | None = None, **options: Any) -> None:
+        """``options`` go to every `Model.stream` call (max_tokens, temperature, seed, ...)."""
+        self._model = model
+        self._options = options
+        self._start = [{"role": "system", "content": system}] if system else []
+        self.history = list(self._start)
+
+    def reset(self) -> None:
+        self.history = list(self._start)
+
+    def reply(self, text: str) -> Iterator[str]:
+        """Streams the model's reply to the user's ``text``; both join the history."""
+        self.history.append({"role": "user", "content": text})
+        prompt = self._model.render_chat(self.history)
+        reply = ""
+        for piece in self._model.stream(prompt, parse_special=True, **self._options):
+            reply += piece
+            yield piece
+        self.history.append({"role": "assistant", "content": reply})

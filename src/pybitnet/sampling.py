@@ -13,7 +13,7 @@ import math
 import numbers
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -55,14 +55,18 @@ class SamplerConfig:
             if not _is_int(value) or value < 0:
                 raise SamplingError(f"sampler {name} must be an integer >= 0, got {value!r}")
 
+    def seeded(self) -> SamplerConfig:
+        """This config with a seed: its own, or a fresh one drawn now when it has none, so that
+        a run can still be reported and replayed."""
+        return self if self.seed is not None else replace(self, seed=secrets.randbits(63))
+
 
 class Sampler:
     """Draws tokens from logits with a seeded generator: same seed, same logits -> same tokens."""
 
     def __init__(self, config: SamplerConfig | None = None) -> None:
         self.config = config or SamplerConfig()
-        # The seed actually used, so that a run with seed=None can still be reported and replayed.
-        self.seed = self.config.seed if self.config.seed is not None else secrets.randbits(63)
+        self.seed = self.config.seeded().seed  # the seed actually used (see `seeded`)
         self._rng = np.random.default_rng(self.seed)
 
     def sample(self, logits: np.ndarray, recent_tokens: Sequence[int] = ()) -> int:

@@ -70,7 +70,7 @@ def test_sections_tile_the_file(path: Path) -> None:
     assert ends[-1] == path.stat().st_size
 
 
-def test_reference_writes_a_story(story3m: tuple[list[int], list[float]]) -> None:
+def test_oracle_writes_a_story(story3m: tuple[list[int], list[float]]) -> None:
     tokens, margins = story3m
     text = decode(load_tokenizer_bin(FIXTURES / "tokenizer.bin", 512), tokens)
     assert text.startswith("Once upon a time"), text
@@ -79,7 +79,7 @@ def test_reference_writes_a_story(story3m: tuple[list[int], list[float]]) -> Non
     assert min(margins) > 0
 
 
-def test_reference_teacher_forcing_scores_its_story(
+def test_oracle_teacher_forcing_scores_its_story(
     ref3m: Llama2cReference, story3m: tuple[list[int], list[float]]
 ) -> None:
     seq = [BOS, *story3m[0]]

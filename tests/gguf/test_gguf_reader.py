@@ -104,21 +104,19 @@ def test_peer_fixtures_agree_with_the_gguf_package(name: str) -> None:
 def test_every_peer_fixture_holds_the_f32_fixture_weights() -> None:
     """The README: all five files encode bit-identical weights (the scaletensors one as pure
     ternary weights times a separate `.scale` tensor). The I2_S one was written by bitnet.cpp."""
-    reference = open_gguf(PEERS / "bitnet-tiny-s1-f32.gguf")
-    assert {t.wtype.name for t in reference.tensors.values()} == {"F32"}
+    f32 = open_gguf(PEERS / "bitnet-tiny-s1-f32.gguf")
+    assert {t.wtype.name for t in f32.tensors.values()} == {"F32"}
     types_seen = set()
     for name in PEER_FILES:
         f = open_gguf(PEERS / f"bitnet-tiny-s1-{name}.gguf")
         weights = [n for n in f.tensors if not n.endswith(".scale")]
-        assert weights == list(reference.tensors), name
+        assert weights == list(f32.tensors), name
         for tensor in weights:
             got = f.dequantize(tensor)
             scale = tensor.removesuffix(".weight") + ".scale"
             if scale in f.tensors:
                 got = got * f.dequantize(scale)[0]
-            np.testing.assert_array_equal(
-                got, reference.dequantize(tensor), err_msg=f"{name} {tensor}"
-            )
+            np.testing.assert_array_equal(got, f32.dequantize(tensor), err_msg=f"{name} {tensor}")
             types_seen.add(f.tensors[tensor].wtype.name)
     assert {"TQ2_0", "TQ1_0", "I2_S", "F16", "F32"} <= types_seen
     i2s = open_gguf(PEERS / "bitnet-tiny-s1-i2_s.gguf")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pybitnet.convert.metadata import FILE_TYPES, read_sentencepiece
+from pybitnet.convert.metadata import read_sentencepiece
 from pybitnet.errors import FormatError, ModelError
 from pybitnet.formats import WeightType, quantize, tensor_nbytes
 from pybitnet.gguf import TensorSpec
@@ -190,7 +190,7 @@ def import_llama2c(
     metadata: dict[str, Any] = {
         "general.architecture": arch,
         "general.name": src_path.stem,
-        "general.file_type": np.uint32(FILE_TYPES[weight_type.name]),
+        "general.file_type": np.uint32(weight_type.file_type),
         f"{arch}.context_length": np.uint32(ckpt.seq_len),
         f"{arch}.embedding_length": np.uint32(ckpt.dim),
         f"{arch}.block_count": np.uint32(ckpt.n_layers),

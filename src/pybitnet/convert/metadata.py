@@ -1,4 +1,4 @@
-"""GGUF metadata that pybitnet writes: file types and SentencePiece-style (`llama`) tokenizers.
+"""GGUF metadata that pybitnet writes: SentencePiece-style (`llama`) tokenizers.
 
 Used by the importers (convert/llama2c.py) and the synthetic model generator (convert/synthetic.py).
 """
@@ -12,12 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pybitnet import formats
 from pybitnet.errors import ModelError
-
-# general.file_type ("mostly <type>") by the type of the linear weights: a column of the format
-# table (llama.cpp's LLAMA_FTYPE_* values, and bitnet.cpp's 40 for I2_S).
-FILE_TYPES = {t.name: t.file_type for t in formats.TYPES.values()}
 
 # Token types, the same numbers in SentencePiece's ModelProto and in GGUF.
 NORMAL, UNKNOWN, CONTROL, BYTE = 1, 2, 3, 6

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pybitnet import formats
-from pybitnet.convert.metadata import BYTE, CONTROL, FILE_TYPES, NORMAL, UNKNOWN, llama_tokenizer
+from pybitnet.convert.metadata import BYTE, CONTROL, NORMAL, UNKNOWN, llama_tokenizer
 from pybitnet.errors import FormatError, ModelError
 from pybitnet.formats import WeightType, i2_s
 from pybitnet.gguf import TensorSpec, write_gguf
@@ -78,7 +78,8 @@ def make_model(
     """Write a synthetic GGUF model of ``arch`` whose linear weights are ``weight_type``.
 
     ``overrides`` replace fields of the preset's Shape (vocab, dim, layers, heads, kv_heads, ffn,
-    ctx, rope_theta, eps). The output layer is tied to token_embd (stored as ``embd_type``).
+    ctx, rope_theta, eps); None keeps the preset's. The output layer is tied to token_embd
+    (stored as ``embd_type``).
     """
     if seed < 0:
         raise ModelError(f"seed {seed} must be non-negative")
@@ -89,7 +90,7 @@ def make_model(
     unknown = set(overrides) - set(Shape.__dataclass_fields__)
     if unknown:
         raise ModelError(f"unknown model dimension(s) {sorted(unknown)}")
-    shape = replace(PRESETS[preset], **overrides)
+    shape = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     wtype, etype = formats.weight_type(weight_type), formats.weight_type(embd_type)
     if etype.ternary:
         raise ModelError(f"token_embd cannot be {etype.name}: choose a float or Q type")
@@ -98,7 +99,7 @@ def make_model(
     metadata = {
         "general.architecture": arch,
         "general.name": f"synthetic-{arch}-{preset}-{wtype.name.lower()}-s{seed}",
-        "general.file_type": np.uint32(FILE_TYPES[wtype.name]),
+        "general.file_type": np.uint32(wtype.file_type),
         f"{arch}.context_length": np.uint32(shape.ctx),
         f"{arch}.embedding_length": np.uint32(shape.dim),
         f"{arch}.block_count": np.uint32(shape.layers),

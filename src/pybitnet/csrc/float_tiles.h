@@ -7,6 +7,8 @@
 //   [-87.3, 88]), load_f16(p) (N float16 values), half(h) (one float16 value).
 // No standard-library templates here (see tiers.h).
 // Uses C library functions only (sqrtf, expf, memcpy), included by the tier unit.
+// One file, long because every tier compiles the same kernels from it with its own vector type:
+// split, each part would need the same preamble and every tier unit one include more.
 
 constexpr int R = kTileRows;
 

@@ -3,16 +3,9 @@
     report = measure_accuracy()            # the embedded model, the built-in text, 128-token chunks
     print_report(report); write_json(report, "accuracy.json")
 
-The model's ternary weights (codes and scales, any `.scale` tensor folded in) are written into
-each ternary format in a temporary GGUF, every other tensor copied as it is:
-- I2_S holds one float32 scale per tensor, so it holds the weights exactly when every block of a
-  tensor that has a nonzero weight has the same scale (I2_S and HF-derived models); a model with
-  several block scales in a tensor skips the I2_S path.
-- TQ1_0/TQ2_0 hold a float16 scale per 256-block, which would round a float32 scale: as
-  convert/llama2c.py does, a tensor with one scale becomes blocks of d = 1 with the exact scale
-  in an F32 `.scale` tensor; a tensor with several block scales keeps its own (float16) ones.
-A format that cannot hold a tensor's shape (I2_S: whole 128-element blocks; TQ: rows of whole
-256-blocks) is skipped with a note. After writing, every ternary tensor of the new file is
+The model's ternary weights are written into each ternary format in a temporary GGUF
+(eval/reencode.py says how each format holds them exactly); a format that cannot hold a tensor's
+shape or scales is skipped with a note. After writing, every ternary tensor of the new file is
 dequantized and compared with the model's: `weights_identical` is that check, not an assumption.
 
 On each file the numpy reference (float64, SPEC numerics) and the engine (the selected kernel tier,
@@ -39,17 +32,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from pybitnet import formats, kernels
-from pybitnet.convert.metadata import FILE_TYPES
 from pybitnet.convert.synthetic import make_model
 from pybitnet.data import default_model_path
 from pybitnet.decode import ForwardPass
 from pybitnet.engine import Engine
 from pybitnet.engine.forward import OUTPUT_HEADS
 from pybitnet.errors import FormatError, ModelError
-from pybitnet.eval.perplexity import PerplexityResult, perplexity
-from pybitnet.formats import WeightType
+from pybitnet.eval.perplexity import PerplexityResult, chunk_bos, perplexity
+from pybitnet.eval.reencode import reencode, same_weights
 from pybitnet.generate import Model
-from pybitnet.gguf import GGUFFile, TensorSpec, write_gguf
 from pybitnet.model.reference import ReferenceModel
 
 TERNARY_PATHS = formats.TERNARY  # every ternary format of the table
@@ -149,23 +140,16 @@ def _measure(
     step: Callable[[str], None] | None,
 ) -> AccuracyReport:
     step = step or (lambda _: None)
-    source = Model(path, n_ctx=n_ctx)
-    if n_ctx > source.config.context_length:
-        raise ModelError(
-            f"{path}: a context of {n_ctx} tokens exceeds the model's context_length "
-            f"{source.config.context_length}"
-        )
+    source = _source_model(path, n_ctx)
     ternary = [n for n, info in source.file.tensors.items() if info.wtype.ternary]
-    if not ternary:
-        raise ModelError(f"{path}: the model has no ternary tensors, so no ternary path to measure")
     tokens = source.tokenize(text)
-    bos = source.tokenizer.bos_id if source.tokenizer.add_bos else None
+    bos = chunk_bos(source.tokenizer)
 
     def run(model: ForwardPass) -> tuple[PerplexityResult, list[np.ndarray]]:
         return _run(model, tokens, n_ctx, bos)
 
     step("float64 reference on the model file")
-    source_ppl, source_logits = run(ReferenceModel(source.weights))
+    baseline = run(ReferenceModel(source.weights))
     rows, skipped = [], []
     for fmt in map(formats.weight_type, TERNARY_PATHS):
         target = workdir / f"{fmt.name.lower()}.gguf"
@@ -177,43 +161,11 @@ def _measure(
             continue
         m = Model(target, n_ctx=n_ctx)
         identical = same_weights(source.file, m.file, ternary)
-        row = functools.partial(PathAccuracy, path=fmt.name, weights_identical=identical)
-
-        step(f"{fmt.name}: float64 reference")
-        ppl, logits = run(ReferenceModel(m.weights))
-        figures = compare(logits, source_logits)
-        rows.append(
-            row(
-                compute="reference (float64)",
-                output_head=m.weights.output.wtype.name,
-                compared_with="reference on the model file",
-                kernels=[],
-                **figures,
-                ppl=ppl.ppl,
-                ppl_change=ppl.ppl / source_ppl.ppl - 1,
-            )
-        )
-        for head in OUTPUT_HEADS:
-            label = head or m.weights.output.wtype.name
-            step(f"{fmt.name}: engine, output head {label}")
-            with kernels.profile() as prof:
-                engine = Engine(m.weights, output_head=head)
-                engine_ppl, engine_logits = run(engine)
-            rows.append(
-                row(
-                    compute=f"engine ({engine.tier})",
-                    output_head=label,
-                    compared_with="reference on this file",
-                    kernels=[k["id"] for k in prof.stats()],
-                    **compare(engine_logits, logits),
-                    ppl=engine_ppl.ppl,
-                    ppl_change=engine_ppl.ppl / ppl.ppl - 1,
-                )
-            )
-            del engine, engine_logits
+        rows += _path_rows(m, fmt.name, identical, run, baseline, step)
         m.file.close()
-        del m, logits
+        del m
         target.unlink()  # one re-encoded model on disk at a time
+    source_ppl = baseline[0]
     return AccuracyReport(
         model=name,
         architecture=source.config.arch,
@@ -226,6 +178,64 @@ def _measure(
         paths=rows,
         skipped=skipped,
     )
+
+
+def _source_model(path: Path, n_ctx: int) -> Model:
+    """The model to measure, checked: the context fits it and it has ternary tensors."""
+    source = Model(path, n_ctx=n_ctx)
+    if n_ctx > source.config.context_length:
+        raise ModelError(
+            f"{path}: a context of {n_ctx} tokens exceeds the model's context_length "
+            f"{source.config.context_length}"
+        )
+    if not any(info.wtype.ternary for info in source.file.tensors.values()):
+        raise ModelError(f"{path}: the model has no ternary tensors, so no ternary path to measure")
+    return source
+
+
+def _path_rows(
+    m: Model,
+    path: str,
+    weights_identical: bool,
+    run: Callable[[ForwardPass], tuple[PerplexityResult, list[np.ndarray]]],
+    baseline: tuple[PerplexityResult, list[np.ndarray]],
+    step: Callable[[str], None],
+) -> list[PathAccuracy]:
+    """One ternary path's rows: the float64 reference on its file ``m`` against ``baseline``
+    (the reference on the model file), then the engine with each output head against it."""
+    row = functools.partial(PathAccuracy, path=path, weights_identical=weights_identical)
+    step(f"{path}: float64 reference")
+    ppl, logits = run(ReferenceModel(m.weights))
+    rows = [
+        row(
+            compute="reference (float64)",
+            output_head=m.weights.output.wtype.name,
+            compared_with="reference on the model file",
+            kernels=[],
+            **compare(logits, baseline[1]),
+            ppl=ppl.ppl,
+            ppl_change=ppl.ppl / baseline[0].ppl - 1,
+        )
+    ]
+    for head in OUTPUT_HEADS:
+        label = head or m.weights.output.wtype.name
+        step(f"{path}: engine, output head {label}")
+        with kernels.profile() as prof:
+            engine = Engine(m.weights, output_head=head)
+            engine_ppl, engine_logits = run(engine)
+        rows.append(
+            row(
+                compute=f"engine ({engine.tier})",
+                output_head=label,
+                compared_with="reference on this file",
+                kernels=[k["id"] for k in prof.stats()],
+                **compare(engine_logits, logits),
+                ppl=engine_ppl.ppl,
+                ppl_change=engine_ppl.ppl / ppl.ppl - 1,
+            )
+        )
+        del engine, engine_logits
+    return rows
 
 
 def _run(
@@ -257,80 +267,6 @@ def compare(logits: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> di
         "rel_error": float(np.sqrt(np.square(a - b).sum() / bb.sum())),
         "top1": float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))),
     }
-
-
-def reencode(f: GGUFFile, fmt: WeightType, target: Path) -> None:
-    """Write ``f`` with its ternary weights in ``fmt`` (see the module docstring) to ``target``.
-
-    Raises FormatError naming the tensor when ``fmt`` cannot hold its shape or its scales. The
-    encoded tensors are held in memory until written (the size of the new file's ternary data).
-    """
-    folded = {_scale_name(n) for n, info in f.tensors.items() if info.wtype.ternary}
-    specs = []
-    for name, info in f.tensors.items():
-        if name in folded:  # a ternary weight's `.scale`: made again with its weight below
-            continue
-        if not info.wtype.ternary:
-            specs.append(TensorSpec(name, info.shape, info.wtype, f.tensor_bytes(name)))
-            continue
-        try:
-            formats.tensor_nbytes(fmt, info.shape[-1], info.n_elements)
-        except FormatError as exc:
-            raise FormatError(f"tensor {name} {list(info.ne)}: {exc}") from None
-        data, scale = _encode(f, name, fmt)
-        specs.append(TensorSpec(name, info.shape, fmt, data))
-        if scale is not None:
-            specs.append(TensorSpec(_scale_name(name), (1,), "F32", _f32_bytes(scale)))
-    metadata = dict(f.metadata)
-    if "general.file_type" in metadata:
-        metadata["general.file_type"] = np.uint32(FILE_TYPES[fmt.name])
-    write_gguf(target, metadata, specs, alignment=f.alignment, types=f.metadata_types)
-
-
-def _encode(f: GGUFFile, name: str, fmt: WeightType) -> tuple[np.ndarray, np.float32 | None]:
-    """(bytes in ``fmt``, the value of its `.scale` tensor or None) of ternary tensor ``name``."""
-    info = f.tensors[name]
-    codes, block_scales = formats.unpack_ternary(info.wtype, f.tensor_bytes(name), info.shape)
-    extra = _scale(f, name)
-    rows, groups = block_scales.shape
-    used = codes.reshape(rows, groups, -1).any(axis=2)  # an all-zero block's scale is moot
-    distinct = np.unique(block_scales[used] * extra)
-    if len(distinct) <= 1:
-        s = distinct[0] if len(distinct) else np.float32(0)
-        if fmt.tensor_scale:
-            return formats.quantize(fmt, codes * s), None
-        return formats.quantize(fmt, codes.astype(np.float32)), s  # blocks of d = 1
-    if fmt.tensor_scale:
-        raise FormatError(
-            f"tensor {name} has {len(distinct)} different block scales; "
-            f"{fmt.name} holds one per tensor"
-        )
-    # TQ to TQ: the blocks keep their float16 scales, the tensor its `.scale`.
-    values = codes * np.repeat(block_scales, codes.shape[1] // groups, axis=1)
-    return formats.quantize(fmt, values), extra
-
-
-def same_weights(a: GGUFFile, b: GGUFFile, names: Sequence[str]) -> bool:
-    """Whether tensors ``names`` hold the same values in both files, `.scale` tensors applied."""
-    return all(np.array_equal(_values(a, n), _values(b, n)) for n in names)
-
-
-def _values(f: GGUFFile, name: str) -> np.ndarray:
-    return f.dequantize(name) * _scale(f, name)
-
-
-def _scale(f: GGUFFile, name: str) -> np.float32:
-    """The tensor's `.scale` (1 when it has none), as the model's weights read it."""
-    scale_name = _scale_name(name)
-    return np.float32(f.dequantize(scale_name)[0] if scale_name in f.tensors else 1.0)
-
-
-def _scale_name(name: str) -> str:
-    return name.removesuffix(".weight") + ".scale"
-
-
-def _f32_bytes(value: np.float32) -> np.ndarray:
-    return np.array([value], "<f4").view(np.uint8)
 
 
 def print_report(report: AccuracyReport, console: Console | None = None) -> None:

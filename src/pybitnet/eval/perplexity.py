@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pybitnet.errors import PyBitnetError
+
+if TYPE_CHECKING:
+    from pybitnet.generate import Model
+    from pybitnet.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -64,3 +69,19 @@ def perplexity(
         n_chunks=n_chunks,
         n_scored=len(all_nll),
     )
+
+
+def text_perplexity(model: Model, text: str, n_ctx: int) -> PerplexityResult:
+    """The perplexity of ``text`` under ``model``, in chunks of ``n_ctx`` tokens."""
+    return perplexity(model.logits, model.tokenize(text), n_ctx, chunk_bos(model.tokenizer))
+
+
+def chunk_bos(tokenizer: Tokenizer) -> int | None:
+    """The id each chunk starts with: BOS when the model adds one, else None (the text's own)."""
+    return tokenizer.bos_id if tokenizer.add_bos else None
+
+
+def print_report(result: PerplexityResult) -> None:
+    """As llama-perplexity prints it: the figure after each chunk, then the final estimate."""
+    print(",".join(f"[{i + 1}]{p:.4f}" for i, p in enumerate(result.running_ppl)))
+    print(f"Final estimate: PPL = {result.ppl:.4f} +/- {result.stderr:.5f}")

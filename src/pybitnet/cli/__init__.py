@@ -1,0 +1,48 @@
+"""The `pybitnet` command: a thin layer over the Python API.
+
+Each subcommand parses its options, calls one API function, and prints. Errors that pybitnet
+raises for bad input are shown as one line and exit with status 2. The commands live by role:
+generation.py (run, chat, serve), evaluation.py (perplexity, accuracy), models.py (convert,
+make-model, inspect), receipts.py (gate, verify, report, bench); console.py and options.py hold
+what they share. They are registered here, in the order `pybitnet --help` lists them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from pybitnet.cli.evaluation import accuracy, perplexity
+from pybitnet.cli.generation import chat, run, serve
+from pybitnet.cli.models import convert, inspect, make_model
+from pybitnet.cli.receipts import bench_app, gate, report, verify
+from pybitnet.errors import PyBitnetError
+
+app = typer.Typer(
+    name="pybitnet",
+    help="Fast, correct and honestly measured inference for ternary (BitNet b1.58) models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(run)
+app.command()(chat)
+app.command()(serve)
+app.command()(perplexity)
+app.command()(accuracy)
+app.command()(convert)
+app.command("make-model")(make_model)
+app.command()(gate)
+app.command()(inspect)
+app.command()(verify)
+app.command()(report)
+app.add_typer(bench_app, name="bench")
+
+
+def main() -> None:
+    try:
+        app()
+    except PyBitnetError as exc:
+        print(f"pybitnet: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,71 @@
+"""What the commands show besides their results: spinners and progress bars on stderr, text
+streamed to stdout, the kernel profile."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pybitnet.cli.options import use_threads
+
+
+def status(text: str) -> Any:
+    """A spinner on stderr while a `with` block runs (its `update` changes the text)."""
+    from rich.console import Console
+
+    return Console(stderr=True).status(text, spinner="dots")
+
+
+def load_model(model: Path | None, threads: int | None, output_head: str | None = None) -> Any:
+    """Loads a model, with a spinner on stderr while it loads."""
+    from pybitnet.generate import load
+
+    use_threads(threads)
+    with status("loading model"):
+        return load(model, output_head=output_head)
+
+
+def progress(total: int) -> tuple[Any, Callable[[str], None]]:
+    """A rich progress bar on stderr, and the step callback that advances it."""
+    import itertools
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    bar = Progress(console=Console(stderr=True), transient=True)
+    task = bar.add_task("starting", total=total)
+    done = itertools.count()
+
+    def step(description: str) -> None:
+        bar.update(task, description=description, completed=next(done))
+
+    return bar, step
+
+
+def write_streamed(pieces: Iterable[str]) -> None:
+    """Each piece to stdout as it comes, then a newline."""
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def print_written(path: Path) -> None:
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+
+
+def print_profile(prof: Any, seconds: float) -> None:
+    """The kernel registry's calls and time for a run, and the time spent outside kernels."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("kernel", "calls", "ms", "share", title="kernel profile", title_justify="left")
+    stats = prof.stats()
+    for s in sorted(stats, key=lambda s: -s["seconds"]):
+        share = s["seconds"] / seconds
+        table.add_row(s["id"], str(s["calls"]), f"{s['seconds'] * 1e3:.1f}", f"{share:.1%}")
+    outside = seconds - sum(s["seconds"] for s in stats)
+    table.add_row("(outside kernels)", "", f"{outside * 1e3:.1f}", f"{outside / seconds:.1%}")
+    Console(stderr=True).print(table)
