@@ -1,4 +1,4 @@
-"""Sampling (SPEC section 5) against a plain float64 implementation written here from the spec."""
+"""Sampling (docs/SPEC.md §5) against a plain float64 implementation written here from the spec."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ ALL_TOKENS = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}  # no truncation
 
 
 def spec_probs(logits: np.ndarray, recent: list[int], c: SamplerConfig) -> np.ndarray:
-    """SPEC section 5, one step at a time, in float64 and with full sorts."""
+    """docs/SPEC.md §5, one step at a time, in float64 and with full sorts."""
     x = np.asarray(logits, dtype=np.float64).copy()
     if c.repeat_last_n > 0:
         for t in set(recent[-c.repeat_last_n :]):

@@ -1,4 +1,4 @@
-"""Choosing the next token from logits (SPEC section 5), and finding stop strings in streamed text.
+"""Choosing the next token from logits (docs/SPEC.md §5), and finding stop strings in streamed text.
 
 The order is fixed: repetition penalty -> temperature -> top-k -> top-p -> min-p -> draw.
 Temperature comes before the truncations (as the SPEC says; llama.cpp's default chain applies

@@ -262,7 +262,7 @@ def test_conversion_tensors_against_the_checkpoint(gguf3m: Path) -> None:
 
 @pytest.mark.parametrize("model", [MODEL_1M, MODEL_3M])
 def test_converted_model_decodes_like_the_checkpoint(tmp_path: Path, model: Path) -> None:
-    """A naive float64 decoder of the GGUF's `bitnet` semantics (SPEC section 1) against the
+    """A naive float64 decoder of the GGUF's `bitnet` semantics (docs/SPEC.md §1) against the
     checkpoint's own math. The one intended difference is the final norm's eps (1e-5 there,
     the GGUF's tiny eps here): with it aligned the two agree to float64 rounding."""
     from helpers.naive_bitnet import NaiveBitnet

@@ -1,4 +1,4 @@
-"""I2_S (bitnet.cpp type 36) against vectors built by hand from SPEC section 2 (the gguf package
+"""I2_S (bitnet.cpp type 36) against vectors built by hand from docs/SPEC.md §2 (the gguf package
 cannot read it): byte 32*b + k holds elements 128*b + k, +32, +64, +96 in bits 7-6, 5-4, 3-2,
 1-0; code = w + 1; then a float32 scale and 28 bytes of padding."""
 

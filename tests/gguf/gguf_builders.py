@@ -1,4 +1,4 @@
-"""GGUF files built byte by byte for the tests, written from SPEC section 3 and sharing no code
+"""GGUF files built byte by byte for the tests, written from docs/SPEC.md §3 and sharing no code
 with pybitnet.gguf: malformed files for the validation tests, and a sample file (with the
 position of every numeric field and string recorded) for the writer comparison and the fuzzer.
 """

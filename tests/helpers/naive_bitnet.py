@@ -1,6 +1,6 @@
 """A deliberately naive float64 decoder of GGUF models (test-only oracle).
 
-Written from SPEC section 1 and the "Model semantics" of tests/fixtures/peers/README.md, one
+Written from docs/SPEC.md §1 and the "Model semantics" of tests/fixtures/peers/README.md, one
 position at a time and one head at a time, sharing no code with pybitnet.model. Weights come
 from pybitnet.gguf's dequantize (the formats are tested on their own against the gguf package),
 so ternary weights arrive as w_scale * W_t; BitLinear then computes

@@ -1,5 +1,5 @@
 """The float64 ReferenceModel against the naive float64 decoder (tests/helpers/naive_bitnet.py,
-plain loops written from SPEC section 1) on synthetic `bitnet` and `bitnet-b1.58` models.
+plain loops written from docs/SPEC.md §1) on synthetic `bitnet` and `bitnet-b1.58` models.
 
 Both compute the same function in float64, so they agree to rounding: the bound is relative to
 the size of the logits, max |ReferenceModel - NaiveBitnet| <= 1e-6 * max |NaiveBitnet|

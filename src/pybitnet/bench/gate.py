@@ -1,4 +1,4 @@
-"""The regression gate (SPEC section 7): compare two receipts metric by metric, from raw samples.
+"""The regression gate (docs/SPEC.md §7): compare two receipts metric by metric, from raw samples.
 
 For each run that both receipts hold (same name and thread count) and each of its metrics
 except `ms` (the reciprocal of the run's throughput, not counted twice), the change is the ratio

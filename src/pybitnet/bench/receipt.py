@@ -1,4 +1,4 @@
-"""Benchmark receipts (SPEC section 6): building runs from raw samples, loading and validating.
+"""Benchmark receipts (docs/SPEC.md §6): building runs from raw samples, loading and validating.
 
 A receipt is plain JSON; receipt.schema.json, shipped next to this module, is the one
 description of its shape. `summarize` is the one place where summary figures are computed from

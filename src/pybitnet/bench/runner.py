@@ -1,4 +1,4 @@
-"""`pybitnet bench`: llama-bench-style generation benchmarks, written as receipts (SPEC section 6).
+"""`pybitnet bench`: llama-bench-style generation benchmarks, written as receipts (docs/SPEC.md §6).
 
 Runs, for each thread count, like llama-bench rows, on the one token loop (decode.py):
 - ``pp<P>`` for each prompt length P: prefill P prompt tokens (ms, tok/s) as generation does,

@@ -1,4 +1,4 @@
-"""Receipt verification (SPEC section 6): every rule a receipt must satisfy, each with a verdict.
+"""Receipt verification (docs/SPEC.md §6): every rule a receipt must satisfy, each with a verdict.
 
     report = verify_receipt("receipt.json", replay=True)
     print_report(report)        # a table: rule, PASS / FAIL / SKIP, detail

@@ -41,7 +41,7 @@ def verify(
     model: Annotated[Path | None, typer.Option(help="The model file, if not at its path.")] = None,
     json_path: JsonFileOption = None,
 ) -> None:
-    """Apply every rule of SPEC section 6 to a receipt; exit 0 pass, 1 fail, 2 bad input."""
+    """Apply every rule of docs/SPEC.md §6 to a receipt; exit 0 pass, 1 fail, 2 bad input."""
     from pybitnet.bench.verify import print_report, verify_receipt, write_json
 
     report = verify_receipt(receipt, model=model, replay=replay)

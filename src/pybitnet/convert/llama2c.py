@@ -1,6 +1,6 @@
 """Importer for bitllama2.c checkpoints (llama2.c's BitNet b1.58 fork) into a `bitnet` GGUF model.
 
-The checkpoint's math (tests/fixtures/bitllama2c/README.md) maps exactly onto SPEC section 1's
+The checkpoint's math (tests/fixtures/bitllama2c/README.md) maps exactly onto docs/SPEC.md §1's
 `bitnet` architecture:
 - every linear layer normalises its own input with snorm(x) = x / (sqrt(mean(x^2)) * n), no eps
   and no weight: that is an RMS norm with the constant weight 1/n, so attn_norm, attn_sub_norm and

@@ -49,7 +49,7 @@ PRESETS = {
     "tiny": Shape(
         vocab=1000, dim=256, layers=4, heads=4, kv_heads=2, ffn=512, ctx=2048, rope_theta=500000.0
     ),
-    # microsoft/bitnet-b1.58-2B-4T (SPEC section 1)
+    # microsoft/bitnet-b1.58-2B-4T (docs/SPEC.md §1)
     "2b": Shape(
         vocab=128256,
         dim=2560,

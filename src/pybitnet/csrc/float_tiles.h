@@ -21,7 +21,7 @@ constexpr int64_t kQ8_0Bytes = format_of(kQ8_0).type_size;
 constexpr int64_t kQ4_0Bytes = format_of(kQ4_0).type_size;
 constexpr int64_t kQ4_1Bytes = format_of(kQ4_1).type_size;
 
-// ---- dense matrices (SPEC section 2 layouts, decoded as gguf.quants.dequantize does) ----
+// ---- dense matrices (docs/SPEC.md §2 layouts, decoded as gguf.quants.dequantize does) ----
 
 // Columns 32c .. 32c + 31 of row r of w as floats (zeros past the row's end).
 inline void decode_chunk(const DenseView &w, int64_t r, int64_t c, float *out) {

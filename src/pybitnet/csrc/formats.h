@@ -1,5 +1,5 @@
 #pragma once
-// The weight formats the kernels read (SPEC section 2), in one table as ggml's type_traits:
+// The weight formats the kernels read (docs/SPEC.md §2), in one table as ggml's type_traits:
 // ggml type id, elements per block, bytes per block. formats/__init__.py's TYPES is the same
 // table in Python; module.cpp exports this one (format_table()) and a test compares the two.
 #include <cstdint>

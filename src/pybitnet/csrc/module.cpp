@@ -182,7 +182,7 @@ void bind_ternary(nb::module_ &m) {
                 bitlinear(t, w, x.data(), x.shape(0), y);
             });
         },
-        "tier"_a, "w"_a, "x"_a, "BitLinear (SPEC section 1): y (n, rows) for x (n, cols) float32.");
+        "tier"_a, "w"_a, "x"_a, "BitLinear (docs/SPEC.md §1): y (n, rows) for x (n, cols) float32.");
 }
 
 void bind_dense(nb::module_ &m) {

@@ -34,7 +34,7 @@ class Int8Matrix {
     std::vector<int32_t> sums_;
 };
 
-// y (n x w.rows) = int8 matmul of x quantized per row as BitLinear does (SPEC section 1).
+// y (n x w.rows) = int8 matmul of x quantized per row as BitLinear does (docs/SPEC.md §1).
 void int8_linear(const TierKernels &tier, const Int8Matrix &w, const float *x, int64_t n, float *y);
 
 void rmsnorm(const TierKernels &tier, const float *x, const float *w, int64_t n, int64_t dim,

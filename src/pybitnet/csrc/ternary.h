@@ -55,7 +55,7 @@ class TernaryMatrix {
     std::vector<float> scales_;
 };
 
-// x (n x cols float32) quantized per row (SPEC section 1) on the pool's threads, padded to kp
+// x (n x cols float32) quantized per row (docs/SPEC.md §1) on the pool's threads, padded to kp
 // columns. The rows live in this thread's scratch until its next call.
 QuantizedRows quantize_rows(const TierKernels &tier, const float *x, int64_t n, int64_t cols,
                             int64_t kp);

@@ -33,7 +33,7 @@ struct TernaryView {
     int64_t rows, cols, kp, groups;
 };
 
-// Activations quantised per row (SPEC section 1), padded with zeros to kp columns.
+// Activations quantised per row (docs/SPEC.md §1), padded with zeros to kp columns.
 struct QuantizedRows {
     const int8_t *q;       // n x kp
     const float *sx;       // n: s_x = 127 / max(max|x|, 1e-5)
@@ -92,7 +92,7 @@ struct AttentionArgs {
 struct TierKernels {
     const char *name;
     // Quantises rows r0..r1 of x (n x k float32, row-major) into `out` (whose pointers are
-    // writable for those rows) as SPEC section 1 says, bit for bit with numpy.
+    // writable for those rows) as docs/SPEC.md §1 says, bit for bit with numpy.
     void (*quantize)(const float *x, int64_t k, int64_t r0, int64_t r1, int8_t *q, float *sx,
                      int32_t *sums, int64_t kp);
     // y[b, r] for every activation row b and weight rows r0..r1 (r0 a multiple of kTileRows);

@@ -1,4 +1,4 @@
-"""The fast forward pass: SPEC section 1 over the native kernels (kernels/), function for function
+"""The fast forward pass: docs/SPEC.md §1 over the native kernels (kernels/), function for function
 like the numpy reference (model/reference.py), with a float32 KV cache and batched decoding."""
 
 from pybitnet.engine.forward import Engine, EngineCache

@@ -76,7 +76,7 @@ class _Block:
 
 
 class Engine:
-    """SPEC section 1 on the native kernels: ``forward(tokens, cache)`` -> float32 logits.
+    """docs/SPEC.md §1 on the native kernels: ``forward(tokens, cache)`` -> float32 logits.
 
     Ternary weights are repacked once, here; float and Q-format weights are read in place from
     the file's memory map. ``output_head="q8"`` quantizes the output layer to int8 per row
@@ -207,7 +207,7 @@ class Engine:
         return self._rmsnorm(x, weight, self.config.rms_eps)
 
     def rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        """Rotates x (n, heads, head_dim) in place by the positions' angles (SPEC section 1)."""
+        """Rotates x (n, heads, head_dim) in place by the positions' angles (docs/SPEC.md §1)."""
         c = self.config
         return self._rope(x, cos, sin, c.rope_dim, c.rope_neox)
 

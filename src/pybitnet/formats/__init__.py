@@ -50,7 +50,7 @@ TYPES: dict[int, WeightType] = {
         WeightType("TQ1_0", 34, 256, 54, True, 36, tq1_0),
         WeightType("TQ2_0", 35, 256, 66, True, 37, tq2_0),
         # bitnet.cpp's I2_S: 4 codes per byte in 128-element blocks, then a 32-byte tail whose
-        # first 4 bytes are the float32 per-tensor scale (SPEC section 2).
+        # first 4 bytes are the float32 per-tensor scale (docs/SPEC.md §2).
         WeightType("I2_S", 36, 128, 32, True, 40, i2_s, tensor_scale=True),
     )
 }
@@ -167,7 +167,7 @@ def ternary_scales(
 
 
 def ternarize_absmean(w: np.ndarray) -> tuple[np.ndarray, np.float32]:
-    """BitNet b1.58's absmean ternarization (SPEC section 2): s = max(mean|W|, 1e-5),
+    """BitNet b1.58's absmean ternarization (docs/SPEC.md §2): s = max(mean|W|, 1e-5),
     T = clamp(rint(W / s), -1, 1) (ties to even). Returns (T as int8, s as float32).
 
     mean|W| is accumulated in float64 and rounded to float32; W / s is computed in float32.

@@ -1,4 +1,4 @@
-"""GGUF files: a validating, memory-mapped reader and a streaming writer (SPEC section 3).
+"""GGUF files: a validating, memory-mapped reader and a streaming writer (docs/SPEC.md §3).
 
     f = open_gguf(path)              # header, metadata and tensor table parsed and checked
     f.metadata["general.architecture"], f.tensors["token_embd.weight"].shape

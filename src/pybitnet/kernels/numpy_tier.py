@@ -1,5 +1,5 @@
 """The numpy kernel tier: the fallback when no native tier runs, and the oracle the native tiers
-are tested against. Each computes exactly what SPEC section 1 and 2 say, in float32.
+are tested against. Each computes exactly what docs/SPEC.md §1 and 2 say, in float32.
 (Not to be confused with model/reference.py, the float64 reference forward pass.)"""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def prepare_ternary(codes: np.ndarray, scales: np.ndarray) -> TernaryCodes:
 
 
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row int8 activations (SPEC section 1): x_q (n, in) as int32, and s_x (n, 1) float32."""
+    """Per-row int8 activations (docs/SPEC.md §1): x_q (n, in) as int32, and s_x (n, 1) float32."""
     s_x = np.float32(127) / np.maximum(np.abs(x).max(axis=1, keepdims=True), np.float32(1e-5))
     x_q = np.clip(np.rint(x * s_x), -128, 127).astype(np.int32)
     return x_q, s_x

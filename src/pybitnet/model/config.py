@@ -1,4 +1,4 @@
-"""Model hyperparameters, read from GGUF metadata (SPEC section 1).
+"""Model hyperparameters, read from GGUF metadata (docs/SPEC.md §1).
 
 An architecture variant (relu² vs SiLU, sub-norms or not, RoPE pairing) is a field of the
 config, not a class of its own.

@@ -1,4 +1,4 @@
-"""The float64 reference forward pass: SPEC section 1, read top to bottom, in numpy float64.
+"""The float64 reference forward pass: docs/SPEC.md §1, read top to bottom, in numpy float64.
 
 This is the oracle that the native engine is tested against. It stays this simple.
 """
@@ -17,7 +17,7 @@ from pybitnet.model.weights import Tensor, Weights
 
 
 class ReferenceModel:
-    """SPEC section 1 over a model's weights. Dense (non-ternary) weights are dequantized to
+    """docs/SPEC.md §1 over a model's weights. Dense (non-ternary) weights are dequantized to
     float64 once, on first use; ternary weights are unpacked at every use."""
 
     def __init__(self, weights: Weights) -> None:
@@ -86,7 +86,7 @@ class ReferenceModel:
 
 
 def bitlinear(x: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """BitNet b1.58 linear layer (SPEC section 1): int8 activations per token, exact integer
+    """BitNet b1.58 linear layer (docs/SPEC.md §1): int8 activations per token, exact integer
     dot products per weight-scale group, then the scales.
 
     codes: int8 (out, in) in {-1, 0, 1}; scales: (out, groups), each group a run of in/groups

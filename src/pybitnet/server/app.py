@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP API (SPEC section 8) over a Scheduler, as a FastAPI app: the pieces
+"""The OpenAI-compatible HTTP API (docs/SPEC.md §8) over a Scheduler, as a FastAPI app: the pieces
 assembled, each in its own module (config, errors, middleware, routes, serving, replies)."""
 
 from __future__ import annotations

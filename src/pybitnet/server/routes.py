@@ -1,4 +1,4 @@
-"""The routes (SPEC section 8). Each is a short function that takes what it works with (the
+"""The routes (docs/SPEC.md §8). Each is a short function that takes what it works with (the
 model, the scheduler, the metrics, the configuration, the completion handler) from the app's
 state, as create_app put them there: `public` (the chat page, health, metrics) and `v1`
 (behind the API key when one is set)."""
