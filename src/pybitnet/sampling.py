@@ -1,7 +1,7 @@
 """Choosing the next token from logits (docs/SPEC.md §5), and finding stop strings in streamed text.
 
 The order is fixed: repetition penalty -> temperature -> top-k -> top-p -> min-p -> draw.
-Temperature comes before the truncations (as the SPEC says; llama.cpp's default chain applies
+Temperature comes before the truncations (as docs/SPEC.md says; llama.cpp's default chain applies
 it last), so it changes which tokens top-p and min-p keep. Ties are broken towards the lowest
 token id everywhere (greedy argmax, the top-k and top-p boundaries), so results never depend
 on how numpy orders equal values.

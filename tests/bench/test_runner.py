@@ -121,7 +121,7 @@ def test_reference_kernels_make_a_reference_receipt(monkeypatch):
 
 
 class Unregistered:
-    """The numpy reference forward pass, which calls no kernel of the registry."""
+    """The float64 reference forward pass, which calls no kernel of the registry."""
 
     def __init__(self, model: generate.Model) -> None:
         self.reference = ReferenceModel(model.weights)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pybitnet import kernels
 
-TOLERANCE = 0.01  # how far a derived figure may be from its recomputation (SPEC: 1%)
+TOLERANCE = 0.01  # how far a derived figure may be from its recomputation (docs/SPEC.md: 1%)
 ABS_TOLERANCE = 1e-9  # for figures that are zero (a standard deviation of equal samples)
 MAX_SHOWN = 4  # problems shown per rule; the rest are counted
 

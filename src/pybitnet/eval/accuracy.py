@@ -8,7 +8,7 @@ The model's ternary weights are written into each ternary format in a temporary 
 shape or scales is skipped with a note. After writing, every ternary tensor of the new file is
 dequantized and compared with the model's: `weights_identical` is that check, not an assumption.
 
-On each file the numpy reference (float64, SPEC numerics) and the engine (the selected kernel tier,
+On each file the float64 reference (docs/SPEC.md numerics) and the engine (the selected tier,
 with the output layer as stored and as int8 rows, "q8") run the llama-perplexity procedure over a
 text. Every row compares the logits at every position of every chunk with a float64 reference:
 engine rows with the reference on the same file; reference rows with the reference on the model's
