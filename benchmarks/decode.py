@@ -91,12 +91,13 @@ def bench_engine(path: Path, threads: int, output_head: str | None, reps: int) -
         samples = [n / prefill_once(engine, prompts(1, n), GREEDY)[0] * 1e3 for _ in range(reps)]
         result[f"pp{n}_tok_s"] = statistics.median(samples)
         result[f"pp{n}_samples"] = samples
-    decoded = [timed_decode(engine, prompts(1, DECODE_PROMPT), DECODE) for _ in range(reps)]
-    samples = [tok_s for tok_s, _ in decoded]
+    decoded = [timed_decode(engine, prompts(1, DECODE_PROMPT), DECODE, GREEDY) for _ in range(reps)]
+    samples = [tok_s for tok_s, _, _ in decoded]
     batched = [
-        timed_decode(engine, prompts(BATCH, DECODE_PROMPT), BATCH_STEPS) for _ in range(reps)
+        timed_decode(engine, prompts(BATCH, DECODE_PROMPT), BATCH_STEPS, GREEDY)
+        for _ in range(reps)
     ]
-    batch_samples = [tok_s for tok_s, _ in batched]
+    batch_samples = [tok_s for tok_s, _, _ in batched]
     result.update(
         tg128_tok_s=statistics.median(samples),
         tg128_samples=samples,

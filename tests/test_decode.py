@@ -159,3 +159,10 @@ def test_a_prompt_longer_than_a_chunk_prefills_in_chunks_and_its_receipt_verifie
         decode.step(model.engine, [gen])
         steps += 1
     assert steps == 3  # 128 + 128 + 9
+
+
+def test_the_decode_benchmark_runs_its_workloads_on_the_loop(model):
+    result = decode_benchmark().bench_engine(model.path, threads=1, output_head=None, reps=1)
+    for workload in ("pp128", "pp512", "tg128", "batch"):
+        assert result[f"{workload}_tok_s"] > 0
+    assert 0 <= result["python_overhead_share"] < 1
