@@ -329,12 +329,13 @@ def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
 def preset_model(preset: str) -> Path:
     """The synthetic model of a preset ("2b": bitnet-b1.58-2B-4T's shape, I2_S weights, F16
     embedding), made once in the cache directory ($PYBITNET_CACHE, else ~/.cache/pybitnet)."""
+    from pybitnet.convert.cache import cache_dir
     from pybitnet.convert.synthetic import PRESETS, make_model
 
     if preset not in PRESETS:
         raise BenchError(f"unknown preset {preset!r}; presets are {', '.join(PRESETS)}")
     params = {"arch": "bitnet-b1.58", "weight_type": "I2_S", "embd_type": "F16", "seed": 0}
-    cache = Path(os.environ.get("PYBITNET_CACHE") or Path.home() / ".cache" / "pybitnet")
+    cache = cache_dir()
     name = (
         f"synthetic-{preset}-{params['arch']}-{params['weight_type']}-{params['embd_type']}"
         f"-s{params['seed']}-pybitnet{pybitnet.__version__}.gguf"

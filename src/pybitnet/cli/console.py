@@ -23,8 +23,8 @@ def load_model(model: Path | None, threads: int | None, output_head: str | None 
     from pybitnet.generate import load
 
     use_threads(threads)
-    with status("loading model"):
-        return load(model, output_head=output_head)
+    with status("loading model") as spinner:
+        return load(model, output_head=output_head, report=spinner.update)
 
 
 def progress(total: int) -> tuple[Any, Callable[[str], None]]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pybitnet.cli.console import print_written
+from pybitnet.cli.console import print_written, status
 from pybitnet.cli.options import JsonFlag
 
 OutputOption = Annotated[Path, typer.Option("-o", "--output", help="The GGUF file to write.")]
@@ -65,7 +65,9 @@ def make_model(
 
 
 def inspect(
-    path: Annotated[Path, typer.Argument(help="The GGUF file.")],
+    path: Annotated[
+        Path, typer.Argument(help="The GGUF file, or a Hugging Face checkpoint folder.")
+    ],
     json_output: JsonFlag = False,
     sha256: Annotated[
         bool, typer.Option("--sha256", help="Also hash the file (reads it all).")
@@ -76,5 +78,10 @@ def inspect(
 
     from pybitnet.gguf.inspect import inspect_gguf, render
 
+    if path.is_dir():  # a checkpoint folder: its conversion in the cache (once)
+        from pybitnet.convert.cache import converted
+
+        with status("converting") as spinner:
+            path = converted(path, report=spinner.update)
     report = inspect_gguf(path, sha256=sha256)
     print(json.dumps(report, ensure_ascii=False)) if json_output else render(report)

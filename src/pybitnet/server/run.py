@@ -40,7 +40,8 @@ def serve(
     """Loads the model (the embedded one when model_path is None; output_head as in
     pybitnet.generate.load) and serves it until SIGTERM."""
     config = config or ServerConfig()
-    model = load(model_path, n_ctx=n_ctx, output_head=output_head)
+    log = logging.getLogger("uvicorn.error")
+    model = load(model_path, n_ctx=n_ctx, output_head=output_head, report=log.info)
     app = create_app(model, config)
     uvicorn_config = uvicorn.Config(
         app,
@@ -49,7 +50,7 @@ def serve(
         timeout_graceful_shutdown=config.shutdown_timeout,
         access_log=False,
     )
-    logging.getLogger("uvicorn.error").info(
+    log.info(
         "pybitnet: %s, context %d, batch %d; chat with it at http://%s:%d/",
         model.path.name,
         model.n_ctx,
