@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import pybitnet
@@ -166,3 +167,22 @@ def test_the_decode_benchmark_runs_its_workloads_on_the_loop(model):
     for workload in ("pp128", "pp512", "tg128", "batch"):
         assert result[f"{workload}_tok_s"] > 0
     assert 0 <= result["python_overhead_share"] < 1
+
+
+def test_ids_past_the_tokenizer_are_never_sampled(model):
+    """A file may have more embedding rows than its tokenizer has tokens (issue: one such id
+    once stopped the server): the loop samples only ids that have text."""
+    vocab = model.tokenizer.vocab_size
+    logits = np.zeros(vocab + 100, np.float32)
+    logits[vocab + 50] = 100.0  # the best logit, on an id without text
+    logits[7] = 10.0
+    gen = decode.Generation(
+        [1], None, tokenizer=model.tokenizer, sampling=SAMPLERS["greedy"], max_tokens=2
+    )
+    gen.advance(logits)
+    assert gen.token_ids == [7]
+    ids_only = decode.Generation(
+        [1], None, tokenizer=None, sampling=SAMPLERS["greedy"], max_tokens=2
+    )
+    ids_only.advance(logits)
+    assert ids_only.token_ids == [vocab + 50]  # without a tokenizer every row is an id

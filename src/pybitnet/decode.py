@@ -74,6 +74,8 @@ class Generation:
             raise ValueError("stop strings need the tokenizer's text")
         self.decoder = StreamDecoder(tokenizer) if tokenizer is not None else None
         self.eog_ids = tokenizer.eog_ids if tokenizer is not None and stop_at_eog else frozenset()
+        # A file may have more embedding rows than tokens: ids past the tokenizer's have no text.
+        self.vocab_size = tokenizer.vocab_size if tokenizer is not None else None
         self.max_tokens = max_tokens
         self.pending = list(prompt_ids)  # tokens not yet in the cache
         self.history = list(prompt_ids)  # what the repetition penalty looks back over
@@ -93,7 +95,7 @@ class Generation:
         """Samples the next token from the logits that predict it; returns the text it makes
         safe to show (stop strings and partial UTF-8 characters are held back), and when the
         generation ends, sets finish_reason and returns what was held back too."""
-        token = self.sampler.sample(logits, self.history)
+        token = self.sampler.sample(logits[: self.vocab_size], self.history)
         if token in self.eog_ids:
             return self._finish("stop")
         self.token_ids.append(token)
