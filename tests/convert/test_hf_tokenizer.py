@@ -220,5 +220,164 @@ def test_token_types_and_padding_as_llama_cpp_writes_them(trained: Path) -> None
 
 def test_a_vocabulary_larger_than_the_embedding_is_named(trained: Path) -> None:
     rows = HFTokenizer.from_file(str(trained / "tokenizer.json")).get_vocab_size() - 1
-    with pytest.raises(TokenizerError, match=rf"tokenizer\.json: token .* has id {rows}, but"):
+    with pytest.raises(
+        TokenizerError,
+        match=rf"tokenizer\.json: token .* has id {rows}, outside the embedding's {rows} rows",
+    ):
         tokenizer_metadata(trained, rows)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("small") / "llama-bpe"
+    _train(folder, "llama-bpe", list_merges=False)
+    return folder
+
+
+def _copy(small: Path, tmp_path: Path, **files: Any) -> Path:
+    """A copy of the `small` checkpoint folder with some files replaced (None: removed;
+    a function: applied to the parsed JSON; str: raw text; else written as JSON)."""
+    folder = shutil.copytree(small, tmp_path / "checkpoint")
+    for name, value in files.items():
+        path = folder / name.replace("__", ".")
+        if value is None:
+            path.unlink()
+        elif callable(value):
+            spec = json.loads(path.read_text(encoding="utf-8"))
+            value(spec)
+            _write_json(path, spec)
+        elif isinstance(value, str):
+            path.write_text(value, encoding="utf-8")
+        else:
+            _write_json(path, value)
+    return folder
+
+
+def _id(small: Path, text: str) -> int:
+    return HFTokenizer.from_file(str(small / "tokenizer.json")).token_to_id(text)
+
+
+def test_every_generation_end_id_ends_generation(small: Path, tmp_path: Path) -> None:
+    # two of these texts are in no list of end-of-generation texts: only the file says so
+    ends = [_id(small, t) for t in ("<|end_of_text|>", "<|start_header_id|>", "<|begin_of_text|>")]
+    folder = _copy(small, tmp_path, generation_config__json={"eos_token_id": ends})
+    rows = HFTokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size()
+    tok = _read_back(tokenizer_metadata(folder, rows), tmp_path)
+    assert tok.eos_id == ends[0] and set(ends) <= tok.eog_ids
+
+    ends.append(_id(small, USER_TOKEN))
+    _write_json(folder / "generation_config.json", {"eos_token_id": ends})
+    with pytest.raises(TokenizerError, match=rf"generation_config\.json: eos_token_id {ends[3]} "):
+        tokenizer_metadata(folder, rows)
+
+
+def test_eos_falls_back_to_generation_config(small: Path, tmp_path: Path) -> None:
+    end = _id(small, "<|eot_id|>")
+    folder = _copy(
+        small, tmp_path, tokenizer_config__json={}, generation_config__json={"eos_token_id": end}
+    )
+    metadata = tokenizer_metadata(folder, 800)
+    assert metadata["tokenizer.ggml.eos_token_id"] == end
+    assert "tokenizer.ggml.bos_token_id" not in metadata
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [({}, True), ({"add_bos_token": False}, False), ({"add_bos_token": True}, True)],
+)
+def test_add_bos_from_the_config_else_the_post_processor(
+    small: Path, tmp_path: Path, config: dict[str, Any], expected: bool
+) -> None:
+    folder = _copy(small, tmp_path, tokenizer_config__json=config)
+    assert tokenizer_metadata(folder, 800)["tokenizer.ggml.add_bos_token"] is expected
+    folder = _copy(
+        small, tmp_path / "bare", tokenizer__json=lambda s: s.update(post_processor=None)
+    )
+    assert "tokenizer.ggml.add_bos_token" not in tokenizer_metadata(folder, 800)
+
+
+def test_chat_template_from_the_checkpoint(small: Path, tmp_path: Path) -> None:
+    template = "{% for m in messages %}<|start_header_id|>{{ m.content }}<|eot_id|>{% endfor %}"
+    named = [{"name": "tool_use", "template": "x"}, {"name": "default", "template": template}]
+    for value in (template, named):
+        folder = _copy(
+            small, tmp_path / str(len(value)), tokenizer_config__json={"chat_template": value}
+        )
+        assert tokenizer_metadata(folder, 800)["tokenizer.chat_template"] == template
+    # transformers now saves the template as chat_template.jinja; it wins
+    (folder / "chat_template.jinja").write_text("{{ messages }}", encoding="utf-8")
+    tok = _read_back(tokenizer_metadata(folder, 800), tmp_path)
+    assert tok.chat_template == "{{ messages }}"
+
+
+def _set_split(regex: str) -> Any:
+    return lambda spec: spec["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=regex)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _set_split(r"\s+"),
+        lambda spec: spec.update(normalizer={"type": "NFC"}),
+        lambda spec: spec["pre_tokenizer"]["pretokenizers"][1].update(add_prefix_space=True),
+        lambda spec: spec["model"].update(ignore_merges=False),
+        lambda spec: spec.update(pre_tokenizer={"type": "Whitespace"}),
+    ],
+    ids=["regex", "normalizer", "prefix-space", "ignore-merges", "whitespace"],
+)
+def test_an_unknown_pre_tokenizer_is_named(small: Path, tmp_path: Path, edit: Any) -> None:
+    folder = _copy(small, tmp_path, tokenizer__json=edit)
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json: pre_tokenizer .* is none that"):
+        tokenizer_metadata(folder, 800)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"tokenizer__json": None}, r"tokenizer\.json: cannot read it"),
+        ({"tokenizer__json": "{"}, r"tokenizer\.json: not valid JSON"),
+        ({"tokenizer__json": "[]"}, r"tokenizer\.json: holds list, not a JSON object"),
+        (
+            {"tokenizer__json": lambda s: s["model"].update(type="WordPiece")},
+            r"tokenizer\.json: model\.type = 'WordPiece'",
+        ),
+        (
+            {"tokenizer__json": lambda s: s["model"]["merges"].insert(0, "abc")},
+            r"tokenizer\.json: model\.merges\[0\] = 'abc' is not a pair",
+        ),
+        (
+            {"tokenizer__json": lambda s: s["added_tokens"][0].update(id=-1)},
+            r"tokenizer\.json: token '<\|begin_of_text\|>' has id -1, outside",
+        ),
+        (
+            {"tokenizer__json": lambda s: s["added_tokens"][0].update(content="!")},
+            r"tokenizer\.json: id 0 names both '<\|begin_of_text\|>' and '!'",
+        ),
+        (
+            {"tokenizer__json": lambda s: s["added_tokens"][-1].update(content="!")},
+            r"tokenizer\.json: token '!' has two ids",
+        ),
+        (
+            {"tokenizer_config__json": {"eos_token": "<|nope|>"}},
+            r"tokenizer_config\.json: eos_token = '<\|nope\|>' is not a token",
+        ),
+        (
+            {"tokenizer_config__json": {"chat_template": 5}},
+            r"tokenizer_config\.json: chat_template = '5' is not a string",
+        ),
+        (
+            {"generation_config__json": {"eos_token_id": [2, "3"]}},
+            r"generation_config\.json: eos_token_id holds '3', not a token id",
+        ),
+        (
+            {"generation_config__json": {"eos_token_id": 800}},
+            r"generation_config\.json: eos_token_id 800 is outside the vocabulary \(800 tokens\)",
+        ),
+    ],
+)
+def test_bad_files_are_named(
+    small: Path, tmp_path: Path, files: dict[str, Any], message: str
+) -> None:
+    folder = _copy(small, tmp_path, **files)
+    with pytest.raises(TokenizerError, match=message):
+        tokenizer_metadata(folder, 800)

@@ -48,13 +48,14 @@ def tokenizer_metadata(folder: Path, vocab_rows: int) -> dict[str, Any]:
         kind = model.get("type") if isinstance(model, dict) else model
         raise TokenizerError(f"{path}: model.type = {kind!r}; pybitnet converts byte-level BPE")
     tokens, types = _tokens(path, spec, vocab_rows)
+    merges = _merges(path, model.get("merges"))  # checked before HF tokenizers reads them
     config = _read_json(folder / "tokenizer_config.json", missing_ok=True)
     metadata: dict[str, Any] = {
         "tokenizer.ggml.model": "gpt2",
         "tokenizer.ggml.pre": pre_tokenizer_name(path, spec),
         "tokenizer.ggml.tokens": tokens,
         "tokenizer.ggml.token_type": np.asarray(types, np.int32),
-        "tokenizer.ggml.merges": _merges(path, model.get("merges")),
+        "tokenizer.ggml.merges": merges,
     }
     metadata.update(_special_ids(folder, config, {t: i for i, t in enumerate(tokens)}))
     add_bos = config.get("add_bos_token", _post_processor_adds_bos(spec))
@@ -134,10 +135,18 @@ def _tokens(path: Path, spec: dict[str, Any], vocab_rows: int) -> tuple[list[str
             raise TokenizerError(f"{path}: token {text!r} has id {token_id!r}, not a token id")
         if not 0 <= token_id < vocab_rows:
             raise TokenizerError(
-                f"{path}: token {text!r} has id {token_id}, but the embedding has only "
+                f"{path}: token {text!r} has id {token_id}, outside the embedding's "
                 f"{vocab_rows} rows"
             )
+        if by_id.get(token_id, (text,))[0] != text:
+            raise TokenizerError(
+                f"{path}: id {token_id} names both {by_id[token_id][0]!r} and {text!r}"
+            )
         by_id[token_id] = (text, kind)
+    texts = [text for text, _ in by_id.values()]
+    if len(set(texts)) != len(texts):
+        twice = next(t for t in texts if texts.count(t) > 1)
+        raise TokenizerError(f"{path}: token {twice!r} has two ids")
     rows = [by_id.get(i, (f"[PAD{i}]", UNUSED)) for i in range(vocab_rows)]
     return [text for text, _ in rows], [kind for _, kind in rows]
 
