@@ -342,6 +342,10 @@ def test_an_unknown_pre_tokenizer_is_named(small: Path, tmp_path: Path, edit: An
             r"tokenizer\.json: model\.type = 'WordPiece'",
         ),
         (
+            {"tokenizer__json": lambda s: s["model"].update(byte_fallback=True)},
+            r"tokenizer\.json: model\.byte_fallback = True; pybitnet converts plain byte-level",
+        ),
+        (
             {"tokenizer__json": lambda s: s["model"]["merges"].insert(0, "abc")},
             r"tokenizer\.json: model\.merges\[0\] = 'abc' is not a pair",
         ),

@@ -47,12 +47,18 @@ def tokenizer_metadata(folder: Path, vocab_rows: int) -> dict[str, Any]:
     if not isinstance(model, dict) or model.get("type") != "BPE":
         kind = model.get("type") if isinstance(model, dict) else model
         raise TokenizerError(f"{path}: model.type = {kind!r}; pybitnet converts byte-level BPE")
+    # options that make HF's BPE something other than GPT-2's byte-level BPE
+    for key in ("byte_fallback", "continuing_subword_prefix", "end_of_word_suffix", "dropout"):
+        if model.get(key):
+            raise TokenizerError(
+                f"{path}: model.{key} = {model[key]!r}; pybitnet converts plain byte-level BPE"
+            )
     tokens, types = _tokens(path, spec, vocab_rows)
     merges = _merges(path, model.get("merges"))  # checked before HF tokenizers reads them
     config = _read_json(folder / "tokenizer_config.json", missing_ok=True)
     metadata: dict[str, Any] = {
         "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": pre_tokenizer_name(path, spec),
+        "tokenizer.ggml.pre": _pre_tokenizer_name(path, spec),
         "tokenizer.ggml.tokens": tokens,
         "tokenizer.ggml.token_type": np.asarray(types, np.int32),
         "tokenizer.ggml.merges": merges,
@@ -68,7 +74,7 @@ def tokenizer_metadata(folder: Path, vocab_rows: int) -> dict[str, Any]:
     return metadata
 
 
-def pre_tokenizer_name(path: Path, spec: dict[str, Any]) -> str:
+def _pre_tokenizer_name(path: Path, spec: dict[str, Any]) -> str:
     """llama.cpp's name for the pre-tokenizer: by the hash of the check text, else by the
     regexes of tokenizer.json's `pre_tokenizer`; an unknown one is an error."""
     try:
