@@ -285,11 +285,13 @@ def test_eos_falls_back_to_generation_config(small: Path, tmp_path: Path) -> Non
     ("config", "expected"),
     [({}, True), ({"add_bos_token": False}, False), ({"add_bos_token": True}, True)],
 )
-def test_add_bos_from_the_config_else_the_post_processor(
+def test_add_bos_and_eos_from_the_config_else_the_post_processor(
     small: Path, tmp_path: Path, config: dict[str, Any], expected: bool
 ) -> None:
-    folder = _copy(small, tmp_path, tokenizer_config__json=config)
-    assert tokenizer_metadata(folder, 800)["tokenizer.ggml.add_bos_token"] is expected
+    folder = _copy(small, tmp_path, tokenizer_config__json={**config, "add_eos_token": True})
+    metadata = tokenizer_metadata(folder, 800)
+    assert metadata["tokenizer.ggml.add_bos_token"] is expected
+    assert metadata["tokenizer.ggml.add_eos_token"] is True
     folder = _copy(
         small, tmp_path / "bare", tokenizer__json=lambda s: s.update(post_processor=None)
     )

@@ -1,7 +1,7 @@
 """GGUF `gpt2` tokenizer metadata from a Hugging Face checkpoint folder (docs/SPEC.md section 4).
 
 `tokenizer.json` (byte-level BPE) gives the tokens, merges, added tokens and the pre-tokenizer;
-`tokenizer_config.json` gives BOS, EOS, `add_bos_token` and the chat template;
+`tokenizer_config.json` gives BOS, EOS, `add_bos_token`, `add_eos_token` and the chat template;
 `generation_config.json` gives every id that ends generation. The layout of the result follows
 llama.cpp's convert_hf_to_gguf.py, so that a file converted here reads as one converted there.
 """
@@ -67,6 +67,8 @@ def tokenizer_metadata(folder: Path, vocab_rows: int) -> dict[str, Any]:
     add_bos = config.get("add_bos_token", _post_processor_adds_bos(spec))
     if add_bos is not None:
         metadata["tokenizer.ggml.add_bos_token"] = bool(add_bos)
+    if "add_eos_token" in config:
+        metadata["tokenizer.ggml.add_eos_token"] = bool(config["add_eos_token"])
     template = _chat_template(folder, config)
     if template is not None:
         metadata["tokenizer.chat_template"] = template
