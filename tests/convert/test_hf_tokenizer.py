@@ -184,6 +184,7 @@ def test_llama3_encodes_as_quicktok_and_hf_tokenizers(llama3: Path, tmp_path: Pa
     assert metadata["tokenizer.ggml.pre"] == "llama-bpe"
     tok = _read_back(metadata, tmp_path)
     assert tok.bos_id == enc.encode_single_token("<|begin_of_text|>") and tok.add_bos
+    assert {enc.encode_single_token(t) for t in ("<|end_of_text|>", "<|eot_id|>")} <= tok.eog_ids
     for text in TEXTS:
         ordinary = enc.encode_ordinary(text)
         with_specials = enc.encode(text, allowed_special="all")
