@@ -14,16 +14,25 @@ OutputOption = Annotated[Path, typer.Option("-o", "--output", help="The GGUF fil
 
 
 def convert(
-    src: Annotated[Path, typer.Argument(help="The checkpoint to convert.")],
-    source: Annotated[str, typer.Option("--from", help="Its format: llama2c.")],
+    src: Annotated[Path, typer.Argument(help="The checkpoint (hf: its folder) to convert.")],
+    source: Annotated[str, typer.Option("--from", help="Its format: llama2c or hf.")],
     output: OutputOption,
-    tokenizer: Annotated[Path | None, typer.Option(help="Its tokenizer file, if separate.")] = None,
-    wtype: Annotated[str, typer.Option("--type", help="GGUF type of ternary weights.")] = "I2_S",
+    tokenizer: Annotated[Path | None, typer.Option(help="Its tokenizer, if separate.")] = None,
+    wtype: Annotated[
+        str, typer.Option("--type", help="GGUF type of ternary weights: I2_S, TQ2_0, TQ1_0.")
+    ] = "I2_S",
+    embd_type: Annotated[
+        str | None,
+        typer.Option("--embedding-type", help="hf: GGUF type of the embedding and output head."),
+    ] = None,
 ) -> None:
     """Convert a checkpoint from another format into a GGUF model."""
     from pybitnet.convert import convert as convert_checkpoint
 
-    print_written(convert_checkpoint(source, src, output, weight_type=wtype, tokenizer=tokenizer))
+    path = convert_checkpoint(
+        source, src, output, weight_type=wtype, tokenizer=tokenizer, embedding_type=embd_type
+    )
+    print_written(path)
 
 
 def make_model(
