@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from helpers.hf_tiny import bf16, write_safetensors
+from pybitnet.convert import safetensors
 from pybitnet.convert.safetensors import Checkpoint, SafetensorsFile
 from pybitnet.errors import ModelError
 
@@ -116,3 +117,15 @@ def test_bad_index(tmp_path: Path, weight_map, message) -> None:
 def test_folder_without_weights(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="neither model.safetensors nor"):
         Checkpoint(tmp_path)
+
+
+def test_streaming_writer_round_trips(tmp_path: Path) -> None:
+    a = np.arange(12, dtype="<f4").reshape(3, 4)
+    b = np.arange(5, dtype=np.uint8)
+    specs = [("a", "F32", (3, 4), lambda: a), ("b", "U8", (5,), lambda: b)]
+    f = SafetensorsFile(safetensors.write_safetensors(tmp_path / "w.safetensors", specs))
+    np.testing.assert_array_equal(f.array("a"), a)
+    np.testing.assert_array_equal(f.array("b"), b)
+    assert (f.tensors["a"].begin - 8) % 8 == 0
+    with pytest.raises(ModelError, match="'b': data of 4 bytes"):
+        safetensors.write_safetensors(tmp_path / "x", [("b", "U8", (5,), lambda: b[:4])])

@@ -171,7 +171,7 @@ def _float_spec(
     ckpt: Checkpoint, name: str, gguf_name: str, shape: tuple[int, ...], wtype: WeightType
 ) -> TensorSpec:
     """A float tensor stored as ``wtype``, converted in chunks of rows so that neither the
-    source's pages nor a float32 copy of a large embedding are ever resident at once."""
+    source's pages nor a float32 copy of a large embedding are ever resident whole."""
     _checked(ckpt, name, shape, ("F32", "F16", "BF16"))
     try:
         formats.tensor_nbytes(wtype, shape[-1], int(np.prod(shape)))
@@ -180,13 +180,14 @@ def _float_spec(
 
     def data() -> np.ndarray:
         source = ckpt.array(name).reshape(-1, shape[-1])
+        row_bytes = formats.tensor_nbytes(wtype, shape[-1], shape[-1])
+        out = np.empty(source.shape[0] * row_bytes, np.uint8)
         step = max(1, CHUNK_ELEMENTS // shape[-1])
-        parts = [
-            formats.quantize(wtype, _float32(ckpt, name, source[i : i + step]))
-            for i in range(0, source.shape[0], step)
-        ]
-        ckpt.release(name)
-        return np.concatenate(parts)
+        for i in range(0, source.shape[0], step):
+            chunk = _float32(ckpt, name, source[i : i + step])
+            out[i * row_bytes : (i + len(chunk)) * row_bytes] = formats.quantize(wtype, chunk)
+            ckpt.release(name)  # the rows read so far leave memory
+        return out
 
     return TensorSpec(gguf_name, shape, wtype, data)
 

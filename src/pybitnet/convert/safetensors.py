@@ -15,7 +15,7 @@ import json
 import math
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,3 +193,29 @@ class Checkpoint:
         if name not in self._where:
             raise ModelError(f"{self.folder}: the checkpoint has no tensor {name!r}")
         return self._where[name]
+
+
+def write_safetensors(
+    path: str | Path, tensors: Sequence[tuple[str, str, tuple[int, ...], Callable[[], np.ndarray]]]
+) -> Path:
+    """Write (name, dtype, shape, data function) tensors as one safetensors file, each made only
+    when written (how benchmarks/convert_hf.py makes a 2B-shaped checkpoint in little memory)."""
+    header, offset = {}, 0
+    for name, dtype, shape, _ in tensors:
+        nbytes = math.prod(shape) * ITEM_BYTES[dtype]
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)  # data aligned to 8 bytes, as the safetensors library does
+    with open(path, "wb") as out:
+        out.write(len(text).to_bytes(8, "little") + text)
+        for name, _, _, data in tensors:
+            array = np.ascontiguousarray(data())
+            if array.nbytes != header[name]["data_offsets"][1] - header[name]["data_offsets"][0]:
+                raise ModelError(f"{path}: tensor {name!r}: data of {array.nbytes} bytes")
+            out.write(array.reshape(-1).view(np.uint8).data)
+    return Path(path)
