@@ -12,6 +12,7 @@ import numpy as np
 
 from pybitnet import decode
 from pybitnet.chat import render_chat, template_for
+from pybitnet.convert.cache import model_path
 from pybitnet.data import default_model_path
 from pybitnet.engine import Engine
 from pybitnet.errors import ModelError
@@ -156,6 +157,7 @@ class Model:
 def load(
     path: str | Path | None = None, *, n_ctx: int | None = None, output_head: str | None = None
 ) -> Model:
-    """Loads a GGUF model; with no path, the embedded TinyStories 3M BitNet model."""
-    path = path if path is not None else default_model_path()
+    """Loads a GGUF model, or a Hugging Face checkpoint folder (converted once into a cache:
+    convert/cache.py); with no path, the embedded TinyStories 3M BitNet model."""
+    path = model_path(path) if path is not None else default_model_path()
     return Model(path, n_ctx=n_ctx, output_head=output_head)

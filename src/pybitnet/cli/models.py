@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pybitnet.cli.console import print_written
+from pybitnet.cli.console import print_written, resolve_model
 from pybitnet.cli.options import JsonFlag
 
 OutputOption = Annotated[Path, typer.Option("-o", "--output", help="The GGUF file to write.")]
@@ -74,7 +74,9 @@ def make_model(
 
 
 def inspect(
-    path: Annotated[Path, typer.Argument(help="The GGUF file.")],
+    path: Annotated[
+        Path, typer.Argument(help="The GGUF file, or a Hugging Face checkpoint folder.")
+    ],
     json_output: JsonFlag = False,
     sha256: Annotated[
         bool, typer.Option("--sha256", help="Also hash the file (reads it all).")
@@ -85,5 +87,5 @@ def inspect(
 
     from pybitnet.gguf.inspect import inspect_gguf, render
 
-    report = inspect_gguf(path, sha256=sha256)
+    report = inspect_gguf(resolve_model(path), sha256=sha256)
     print(json.dumps(report, ensure_ascii=False)) if json_output else render(report)

@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 ModelOption = Annotated[
-    Path | None, typer.Option("--model", "-m", help="GGUF model file (default: the embedded one).")
+    Path | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="GGUF model file, or a Hugging Face checkpoint folder (converted once, cached); "
+        "default: the embedded model.",
+    ),
 ]
 ThreadsOption = Annotated[int | None, typer.Option(help="Kernel threads (default: all cores).")]
 OutputHeadOption = Annotated[

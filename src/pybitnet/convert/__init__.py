@@ -6,6 +6,7 @@ equivalent model; ``convert`` writes them. A new source is one more entry in IMP
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ def convert(
     weight_type: str = "I2_S",
     tokenizer: str | Path | None = None,
     embedding_type: str | None = None,
+    progress: Callable[[int], Callable[[str], None]] | None = None,
 ) -> Path:
     """Convert the ``source``-format checkpoint at ``src_path`` into a GGUF file at ``dst_path``.
 
@@ -37,6 +39,7 @@ def convert(
     file where the checkpoint has none of its own (llama2c: its `tokenizer.model`, by default
     the one next to the checkpoint; hf: a folder with tokenizer.json). ``embedding_type`` is the
     type of the embedding and output head, for importers that choose it (hf: F16 by default).
+    ``progress(n_tensors)`` returns a function told each tensor's name as it is written.
     """
     importer = IMPORTERS.get(source)
     if importer is None:
@@ -53,5 +56,18 @@ def convert(
     tokenizer_path = Path(tokenizer) if tokenizer is not None else None
     wtype = formats.weight_type(weight_type)
     metadata, tensors = importer(Path(src_path), wtype, tokenizer_path, **options)
+    if progress is not None:
+        step = progress(len(tensors))
+        tensors = [_announced(spec, step) for spec in tensors]
     write_gguf(dst_path, metadata, tensors)
     return Path(dst_path)
+
+
+def _announced(spec: TensorSpec, step: Callable[[str], None]) -> TensorSpec:
+    """``spec`` whose data, when the writer asks for it, first tells ``step`` its name."""
+
+    def data() -> Any:
+        step(spec.name)
+        return spec.data() if callable(spec.data) else spec.data
+
+    return dataclasses.replace(spec, data=data)
