@@ -1,0 +1,399 @@
+"""Build tiny Hugging Face ternary checkpoints with transformers and record its goldens.
+
+Run by hand in the oracle environment (torch + transformers, never a dependency of pybitnet or
+its tests; see tests/fixtures/hf/README.md for the exact versions):
+
+    TORCH_COMPILE_DISABLE=1 HF_HUB_OFFLINE=1 /work/hf-env/bin/python scripts/record_hf_fixtures.py
+
+Each fixture is written by transformers' own classes (`save_pretrained`; packed layouts through
+`integrations.bitnet.pack_weights`) in the layout its family publishes, then loaded back with
+`AutoModelForCausalLM.from_pretrained` so the recorded logits are what transformers computes from
+the files we commit. Writes tests/fixtures/hf/<name>/ and tests/fixtures/hf/goldens.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import tokenizers
+import torch
+import transformers
+from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitNetConfig, LlamaConfig
+from transformers.integrations.bitnet import pack_weights, replace_with_bitnet_linear
+from transformers.utils.quantization_config import BitNetQuantConfig
+
+ONLINE = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
+OFFLINE = dict(ONLINE, quantization_mode="offline")  # 2B-4T's packed config
+OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "hf"
+SCRIPT = "scripts/record_hf_fixtures.py"
+SEED = 20261206
+# Llama-3's pre-tokenizer split (the regex of Meta's tokenizer.json, llama.cpp's `llama-bpe`).
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"]
+SPECIALS += ["<|eot_id|>"]
+VOCAB = 448  # embedding rows; the tokenizer fills it with reserved specials, as Llama-3 does
+DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+DIMS |= dict(
+    num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, vocab_size=VOCAB
+)
+# A chat template of 2B-4T's shape ("Role: content<|eot_id|>", BOS first, "Assistant: " to end).
+CHAT_BITNET = (
+    "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
+    "{{ message['role'] | capitalize }}: {{ message['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+# Llama-3's shape: header ids around the role, "\n\n", content, <|eot_id|>.
+CHAT_LLAMA = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}"
+    "<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+CORPUS = [
+    "Once upon a time, a little cat sat on the warm mat and watched the rain fall.",
+    "The quick brown fox jumps over the lazy dog; the dog doesn't mind, it's sleeping.",
+    "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(add(i, 42))\n",
+    "Numbers: 1, 22, 333, 4444, 55555, 3.14159, 2026-12-06, 0x1F, 1e-5.",
+    "Unicode: café, naïve, Straße, 東京, Москва, ελληνικά, emoji 🙂 and tabs\tand  spaces.",
+    "We'll see; they're here, you've won, I'm sure, he'd go, she'll stay.",
+    "User: What is a ternary weight?\nAssistant: A weight in {-1, 0, +1} times a scale.",
+    "BitNet b1.58 quantizes weights by absmean and activations by absmax per token.",
+]
+PROMPTS = ["The little cat sat on the", "def f(x):\n    return x * 2  # café 123"]
+
+
+def tie_free_master(shape: tuple[int, int], dtype: torch.dtype, gen: torch.Generator):
+    """Random weights, stored in `dtype`, none of which sits within 1% of absmean's 0.5 boundary,
+    so float32 (transformers) and float64 (pybitnet) ternarize them alike."""
+    w = (torch.randn(shape, generator=gen) * 0.25).to(dtype).float()
+    for _ in range(100):
+        r = w.abs() / w.abs().mean()
+        near = (r - 0.5).abs() < 0.01
+        if not near.any():
+            return w.to(dtype)
+        w = torch.where(near, w * 1.05, w).to(dtype).float()
+    sys.exit("could not move the master weights off absmean's rounding boundary")
+
+
+def ternarize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and scale exactly as transformers' WeightQuant computes them (float32)."""
+    w = w.float()
+    scale = 1.0 / w.abs().mean().clamp(min=1e-5)
+    return (w * scale).round().clamp(-1, 1), 1.0 / scale
+
+
+def randomize(model, dtype: torch.dtype, seed: int) -> None:
+    """Embeddings N(0,1), norms U(0.5,1.5), linears tie-free masters, an untied head N(0,0.5):
+    logits of a few units, so most top-1 margins are far above the tests' 0.05."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            elif name == "lm_head.weight":
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+            elif "embed_tokens" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(tie_free_master(tuple(p.shape), dtype, gen).float())
+    model.to(dtype)
+
+
+def packed_copy(master, qc: BitNetQuantConfig, dtype: torch.dtype):
+    """The master's ternary weights in transformers' packed layer classes, packed by its own
+    pack_weights; weight_scale is a multiplier for AutoBitLinear and a divisor for BitLinear."""
+    model = copy.deepcopy(master)
+    ternary = {n: ternarize(m.weight) for n, m in model.named_modules() if _is_linear(n, m)}
+    replace_with_bitnet_linear(model, modules_to_not_convert=["lm_head"], quantization_config=qc)
+    for name, (codes, s) in ternary.items():
+        module = model.get_submodule(name)
+        scale = s if qc.linear_class == "autobitlinear" else 1.0 / s
+        packed = pack_weights(codes.clone())
+        if qc.linear_class == "autobitlinear":
+            module.weight = torch.nn.Parameter(packed, requires_grad=False)
+        else:
+            module.weight = packed
+        module.weight_scale = scale.reshape(1).to(dtype)
+    model.config.quantization_config = qc
+    return model
+
+
+def _is_linear(name: str, module) -> bool:
+    return isinstance(module, torch.nn.Linear) and name != "lm_head"
+
+
+@functools.cache
+def bpe_tokenizer() -> tokenizers.Tokenizer:
+    """A byte-level BPE trained on CORPUS with Llama-3's pre-tokenizer, specials and BOS rule."""
+    tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
+    split = pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(
+        CORPUS * 4, trainers.BpeTrainer(vocab_size=VOCAB - 32, initial_alphabet=alphabet)
+    )
+    n_reserved = VOCAB - tok.get_vocab_size() - len(SPECIALS)
+    tok.add_special_tokens(
+        SPECIALS + [f"<|reserved_special_token_{i}|>" for i in range(n_reserved)]
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A",
+        pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
+        special_tokens=[("<|begin_of_text|>", tok.token_to_id(SPECIALS[0]))],
+    )
+    return tok
+
+
+def special_ids() -> tuple[int, int, int]:
+    """Begin of text, end of text, end of turn."""
+    return tuple(bpe_tokenizer().token_to_id(SPECIALS[i]) for i in (0, 1, 4))
+
+
+def write_tokenizer(path: Path, chat_template: str) -> None:
+    """tokenizer.json and a tokenizer_config.json of Llama-3's shape (BOS, EOS, chat template)."""
+    tok = bpe_tokenizer()
+    tok.save(str(path / "tokenizer.json"))
+    flags = dict(lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
+    decoder = tok.get_added_tokens_decoder()
+    added = {str(i): {"content": decoder[i].content, **flags} for i in sorted(decoder)}
+    config = {
+        "added_tokens_decoder": added,
+        "bos_token": SPECIALS[0],
+        "eos_token": SPECIALS[1],
+        "chat_template": chat_template,
+        "clean_up_tokenization_spaces": True,
+        "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": DIMS["max_position_embeddings"],
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    _dump(path / "tokenizer_config.json", config)
+
+
+def write_generation_config(path: Path) -> None:
+    """After save_pretrained (which writes its own): end of text and end of turn both stop."""
+    bos, eos, eot = special_ids()
+    _dump(
+        path / "generation_config.json",
+        {"bos_token_id": bos, "do_sample": False, "eos_token_id": [eos, eot]},
+    )
+
+
+def _dump(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def publish_config(path: Path, edit) -> None:
+    """Rewrite config.json as the family publishes it (transformers 4.x keys: rope_theta)."""
+    config = json.loads((path / "config.json").read_text())
+    rope = config.pop("rope_parameters", None) or {}
+    config["rope_theta"] = rope.get("rope_theta", config.get("rope_theta"))
+    config.pop("dtype", None)
+    edit(config)
+    _dump(path / "config.json", dict(sorted(config.items())))
+
+
+def new_folders(paths: list[Path], chat_template: str) -> None:
+    for path in paths:
+        path.mkdir(parents=True, exist_ok=True)
+        write_tokenizer(path, chat_template)
+
+
+def config_ids() -> dict:
+    bos, eos, _ = special_ids()
+    return dict(bos_token_id=bos, eos_token_id=eos)
+
+
+def build_bitnet_2b4t(tmp: Path) -> dict[str, Path]:
+    """2B-4T's shape: relu², sub-norms, tied; a bf16 master (online) and its packed sibling."""
+    master_dir, packed_dir = OUT / "bitnet-b1.58-2b4t-bf16", OUT / "bitnet-b1.58-2b4t"
+    new_folders([master_dir, packed_dir], CHAT_BITNET)
+    config = BitNetConfig(**DIMS, **config_ids(), tie_word_embeddings=True)
+    config.rope_parameters = {"rope_type": "default", "rope_theta": 500000.0}
+    master = transformers.BitNetForCausalLM(config)
+    randomize(master, torch.bfloat16, SEED)
+    master.save_pretrained(master_dir)
+    publish_config(master_dir, lambda c: c.update(quantization_config=ONLINE))
+    qc = BitNetQuantConfig(linear_class="autobitlinear", quantization_mode="offline")
+    packed_copy(master, qc, torch.bfloat16).save_pretrained(packed_dir)
+    publish_config(packed_dir, lambda c: c.update(quantization_config=OFFLINE))
+    for d in (master_dir, packed_dir):
+        write_generation_config(d)
+    return {master_dir.name: master_dir, packed_dir.name: packed_dir}
+
+
+def build_llama_158(tmp: Path) -> dict[str, Path]:
+    """Falcon3-1.58bit / Llama3-8B-1.58's layout: LlamaForCausalLM, packed BitLinear, untied."""
+    path = OUT / "llama-1.58bit"
+    new_folders([path], CHAT_LLAMA)
+    config = LlamaConfig(**DIMS, **config_ids(), tie_word_embeddings=False)
+    config.rope_parameters = {"rope_type": "default", "rope_theta": 500000.0}
+    master = transformers.LlamaForCausalLM(config)
+    randomize(master, torch.bfloat16, SEED + 1)
+    packed_copy(master, BitNetQuantConfig(), torch.bfloat16).save_pretrained(path)
+    published = {"modules_to_not_convert": None, "quant_method": "bitnet"}
+    publish_config(path, lambda c: c.update(quantization_config=published))
+    write_generation_config(path)
+    return {path.name: path}
+
+
+SUB_NORMS_1BITLLM = {
+    ".self_attn.attn_sub_norm.": ".self_attn.inner_attn_ln.",
+    ".mlp.ffn_sub_norm.": ".mlp.ffn_layernorm.",
+}
+
+
+def build_1bitllm(tmp: Path) -> dict[str, Path]:
+    """1bitLLM's math (SiLU, sub-norms, untied, fp16 master ternarized on load) run by transformers'
+    BitNetForCausalLM in online AutoBitLinear mode (the oracle folder, under tmp); the committed
+    folder holds the same tensors under 1bitLLM's names and config (model_type llama)."""
+    oracle, path = tmp / "1bitllm-oracle", OUT / "1bitllm-bitnet-b1.58"
+    new_folders([oracle, path], CHAT_LLAMA)
+    config = BitNetConfig(**DIMS, **config_ids(), hidden_act="silu", tie_word_embeddings=False)
+    config.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+    model = transformers.BitNetForCausalLM(config)
+    randomize(model, torch.float16, SEED + 2)
+    model.save_pretrained(oracle)
+    publish_config(oracle, lambda c: c.update(quantization_config=ONLINE))
+    tensors = safetensors.torch.load_file(oracle / "model.safetensors")
+    renamed = {_rename(k): v for k, v in tensors.items()}
+    safetensors.torch.save_file(renamed, path / "model.safetensors", metadata={"format": "pt"})
+    published = json.loads((oracle / "config.json").read_text())
+    for key in ("quantization_config", "transformers_version"):
+        published.pop(key)
+    published |= {"architectures": ["BitnetForCausalLM"], "model_type": "llama"}
+    published |= {"weight_bits": 1, "input_bits": 8}
+    _dump(path / "config.json", dict(sorted(published.items())))
+    for d in (oracle, path):
+        write_generation_config(d)
+    return {path.name: oracle}
+
+
+def _rename(key: str) -> str:
+    for old, new in SUB_NORMS_1BITLLM.items():
+        key = key.replace(old, new)
+    return key
+
+
+def prompts(path: Path) -> list[dict]:
+    """Two raw texts (BOS added by the post-processor) and one chat rendered by transformers."""
+    tok = AutoTokenizer.from_pretrained(path)
+    out = [{"text": t, "ids": tok(t)["input_ids"]} for t in PROMPTS]
+    chat = [{"role": "user", "content": "Is the cat on the mat?"}]
+    ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    out.append({"chat": chat, "ids": list(ids)})
+    return out
+
+
+def margins(logits: torch.Tensor) -> list[float]:
+    top2 = logits.topk(2, dim=-1).values
+    return [_f32(m) for m in (top2[..., 0] - top2[..., 1]).tolist()]
+
+
+def _f32(x: float) -> float:
+    return float(f"{np.float32(x):.9g}")
+
+
+def record(oracle_dir: Path) -> tuple[list[dict], torch.nn.Module]:
+    """transformers' float32 logits for every prompt position and its greedy continuation."""
+    model = AutoModelForCausalLM.from_pretrained(
+        oracle_dir, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    # transformers keeps some tensors of a pre-quantized checkpoint in its bf16/fp16 despite
+    # dtype=float32 (then F.linear refuses the mix); widening them to float32 is exact.
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.is_floating_point():
+            t.data = t.data.float()
+    gen = json.loads((oracle_dir / "generation_config.json").read_text())
+    results = []
+    with torch.no_grad():
+        for prompt in prompts(oracle_dir):
+            ids = torch.tensor([prompt["ids"]])
+            logits = model(ids).logits[0].float()
+            out = model.generate(
+                ids,
+                do_sample=False,
+                max_new_tokens=16,
+                output_scores=True,
+                return_dict_in_generate=True,
+                eos_token_id=gen["eos_token_id"],
+                pad_token_id=gen["eos_token_id"][0],
+            )
+            scores = torch.stack(out.scores)[:, 0]
+            prompt |= {
+                "logits": [[_f32(v) for v in row] for row in logits.tolist()],
+                "margins": margins(logits),
+                "greedy": out.sequences[0, ids.shape[1] :].tolist(),
+                "greedy_margins": margins(scores),
+            }
+            results.append(prompt)
+    return results, model
+
+
+def layer_classes(model) -> list[str]:
+    """The classes transformers put in place of nn.Linear, with AutoBitLinear's mode."""
+    kinds = {
+        type(m).__name__ + _mode(m) for m in model.modules() if "BitLinear" in type(m).__name__
+    }
+    return sorted(kinds)
+
+
+def _mode(module) -> str:
+    online = getattr(module, "online_quant", None)
+    return "" if online is None else ("(online)" if online else "(offline)")
+
+
+def cosine(a: list, b: list) -> float:
+    x, y = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
+
+
+def versions() -> dict:
+    modules = (torch, transformers, tokenizers, safetensors, np)
+    return {"python": platform.python_version()} | {m.__name__: m.__version__ for m in modules}
+
+
+def main() -> None:
+    if os.environ.get("TORCH_COMPILE_DISABLE") != "1" or os.environ.get("HF_HUB_OFFLINE") != "1":
+        sys.exit(
+            "set TORCH_COMPILE_DISABLE=1 (transformers' bitnet functions run eagerly) and "
+            "HF_HUB_OFFLINE=1 (nothing is fetched)"
+        )
+    torch.manual_seed(SEED)
+    fixtures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for build in (build_bitnet_2b4t, build_llama_158, build_1bitllm):
+            for name, oracle_dir in build(Path(tmp)).items():
+                results, model = record(oracle_dir)
+                oracle = "this folder" if oracle_dir.parent == OUT else "README: 1bitLLM's oracle"
+                fixtures[name] = {"oracle": f"AutoModelForCausalLM.from_pretrained({oracle})"}
+                fixtures[name] |= {"layer_classes": layer_classes(model), "prompts": results}
+                print(name, fixtures[name]["layer_classes"], [p["greedy"] for p in results])
+    pair = [fixtures[n]["prompts"] for n in ("bitnet-b1.58-2b4t", "bitnet-b1.58-2b4t-bf16")]
+    agree = min(cosine(a["logits"], b["logits"]) for a, b in zip(*pair, strict=True))
+    print(f"packed vs master logits: min cosine {agree:.6f}")
+    if agree < 0.999:
+        sys.exit("the packed fixture and its master do not compute the same ternary model")
+    command = "TORCH_COMPILE_DISABLE=1 HF_HUB_OFFLINE=1 /work/hf-env/bin/python " + SCRIPT
+    goldens = {"command": command, "versions": versions(), "fixtures": fixtures}
+    text = json.dumps(goldens, ensure_ascii=False, separators=(",", ":"))
+    (OUT / "goldens.json").write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
