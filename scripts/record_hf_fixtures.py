@@ -72,6 +72,10 @@ CORPUS = [
     "User: What is a ternary weight?\nAssistant: A weight in {-1, 0, +1} times a scale.",
     "BitNet b1.58 quantizes weights by absmean and activations by absmax per token.",
 ]
+ORACLES = {  # keyed by: is the oracle folder the committed one?
+    True: "AutoModelForCausalLM.from_pretrained(this folder), float32",
+    False: "the same tensors under BitNet names, BitNetForCausalLM(silu), AutoBitLinear online",
+}
 PROMPTS = ["The little cat sat on the", "def f(x):\n    return x * 2  # café 123"]
 
 
@@ -116,7 +120,8 @@ def packed_copy(master, qc: BitNetQuantConfig, dtype: torch.dtype):
     """The master's ternary weights in transformers' packed layer classes, packed by its own
     pack_weights; weight_scale is a multiplier for AutoBitLinear and a divisor for BitLinear."""
     model = copy.deepcopy(master)
-    ternary = {n: ternarize(m.weight) for n, m in model.named_modules() if _is_linear(n, m)}
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    ternary = {n: ternarize(m.weight) for n, m in linears if n != "lm_head"}
     replace_with_bitnet_linear(model, modules_to_not_convert=["lm_head"], quantization_config=qc)
     for name, (codes, s) in ternary.items():
         module = model.get_submodule(name)
@@ -129,10 +134,6 @@ def packed_copy(master, qc: BitNetQuantConfig, dtype: torch.dtype):
         module.weight_scale = scale.reshape(1).to(dtype)
     model.config.quantization_config = qc
     return model
-
-
-def _is_linear(name: str, module) -> bool:
-    return isinstance(module, torch.nn.Linear) and name != "lm_head"
 
 
 @functools.cache
@@ -237,14 +238,18 @@ def build_bitnet_2b4t(tmp: Path) -> dict[str, Path]:
 
 
 def build_llama_158(tmp: Path) -> dict[str, Path]:
-    """Falcon3-1.58bit / Llama3-8B-1.58's layout: LlamaForCausalLM, packed BitLinear, untied."""
+    """Falcon3-1.58bit / Llama3-8B-1.58's layout: LlamaForCausalLM, packed BitLinear, untied,
+    in shards."""
     path = OUT / "llama-1.58bit"
     new_folders([path], CHAT_LLAMA)
     config = LlamaConfig(**DIMS, **config_ids(), tie_word_embeddings=False)
     config.rope_parameters = {"rope_type": "default", "rope_theta": 500000.0}
     master = transformers.LlamaForCausalLM(config)
     randomize(master, torch.bfloat16, SEED + 1)
-    packed_copy(master, BitNetQuantConfig(), torch.bfloat16).save_pretrained(path)
+    # sharded, as Llama3-8B-1.58 publishes it (model.safetensors.index.json + shards)
+    packed_copy(master, BitNetQuantConfig(), torch.bfloat16).save_pretrained(
+        path, max_shard_size="64KB"
+    )
     published = {"modules_to_not_convert": None, "quant_method": "bitnet"}
     publish_config(path, lambda c: c.update(quantization_config=published))
     write_generation_config(path)
@@ -320,6 +325,9 @@ def record(oracle_dir: Path) -> tuple[list[dict], torch.nn.Module]:
         if t.is_floating_point():
             t.data = t.data.float()
     gen = json.loads((oracle_dir / "generation_config.json").read_text())
+    theta = json.loads((oracle_dir / "config.json").read_text())["rope_theta"]
+    if model.config.rope_parameters["rope_theta"] != theta:
+        sys.exit(f"{oracle_dir}: transformers did not read rope_theta {theta}")
     results = []
     with torch.no_grad():
         for prompt in prompts(oracle_dir):
@@ -347,15 +355,9 @@ def record(oracle_dir: Path) -> tuple[list[dict], torch.nn.Module]:
 
 def layer_classes(model) -> list[str]:
     """The classes transformers put in place of nn.Linear, with AutoBitLinear's mode."""
-    kinds = {
-        type(m).__name__ + _mode(m) for m in model.modules() if "BitLinear" in type(m).__name__
-    }
-    return sorted(kinds)
-
-
-def _mode(module) -> str:
-    online = getattr(module, "online_quant", None)
-    return "" if online is None else ("(online)" if online else "(offline)")
+    modes = {None: "", True: "(online)", False: "(offline)"}
+    bit = [m for m in model.modules() if "BitLinear" in type(m).__name__]
+    return sorted({type(m).__name__ + modes[getattr(m, "online_quant", None)] for m in bit})
 
 
 def cosine(a: list, b: list) -> float:
@@ -380,8 +382,7 @@ def main() -> None:
         for build in (build_bitnet_2b4t, build_llama_158, build_1bitllm):
             for name, oracle_dir in build(Path(tmp)).items():
                 results, model = record(oracle_dir)
-                oracle = "this folder" if oracle_dir.parent == OUT else "README: 1bitLLM's oracle"
-                fixtures[name] = {"oracle": f"AutoModelForCausalLM.from_pretrained({oracle})"}
+                fixtures[name] = {"oracle": ORACLES[oracle_dir.parent == OUT]}
                 fixtures[name] |= {"layer_classes": layer_classes(model), "prompts": results}
                 print(name, fixtures[name]["layer_classes"], [p["greedy"] for p in results])
     pair = [fixtures[n]["prompts"] for n in ("bitnet-b1.58-2b4t", "bitnet-b1.58-2b4t-bf16")]
