@@ -1,7 +1,7 @@
 """GGUF `gpt2` tokenizer metadata from a Hugging Face checkpoint folder (docs/SPEC.md section 4).
 
 `tokenizer.json` (byte-level BPE) gives the tokens, merges, added tokens and the pre-tokenizer;
-`tokenizer_config.json` gives BOS, EOS, `add_bos_token` and the chat template;
+`tokenizer_config.json` gives BOS, EOS, `add_bos_token`, `add_eos_token` and the chat template;
 `generation_config.json` gives every id that ends generation. The layout of the result follows
 llama.cpp's convert_hf_to_gguf.py, so that a file converted here reads as one converted there.
 """
@@ -47,19 +47,28 @@ def tokenizer_metadata(folder: Path, vocab_rows: int) -> dict[str, Any]:
     if not isinstance(model, dict) or model.get("type") != "BPE":
         kind = model.get("type") if isinstance(model, dict) else model
         raise TokenizerError(f"{path}: model.type = {kind!r}; pybitnet converts byte-level BPE")
+    # options that make HF's BPE something other than GPT-2's byte-level BPE
+    for key in ("byte_fallback", "continuing_subword_prefix", "end_of_word_suffix", "dropout"):
+        if model.get(key):
+            raise TokenizerError(
+                f"{path}: model.{key} = {model[key]!r}; pybitnet converts plain byte-level BPE"
+            )
     tokens, types = _tokens(path, spec, vocab_rows)
+    merges = _merges(path, model.get("merges"))  # checked before HF tokenizers reads them
     config = _read_json(folder / "tokenizer_config.json", missing_ok=True)
     metadata: dict[str, Any] = {
         "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": pre_tokenizer_name(path, spec),
+        "tokenizer.ggml.pre": _pre_tokenizer_name(path, spec),
         "tokenizer.ggml.tokens": tokens,
         "tokenizer.ggml.token_type": np.asarray(types, np.int32),
-        "tokenizer.ggml.merges": _merges(path, model.get("merges")),
+        "tokenizer.ggml.merges": merges,
     }
     metadata.update(_special_ids(folder, config, {t: i for i, t in enumerate(tokens)}))
     add_bos = config.get("add_bos_token", _post_processor_adds_bos(spec))
     if add_bos is not None:
         metadata["tokenizer.ggml.add_bos_token"] = bool(add_bos)
+    if "add_eos_token" in config:
+        metadata["tokenizer.ggml.add_eos_token"] = bool(config["add_eos_token"])
     template = _chat_template(folder, config)
     if template is not None:
         metadata["tokenizer.chat_template"] = template
@@ -67,7 +76,7 @@ def tokenizer_metadata(folder: Path, vocab_rows: int) -> dict[str, Any]:
     return metadata
 
 
-def pre_tokenizer_name(path: Path, spec: dict[str, Any]) -> str:
+def _pre_tokenizer_name(path: Path, spec: dict[str, Any]) -> str:
     """llama.cpp's name for the pre-tokenizer: by the hash of the check text, else by the
     regexes of tokenizer.json's `pre_tokenizer`; an unknown one is an error."""
     try:
@@ -134,10 +143,18 @@ def _tokens(path: Path, spec: dict[str, Any], vocab_rows: int) -> tuple[list[str
             raise TokenizerError(f"{path}: token {text!r} has id {token_id!r}, not a token id")
         if not 0 <= token_id < vocab_rows:
             raise TokenizerError(
-                f"{path}: token {text!r} has id {token_id}, but the embedding has only "
+                f"{path}: token {text!r} has id {token_id}, outside the embedding's "
                 f"{vocab_rows} rows"
             )
+        if by_id.get(token_id, (text,))[0] != text:
+            raise TokenizerError(
+                f"{path}: id {token_id} names both {by_id[token_id][0]!r} and {text!r}"
+            )
         by_id[token_id] = (text, kind)
+    texts = [text for text, _ in by_id.values()]
+    if len(set(texts)) != len(texts):
+        twice = next(t for t in texts if texts.count(t) > 1)
+        raise TokenizerError(f"{path}: token {twice!r} has two ids")
     rows = [by_id.get(i, (f"[PAD{i}]", UNUSED)) for i in range(vocab_rows)]
     return [text for text, _ in rows], [kind for _, kind in rows]
 
