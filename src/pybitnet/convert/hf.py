@@ -54,6 +54,8 @@ NORMS = {
 }
 IGNORED = ("self_attn.rotary_emb.inv_freq",)  # recomputed from rope_theta
 CHUNK_ELEMENTS = 1 << 24  # float tensors are converted in row chunks of about this many elements
+F32 = formats.weight_type("F32")  # norm weights
+FLOATS = ("F32", "F16", "BF16")  # safetensors dtypes of float tensors
 
 
 def import_hf(
@@ -95,7 +97,7 @@ def _tensor_specs(
         _float_spec(
             ckpt, "model.embed_tokens.weight", "token_embd.weight", (c.vocab, c.dim), etype
         ),
-        _float_spec(ckpt, "model.norm.weight", "output_norm.weight", (c.dim,), formats.TYPES[0]),
+        _float_spec(ckpt, "model.norm.weight", "output_norm.weight", (c.dim,), F32),
     ]
     if not c.tied:
         expected.add("lm_head.weight")
@@ -120,7 +122,7 @@ def _tensor_specs(
                     hf + name + ".weight",
                     gg + gguf_name + ".weight",
                     (size,),
-                    formats.TYPES[0],
+                    F32,
                 )
                 specs.append(spec)
         expected.update(hf + name for name in IGNORED if hf + name in ckpt)
@@ -172,7 +174,7 @@ def _float_spec(
 ) -> TensorSpec:
     """A float tensor stored as ``wtype``, converted in chunks of rows so that neither the
     source's pages nor a float32 copy of a large embedding are ever resident whole."""
-    _checked(ckpt, name, shape, ("F32", "F16", "BF16"))
+    _checked(ckpt, name, shape, FLOATS)
     try:
         formats.tensor_nbytes(wtype, shape[-1], int(np.prod(shape)))
     except FormatError as exc:
@@ -210,10 +212,10 @@ class _Linear:
         out_f, in_f = shape
         weight = prefix + ".weight"
         if c.scale_rule == MASTER:
-            _checked(ckpt, weight, shape, ("F32", "F16", "BF16"))
+            _checked(ckpt, weight, shape, FLOATS)
         else:
             _checked(ckpt, weight, shape, ("U8",), packed=True)
-            _checked(ckpt, prefix + ".weight_scale", (1,), ("F32", "F16", "BF16"))
+            _checked(ckpt, prefix + ".weight_scale", (1,), FLOATS)
         try:
             formats.tensor_nbytes(wtype, in_f, out_f * in_f)
         except FormatError as exc:
