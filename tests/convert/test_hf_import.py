@@ -4,6 +4,7 @@ and layout converts, and the converted model computes what transformers' classes
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,11 @@ from pybitnet import formats, load
 from pybitnet.cli import app
 from pybitnet.convert import convert
 from pybitnet.convert.hf import unpack_hf
+from pybitnet.errors import ModelError
 from pybitnet.gguf import open_gguf
 from pybitnet.model.reference import ReferenceModel
 
+SENTENCEPIECE = Path(__file__).resolve().parents[1] / "fixtures" / "bitllama2c" / "tokenizer.model"
 PROMPT = [1, 50, 120, 7, 260, 33, 99, 12, 257, 3]
 CASES = [  # (family, linear_class, GGUF type)
     ("bitnet", "autobitlinear", "I2_S"),
@@ -137,3 +140,17 @@ def test_mistakes_are_caught(tmp_path: Path, monkeypatch, mistake) -> None:
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     hf_logits = HFDecoder(tensors, config).logits(PROMPT)
     assert cosines(load(out).logits(PROMPT), hf_logits).min() < 0.99
+
+
+def test_1bitllm_sentencepiece_tokenizer(tmp_path: Path) -> None:
+    """1bitLLM's folder holds LLaMA's tokenizer.model: it is read as SentencePiece (the
+    embedding may have more rows than pieces, as 1bitLLM's 32002 against 32000)."""
+    folder = tmp_path / "ckpt"
+    make_checkpoint(folder, "1bitllm", seed=1, vocab=520)
+    shutil.copy(SENTENCEPIECE, folder / "tokenizer.model")
+    model = load(convert("hf", folder, tmp_path / "m.gguf"))
+    assert model.file.metadata["tokenizer.ggml.model"] == "llama"
+    assert model.tokenizer.vocab_size == 512 and model.config.vocab_size == 520
+    make_checkpoint(folder, "1bitllm", seed=1, vocab=500)
+    with pytest.raises(ModelError, match="512 pieces, more than the embedding's 500 rows"):
+        convert("hf", folder, tmp_path / "m.gguf")

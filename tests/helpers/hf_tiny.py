@@ -74,7 +74,7 @@ def pack(codes: np.ndarray) -> np.ndarray:
 
 
 def make_checkpoint(
-    folder: Path, family: str, seed: int = 0, linear_class: str = "autobitlinear"
+    folder: Path, family: str, seed: int = 0, linear_class: str = "autobitlinear", vocab=VOCAB
 ) -> dict[str, np.ndarray]:
     """Write a tiny checkpoint of ``family`` ("bitnet", "bitnet-master", "1bitllm", "llama")
     into ``folder``; returns its float32 tensors (masters, or codes and scales when packed)."""
@@ -93,7 +93,7 @@ def make_checkpoint(
     packed = family in ("bitnet", "llama")
     sub = family != "llama"
     t: dict[str, np.ndarray] = {
-        "model.embed_tokens.weight": bf16(rng.normal(0, 0.4, (VOCAB, DIM))),
+        "model.embed_tokens.weight": bf16(rng.normal(0, 0.4, (vocab, DIM))),
         "model.norm.weight": bf16(rng.uniform(0.5, 1.5, DIM)),
     }
     for layer in range(LAYERS):
@@ -118,10 +118,11 @@ def make_checkpoint(
                 master = rng.normal(0, 1 / np.sqrt(shape[1]), shape).astype(np.float32)
                 t[where + ".weight"] = master.astype("<f2") if family == "1bitllm" else bf16(master)
     if family == "llama":
-        t["lm_head.weight"] = bf16(rng.normal(0, 0.4, (VOCAB, DIM)))
+        t["lm_head.weight"] = bf16(rng.normal(0, 0.4, (vocab, DIM)))
     write_safetensors(folder / "model.safetensors", t)
     write_tokenizer(folder)
-    (folder / "config.json").write_text(json.dumps(config_for(family, linear_class)))
+    config = {**config_for(family, linear_class), "vocab_size": vocab}
+    (folder / "config.json").write_text(json.dumps(config))
     return t
 
 

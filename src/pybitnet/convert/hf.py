@@ -30,6 +30,7 @@ import numpy as np
 from pybitnet import formats
 from pybitnet.convert.hf_config import MASTER, HFConfig, read_config
 from pybitnet.convert.hf_tokenizer import tokenizer_metadata
+from pybitnet.convert.metadata import read_sentencepiece
 from pybitnet.convert.safetensors import Checkpoint
 from pybitnet.errors import FormatError, ModelError
 from pybitnet.formats import WeightType, i2_s
@@ -83,9 +84,24 @@ def import_hf(
         "general.name": src_path.resolve().name,
         "general.file_type": np.uint32(weight_type.file_type),
         **config.gguf_metadata(),
-        **tokenizer_metadata(tokenizer or src_path, config.vocab),
+        **_tokenizer(tokenizer or src_path, config),
     }
     return metadata, tensors
+
+
+def _tokenizer(folder: Path, config: HFConfig) -> dict[str, Any]:
+    """1bitLLM ships LLaMA's SentencePiece `tokenizer.model`, which llama.cpp's converter reads
+    for BitnetForCausalLM, so it is read here too; every other tokenizer is tokenizer.json's."""
+    model = folder / "tokenizer.model"
+    if config.arch != "bitnet" or not model.is_file():
+        return tokenizer_metadata(folder, config.vocab)
+    vocab = read_sentencepiece(model)
+    if len(vocab["tokenizer.ggml.tokens"]) > config.vocab:
+        raise ModelError(
+            f"{model}: {len(vocab['tokenizer.ggml.tokens'])} pieces, more than the embedding's "
+            f"{config.vocab} rows"
+        )
+    return vocab
 
 
 def _tensor_specs(
