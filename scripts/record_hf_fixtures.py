@@ -239,19 +239,19 @@ def build_bitnet_2b4t(tmp: Path) -> dict[str, Path]:
 
 def build_llama_158(tmp: Path) -> dict[str, Path]:
     """Falcon3-1.58bit / Llama3-8B-1.58's layout: LlamaForCausalLM, packed BitLinear, untied,
-    in shards."""
+    and sharded (model.safetensors.index.json), as large checkpoints are."""
     path = OUT / "llama-1.58bit"
     new_folders([path], CHAT_LLAMA)
     config = LlamaConfig(**DIMS, **config_ids(), tie_word_embeddings=False)
     config.rope_parameters = {"rope_type": "default", "rope_theta": 500000.0}
     master = transformers.LlamaForCausalLM(config)
     randomize(master, torch.bfloat16, SEED + 1)
-    # sharded, as Llama3-8B-1.58 publishes it (model.safetensors.index.json + shards)
     packed_copy(master, BitNetQuantConfig(), torch.bfloat16).save_pretrained(
         path, max_shard_size="64KB"
     )
-    published = {"modules_to_not_convert": None, "quant_method": "bitnet"}
-    publish_config(path, lambda c: c.update(quantization_config=published))
+    published = {"modules_to_not_convert": ["lm_head"], "quant_method": "bitnet"}
+    edit = dict(quantization_config=published, is_bitnet_config=True, pretraining_tp=1)
+    publish_config(path, lambda c: c.update(edit))
     write_generation_config(path)
     return {path.name: path}
 
