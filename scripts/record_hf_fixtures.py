@@ -14,7 +14,6 @@ the files we commit. Writes tests/fixtures/hf/<name>/ and tests/fixtures/hf/gold
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import os
 import platform
@@ -28,7 +27,16 @@ import safetensors.torch
 import tokenizers
 import torch
 import transformers
-from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
+from hf_fixture_tokenizer import (
+    CHAT_BITNET,
+    CHAT_LLAMA,
+    CONTEXT,
+    VOCAB,
+    dump,
+    special_ids,
+    write_generation_config,
+    write_tokenizer,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitNetConfig, LlamaConfig
 from transformers.integrations.bitnet import pack_weights, replace_with_bitnet_linear
 from transformers.utils.quantization_config import BitNetQuantConfig
@@ -38,45 +46,17 @@ OFFLINE = dict(ONLINE, quantization_mode="offline")  # 2B-4T's packed config
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "hf"
 SCRIPT = "scripts/record_hf_fixtures.py"
 SEED = 20261206
-# Llama-3's pre-tokenizer split (the regex of Meta's tokenizer.json, llama.cpp's `llama-bpe`).
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"]
-SPECIALS += ["<|eot_id|>"]
-VOCAB = 448  # embedding rows; the tokenizer fills it with reserved specials, as Llama-3 does
 DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
-DIMS |= dict(
-    num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, vocab_size=VOCAB
-)
-# A chat template of 2B-4T's shape ("Role: content<|eot_id|>", BOS first, "Assistant: " to end).
-CHAT_BITNET = (
-    "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
-    "{{ message['role'] | capitalize }}: {{ message['content'] }}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}Assistant: {% endif %}"
-)
-# Llama-3's shape: header ids around the role, "\n\n", content, <|eot_id|>.
-CHAT_LLAMA = (
-    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}"
-    "<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
-CORPUS = [
-    "Once upon a time, a little cat sat on the warm mat and watched the rain fall.",
-    "The quick brown fox jumps over the lazy dog; the dog doesn't mind, it's sleeping.",
-    "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(add(i, 42))\n",
-    "Numbers: 1, 22, 333, 4444, 55555, 3.14159, 2026-12-06, 0x1F, 1e-5.",
-    "Unicode: café, naïve, Straße, 東京, Москва, ελληνικά, emoji 🙂 and tabs\tand  spaces.",
-    "We'll see; they're here, you've won, I'm sure, he'd go, she'll stay.",
-    "User: What is a ternary weight?\nAssistant: A weight in {-1, 0, +1} times a scale.",
-    "BitNet b1.58 quantizes weights by absmean and activations by absmax per token.",
-]
+DIMS |= dict(num_key_value_heads=2, max_position_embeddings=CONTEXT, rms_norm_eps=1e-5)
+DIMS |= dict(vocab_size=VOCAB)
 ORACLES = {  # keyed by: is the oracle folder the committed one?
     True: "AutoModelForCausalLM.from_pretrained(this folder), float32",
     False: "the same tensors under BitNet names, BitNetForCausalLM(silu), AutoBitLinear online",
 }
-PROMPTS = ["The little cat sat on the", "def f(x):\n    return x * 2  # café 123"]
+# Candidates per slot: the first whose result is stable under float64 is recorded (see stable()).
+TEXTS = [["The little cat sat on the", "A little cat sat on the", "The dog sat on the"]]
+TEXTS += [["def f(x):\n    return x * 2  # café 123", "def g(y):\n    return y + 1  # naïve 45"]]
+CHATS = ["Is the cat on the mat?", "Where is the cat?", "Is the dog asleep?"]
 
 
 def tie_free_master(shape: tuple[int, int], dtype: torch.dtype, gen: torch.Generator):
@@ -136,68 +116,6 @@ def packed_copy(master, qc: BitNetQuantConfig, dtype: torch.dtype):
     return model
 
 
-@functools.cache
-def bpe_tokenizer() -> tokenizers.Tokenizer:
-    """A byte-level BPE trained on CORPUS with Llama-3's pre-tokenizer, specials and BOS rule."""
-    tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
-    split = pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False)
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
-    tok.decoder = decoders.ByteLevel()
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    tok.train_from_iterator(
-        CORPUS * 4, trainers.BpeTrainer(vocab_size=VOCAB - 32, initial_alphabet=alphabet)
-    )
-    n_reserved = VOCAB - tok.get_vocab_size() - len(SPECIALS)
-    tok.add_special_tokens(
-        SPECIALS + [f"<|reserved_special_token_{i}|>" for i in range(n_reserved)]
-    )
-    tok.post_processor = processors.TemplateProcessing(
-        single="<|begin_of_text|> $A",
-        pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
-        special_tokens=[("<|begin_of_text|>", tok.token_to_id(SPECIALS[0]))],
-    )
-    return tok
-
-
-def special_ids() -> tuple[int, int, int]:
-    """Begin of text, end of text, end of turn."""
-    return tuple(bpe_tokenizer().token_to_id(SPECIALS[i]) for i in (0, 1, 4))
-
-
-def write_tokenizer(path: Path, chat_template: str) -> None:
-    """tokenizer.json and a tokenizer_config.json of Llama-3's shape (BOS, EOS, chat template)."""
-    tok = bpe_tokenizer()
-    tok.save(str(path / "tokenizer.json"))
-    flags = dict(lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
-    decoder = tok.get_added_tokens_decoder()
-    added = {str(i): {"content": decoder[i].content, **flags} for i in sorted(decoder)}
-    config = {
-        "added_tokens_decoder": added,
-        "bos_token": SPECIALS[0],
-        "eos_token": SPECIALS[1],
-        "chat_template": chat_template,
-        "clean_up_tokenization_spaces": True,
-        "model_input_names": ["input_ids", "attention_mask"],
-        "model_max_length": DIMS["max_position_embeddings"],
-        "tokenizer_class": "PreTrainedTokenizerFast",
-    }
-    _dump(path / "tokenizer_config.json", config)
-
-
-def write_generation_config(path: Path) -> None:
-    """After save_pretrained (which writes its own): end of text and end of turn both stop."""
-    bos, eos, eot = special_ids()
-    _dump(
-        path / "generation_config.json",
-        {"bos_token_id": bos, "do_sample": False, "eos_token_id": [eos, eot]},
-    )
-
-
-def _dump(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def publish_config(path: Path, edit) -> None:
     """Rewrite config.json as the family publishes it (transformers 4.x keys: rope_theta)."""
     config = json.loads((path / "config.json").read_text())
@@ -205,7 +123,7 @@ def publish_config(path: Path, edit) -> None:
     config["rope_theta"] = rope.get("rope_theta", config.get("rope_theta"))
     config.pop("dtype", None)
     edit(config)
-    _dump(path / "config.json", dict(sorted(config.items())))
+    dump(path / "config.json", dict(sorted(config.items())))
 
 
 def new_folders(paths: list[Path], chat_template: str) -> None:
@@ -239,19 +157,19 @@ def build_bitnet_2b4t(tmp: Path) -> dict[str, Path]:
 
 def build_llama_158(tmp: Path) -> dict[str, Path]:
     """Falcon3-1.58bit / Llama3-8B-1.58's layout: LlamaForCausalLM, packed BitLinear, untied,
-    in shards."""
+    and sharded (model.safetensors.index.json), as large checkpoints are."""
     path = OUT / "llama-1.58bit"
     new_folders([path], CHAT_LLAMA)
     config = LlamaConfig(**DIMS, **config_ids(), tie_word_embeddings=False)
     config.rope_parameters = {"rope_type": "default", "rope_theta": 500000.0}
     master = transformers.LlamaForCausalLM(config)
     randomize(master, torch.bfloat16, SEED + 1)
-    # sharded, as Llama3-8B-1.58 publishes it (model.safetensors.index.json + shards)
     packed_copy(master, BitNetQuantConfig(), torch.bfloat16).save_pretrained(
         path, max_shard_size="64KB"
     )
-    published = {"modules_to_not_convert": None, "quant_method": "bitnet"}
-    publish_config(path, lambda c: c.update(quantization_config=published))
+    published = {"modules_to_not_convert": ["lm_head"], "quant_method": "bitnet"}
+    edit = dict(quantization_config=published, is_bitnet_config=True, pretraining_tp=1)
+    publish_config(path, lambda c: c.update(edit))
     write_generation_config(path)
     return {path.name: path}
 
@@ -282,7 +200,7 @@ def build_1bitllm(tmp: Path) -> dict[str, Path]:
         published.pop(key)
     published |= {"architectures": ["BitnetForCausalLM"], "model_type": "llama"}
     published |= {"weight_bits": 1, "input_bits": 8}
-    _dump(path / "config.json", dict(sorted(published.items())))
+    dump(path / "config.json", dict(sorted(published.items())))
     for d in (oracle, path):
         write_generation_config(d)
     return {path.name: oracle}
@@ -294,15 +212,20 @@ def _rename(key: str) -> str:
     return key
 
 
-def prompts(path: Path) -> list[dict]:
-    """Two raw texts (BOS added by the post-processor) and one chat rendered by transformers."""
+def prompts(path: Path) -> list[list[dict]]:
+    """Per slot, candidates: raw texts (BOS added by the post-processor) and a chat rendered by
+    transformers' apply_chat_template."""
     tok = AutoTokenizer.from_pretrained(path)
-    out = [{"text": t, "ids": tok(t)["input_ids"]} for t in PROMPTS]
-    chat = [{"role": "user", "content": "Is the cat on the mat?"}]
-    ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
-    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-    out.append({"chat": chat, "ids": list(ids)})
-    return out
+    slots = [[{"text": t, "ids": tok(t)["input_ids"]} for t in texts] for texts in TEXTS]
+    chats = [[{"role": "user", "content": c}] for c in CHATS]
+    rendered = [
+        tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats
+    ]
+    ids = [tok(r, add_special_tokens=False)["input_ids"] for r in rendered]
+    chat = [
+        {"chat": c, "rendered": r, "ids": i} for c, r, i in zip(chats, rendered, ids, strict=True)
+    ]
+    return slots + [chat]
 
 
 def margins(logits: torch.Tensor) -> list[float]:
@@ -314,8 +237,7 @@ def _f32(x: float) -> float:
     return float(f"{np.float32(x):.9g}")
 
 
-def record(oracle_dir: Path) -> tuple[list[dict], torch.nn.Module]:
-    """transformers' float32 logits for every prompt position and its greedy continuation."""
+def load_oracle(oracle_dir: Path):
     model = AutoModelForCausalLM.from_pretrained(
         oracle_dir, dtype=torch.float32, attn_implementation="eager"
     ).eval()
@@ -324,32 +246,59 @@ def record(oracle_dir: Path) -> tuple[list[dict], torch.nn.Module]:
     for t in [*model.parameters(), *model.buffers()]:
         if t.is_floating_point():
             t.data = t.data.float()
-    gen = json.loads((oracle_dir / "generation_config.json").read_text())
     theta = json.loads((oracle_dir / "config.json").read_text())["rope_theta"]
     if model.config.rope_parameters["rope_theta"] != theta:
         sys.exit(f"{oracle_dir}: transformers did not read rope_theta {theta}")
-    results = []
+    return model
+
+
+def run(model, ids: torch.Tensor) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """Logits of every prompt position; 16 greedy tokens and the logits that chose them."""
+    eos = model.generation_config.eos_token_id
+    kw = dict(do_sample=False, max_new_tokens=16, output_scores=True, eos_token_id=eos)
+    out = model.generate(ids, **kw, return_dict_in_generate=True, pad_token_id=eos[0])
+    greedy = out.sequences[0, ids.shape[1] :].tolist()
+    return model(ids).logits[0].double(), greedy, torch.stack(out.scores)[:, 0].double()
+
+
+def stable(model, model64, ids: torch.Tensor) -> bool:
+    """Whether transformers in float64 agrees with itself in float32: cosine 0.99999 at every
+    position and the same greedy tokens up to the first near-tie. Activations that land within
+    float32 rounding of a quantization boundary (x * 127 / max|x| = k + 0.5) fail this; a
+    correct engine in other precision may round them the other way."""
+    (a, ga, sa), (b, gb, _) = run(model, ids), run(model64, ids)
+    if torch.nn.functional.cosine_similarity(a, b, dim=-1).min() < 0.99999:
+        return False
+    near = [i for i, m in enumerate(margins(sa)) if m <= 0.05] + [len(ga)]
+    return ga[: near[0] + 1] == gb[: near[0] + 1]
+
+
+def record(oracle_dir: Path) -> tuple[list[dict], torch.nn.Module]:
+    """transformers' float32 logits for every prompt position and its greedy continuation."""
+    model, results = load_oracle(oracle_dir), []
+    model.generation_config.eos_token_id = json.loads(
+        (oracle_dir / "generation_config.json").read_text()
+    )["eos_token_id"]
+    model64 = copy.deepcopy(model)
+    for t in [*model64.parameters(), *model64.buffers()]:
+        if t.is_floating_point():
+            t.data = t.data.double()
     with torch.no_grad():
-        for prompt in prompts(oracle_dir):
-            ids = torch.tensor([prompt["ids"]])
-            logits = model(ids).logits[0].float()
-            out = model.generate(
-                ids,
-                do_sample=False,
-                max_new_tokens=16,
-                output_scores=True,
-                return_dict_in_generate=True,
-                eos_token_id=gen["eos_token_id"],
-                pad_token_id=gen["eos_token_id"][0],
+        for candidates in prompts(oracle_dir):
+            ids = [torch.tensor([c["ids"]]) for c in candidates]
+            pick = next((i for i, x in enumerate(ids) if stable(model, model64, x)), None)
+            if pick is None:
+                sys.exit(f"{oracle_dir}: no stable candidate among {candidates}")
+            logits, greedy, scores = run(model, ids[pick])
+            results.append(
+                candidates[pick]
+                | {
+                    "logits": [[_f32(v) for v in row] for row in logits.tolist()],
+                    "margins": margins(logits),
+                    "greedy": greedy,
+                    "greedy_margins": margins(scores),
+                }
             )
-            scores = torch.stack(out.scores)[:, 0]
-            prompt |= {
-                "logits": [[_f32(v) for v in row] for row in logits.tolist()],
-                "margins": margins(logits),
-                "greedy": out.sequences[0, ids.shape[1] :].tolist(),
-                "greedy_margins": margins(scores),
-            }
-            results.append(prompt)
     return results, model
 
 
@@ -386,7 +335,8 @@ def main() -> None:
                 fixtures[name] |= {"layer_classes": layer_classes(model), "prompts": results}
                 print(name, fixtures[name]["layer_classes"], [p["greedy"] for p in results])
     pair = [fixtures[n]["prompts"] for n in ("bitnet-b1.58-2b4t", "bitnet-b1.58-2b4t-bf16")]
-    agree = min(cosine(a["logits"], b["logits"]) for a, b in zip(*pair, strict=True))
+    same = [(a, b) for a, b in zip(*pair, strict=True) if a["ids"] == b["ids"]]
+    agree = min(cosine(a["logits"], b["logits"]) for a, b in same)
     print(f"packed vs master logits: min cosine {agree:.6f}")
     if agree < 0.999:
         sys.exit("the packed fixture and its master do not compute the same ternary model")
