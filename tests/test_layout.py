@@ -19,6 +19,7 @@ TOP_LINES = 30
 REASON = "long because"
 CPP_SUFFIXES = {".cpp", ".cc", ".h", ".hpp"}
 
+
 def source_files() -> list[Path]:
     python = [*(ROOT / "src" / "pybitnet").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]
     cpp = [p for p in (ROOT / "src" / "pybitnet" / "csrc").rglob("*") if p.suffix in CPP_SUFFIXES]

@@ -3,7 +3,7 @@ loop in decode.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,18 +154,13 @@ class Model:
 
 
 def load(
-    path: str | Path | None = None,
-    *,
-    n_ctx: int | None = None,
-    output_head: str | None = None,
-    report: Callable[[str], None] | None = None,
+    path: str | Path | None = None, *, n_ctx: int | None = None, output_head: str | None = None
 ) -> Model:
-    """Loads a GGUF model; with no path, the embedded TinyStories 3M BitNet model. A Hugging Face
-    checkpoint folder is converted once into the cache (convert/cache.py) and loaded from there;
-    `report` hears the stages of that conversion."""
+    """Loads a GGUF model, or a Hugging Face checkpoint folder (converted once into a cache:
+    convert/cache.py); with no path, the embedded TinyStories 3M BitNet model."""
     path = Path(path) if path is not None else default_model_path()
     if path.is_dir():
-        from pybitnet.convert.cache import converted  # the importers: only for a folder
+        from pybitnet.convert.cache import model_path  # the importers, only for a folder
 
-        path = converted(path, report=report)
+        path = model_path(path)
     return Model(path, n_ctx=n_ctx, output_head=output_head)

@@ -23,8 +23,31 @@ def load_model(model: Path | None, threads: int | None, output_head: str | None 
     from pybitnet.generate import load
 
     use_threads(threads)
-    with status("loading model") as spinner:
-        return load(model, output_head=output_head, report=spinner.update)
+    model = resolve_model(model)
+    with status("loading model"):
+        return load(model, output_head=output_head)
+
+
+def resolve_model(model: Path | None) -> Path | None:
+    """``model``, or for a Hugging Face checkpoint folder its cached GGUF, converted first (with
+    a progress bar) when the cache has none."""
+    from pybitnet.convert.cache import model_path
+
+    if model is None:
+        return None
+    bars: list[Any] = []
+
+    def start(total: int) -> Callable[[str], None]:
+        bar, step = progress(total)
+        bar.start()
+        bars.append(bar)
+        return lambda name: step(f"converting {model.name}: {name}")
+
+    try:
+        return model_path(model, progress=start)
+    finally:
+        for bar in bars:
+            bar.stop()
 
 
 def progress(total: int) -> tuple[Any, Callable[[str], None]]:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from pybitnet.cli.console import load_model, print_profile, write_streamed
+from pybitnet.cli.console import load_model, print_profile, resolve_model, write_streamed
 from pybitnet.cli.options import (
     JsonFlag,
     ModelOption,
@@ -118,4 +118,11 @@ def serve(
 
     use_threads(threads)
     config = ServerConfig(max_batch, max_queue, api_key, cors_origins=tuple(cors_origin or ()))
-    run_server(model, host=host, port=port, n_ctx=ctx, output_head=output_head, config=config)
+    run_server(
+        resolve_model(model),
+        host=host,
+        port=port,
+        n_ctx=ctx,
+        output_head=output_head,
+        config=config,
+    )

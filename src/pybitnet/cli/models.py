@@ -7,23 +7,32 @@ from typing import Annotated
 
 import typer
 
-from pybitnet.cli.console import print_written, status
+from pybitnet.cli.console import print_written, resolve_model
 from pybitnet.cli.options import JsonFlag
 
 OutputOption = Annotated[Path, typer.Option("-o", "--output", help="The GGUF file to write.")]
 
 
 def convert(
-    src: Annotated[Path, typer.Argument(help="The checkpoint to convert.")],
-    source: Annotated[str, typer.Option("--from", help="Its format: llama2c.")],
+    src: Annotated[Path, typer.Argument(help="The checkpoint (hf: its folder) to convert.")],
+    source: Annotated[str, typer.Option("--from", help="Its format: llama2c or hf.")],
     output: OutputOption,
-    tokenizer: Annotated[Path | None, typer.Option(help="Its tokenizer file, if separate.")] = None,
-    wtype: Annotated[str, typer.Option("--type", help="GGUF type of ternary weights.")] = "I2_S",
+    tokenizer: Annotated[Path | None, typer.Option(help="Its tokenizer, if separate.")] = None,
+    wtype: Annotated[
+        str, typer.Option("--type", help="GGUF type of ternary weights: I2_S, TQ2_0, TQ1_0.")
+    ] = "I2_S",
+    embd_type: Annotated[
+        str | None,
+        typer.Option("--embedding-type", help="hf: GGUF type of the embedding and output head."),
+    ] = None,
 ) -> None:
     """Convert a checkpoint from another format into a GGUF model."""
     from pybitnet.convert import convert as convert_checkpoint
 
-    print_written(convert_checkpoint(source, src, output, weight_type=wtype, tokenizer=tokenizer))
+    path = convert_checkpoint(
+        source, src, output, weight_type=wtype, tokenizer=tokenizer, embedding_type=embd_type
+    )
+    print_written(path)
 
 
 def make_model(
@@ -78,10 +87,5 @@ def inspect(
 
     from pybitnet.gguf.inspect import inspect_gguf, render
 
-    if path.is_dir():  # a checkpoint folder: its conversion in the cache (once)
-        from pybitnet.convert.cache import converted
-
-        with status("converting") as spinner:
-            path = converted(path, report=spinner.update)
-    report = inspect_gguf(path, sha256=sha256)
+    report = inspect_gguf(resolve_model(path), sha256=sha256)
     print(json.dumps(report, ensure_ascii=False)) if json_output else render(report)

@@ -12,8 +12,8 @@ ModelOption = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="GGUF model file, or a Hugging Face checkpoint folder (converted once into the "
-        "cache; default: the embedded model).",
+        help="GGUF model file, or a Hugging Face checkpoint folder (converted once, cached); "
+        "default: the embedded model.",
     ),
 ]
 ThreadsOption = Annotated[int | None, typer.Option(help="Kernel threads (default: all cores).")]

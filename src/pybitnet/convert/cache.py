@@ -1,7 +1,10 @@
-"""Checkpoint folders used as models: a Hugging Face folder given where a GGUF file is expected
-(`pybitnet run -m DIR`, `pybitnet.load(DIR)`) is converted once into the cache directory, under
-a name keyed by the content of the files the conversion reads, and the GGUF file is used from
-then on. A changed checkpoint (or another pybitnet version) gets a conversion of its own."""
+"""Hugging Face checkpoint folders used as models: converted once (I2_S, F16 embedding) into a
+cache keyed by the checkpoint's content, so `-m DIR` costs one conversion, then a hash.
+
+The cache is $PYBITNET_CACHE, else ~/.cache/pybitnet; a file is named by the sha256 of the
+pybitnet version and of every file the conversion reads, so an edited checkpoint or a newer
+converter gets a new file and never a stale one.
+"""
 
 from __future__ import annotations
 
@@ -10,63 +13,47 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import pybitnet
-from pybitnet.convert import convert
+from pybitnet import __version__
 from pybitnet.errors import ModelError
 
-# What a conversion reads besides the *.safetensors files.
-CHECKPOINT_FILES = frozenset(
-    {
-        "config.json",
-        "generation_config.json",
-        "model.safetensors.index.json",
-        "special_tokens_map.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    }
-)
-DEFAULT_TYPE = "I2_S"
-
-Report = Callable[[str], None]
+HASH_CHUNK = 1 << 24
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
 def cache_dir() -> Path:
-    """Where converted and synthetic models are kept: $PYBITNET_CACHE, else ~/.cache/pybitnet."""
     return Path(os.environ.get("PYBITNET_CACHE") or Path.home() / ".cache" / "pybitnet")
 
 
 def checkpoint_key(folder: Path) -> str:
-    """sha256 over the names and contents of the files a conversion reads, and the version of
-    the pybitnet that converts them."""
-    digest = hashlib.sha256(f"pybitnet {pybitnet.__version__}\0".encode())
-    names = sorted(
-        p.name for p in folder.iterdir() if p.name in CHECKPOINT_FILES or p.suffix == ".safetensors"
-    )
-    for name in names:
-        with open(folder / name, "rb") as fh:
-            digest.update(f"{name}\0".encode() + hashlib.file_digest(fh, "sha256").digest())
+    """sha256 over the converter's version and the name and bytes of each file it reads."""
+    files = ["config.json", *TOKENIZER_FILES, "model.safetensors.index.json"]
+    files += sorted(p.name for p in folder.glob("*.safetensors"))
+    digest = hashlib.sha256(__version__.encode())
+    for name in files:
+        path = folder / name
+        if not path.is_file():
+            continue
+        digest.update(f"\0{name}\0".encode())
+        with open(path, "rb") as fh:
+            while chunk := fh.read(HASH_CHUNK):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
-def converted(
-    folder: str | Path, *, weight_type: str = DEFAULT_TYPE, report: Report | None = None
+def model_path(
+    path: str | Path, progress: Callable[[int], Callable[[str], None]] | None = None
 ) -> Path:
-    """The GGUF file of a Hugging Face checkpoint folder: its conversion in the cache, made on
-    first use (`report` hears each stage that takes time)."""
-    path, report = Path(folder), report or (lambda _: None)
+    """``path`` itself for a file; for a Hugging Face checkpoint folder, its GGUF in the cache,
+    converted first if it is not there (``progress`` as in `pybitnet.convert.convert`)."""
+    from pybitnet.convert import convert
+
+    path = Path(path)
+    if not path.is_dir():
+        return path
     if not (path / "config.json").is_file():
-        raise ModelError(f"{path}: a folder without config.json is no Hugging Face checkpoint")
-    report(f"hashing the checkpoint {path}")
-    try:
-        key = checkpoint_key(path)
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read the checkpoint: {exc}") from None
-    target = cache_dir() / "checkpoints" / f"{path.resolve().name}-{key[:16]}-{weight_type}.gguf"
-    if not target.is_file():
-        report(f"converting {path} into {target} (once)")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ModelError(f"{target.parent}: cannot make the cache directory: {exc}") from None
-        convert("hf", path, target, weight_type=weight_type)  # written whole, then renamed
-    return target
+        raise ModelError(f"{path}: a folder without config.json is not a Hugging Face checkpoint")
+    out = cache_dir() / "hf" / f"{checkpoint_key(path)}.gguf"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        convert("hf", path, out, progress=progress)
+    return out

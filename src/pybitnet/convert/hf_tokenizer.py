@@ -119,10 +119,23 @@ def _split_regexes(pre: Any) -> tuple[str, ...] | None:
             or not isinstance(pattern.get("Regex"), str)
         ):
             return None
-        regexes += (pattern["Regex"],)
+        regexes += (_as_llama_cpp_writes_it(pattern["Regex"]),)
     if last.get("use_regex", True):  # ByteLevel's own regex is GPT-2's
         regexes += PRE_TOKENIZERS["gpt-2"][0]
     return regexes or None
+
+
+# Meta's files spell Llama-3's contractions with a case-insensitive group, which llama.cpp (whose
+# regex engine has none) writes out letter by letter: the same regex, two spellings.
+_SAME_REGEX = {
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)": "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])",
+}
+
+
+def _as_llama_cpp_writes_it(regex: str) -> str:
+    for theirs, ours in _SAME_REGEX.items():
+        regex = regex.replace(theirs, ours)
+    return regex
 
 
 def _tokens(path: Path, spec: dict[str, Any], vocab_rows: int) -> tuple[list[str], list[int]]:

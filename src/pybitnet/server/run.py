@@ -41,7 +41,7 @@ def serve(
     pybitnet.generate.load) and serves it until SIGTERM."""
     config = config or ServerConfig()
     log = logging.getLogger("uvicorn.error")
-    model = load(model_path, n_ctx=n_ctx, output_head=output_head, report=log.info)
+    model = load(model_path, n_ctx=n_ctx, output_head=output_head)
     app = create_app(model, config)
     uvicorn_config = uvicorn.Config(
         app,
