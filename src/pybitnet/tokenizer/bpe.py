@@ -32,6 +32,7 @@ PRE_TOKENIZERS: dict[str, tuple[tuple[str, ...], bool, bool]] = {
     "llama-bpe": ((_LLAMA3,), True, True),
     "llama3": ((_LLAMA3,), True, True),
     "llama-v3": ((_LLAMA3,), True, True),
+    "falcon3": ((_LLAMA3,), True, True),  # Falcon3(-1.58bit): llama.cpp reads it as llama3
     "smollm": (_SMOLLM, False, False),
     "starcoder": (_SMOLLM, False, False),
 }
