@@ -69,10 +69,35 @@ def test_greedy_continuation_matches_up_to_the_first_near_tie(tmp: Path, name: s
     model = load(converted(name, tmp))
     for prompt in goldens()[name]["prompts"]:
         expected, margins = prompt["greedy"], prompt["greedy_margins"]
-        ties = [i for i, m in enumerate(margins) if m < NEAR_TIE]
-        n = ties[0] + 1 if ties else len(expected)  # the near-tie token itself may differ
+        n = first_near_tie(margins)  # the near-tie token itself may differ
         got = model.complete(prompt["ids"], max_tokens=len(expected), temperature=0).token_ids
-        assert got[: n - 1] == expected[: n - 1], prompt["ids"]
+        assert got[:n] == expected[:n], prompt["ids"]
+
+
+def first_near_tie(margins: list[float]) -> int:
+    """How many greedy tokens come before the first whose margin is a near-tie."""
+    return next((i for i, m in enumerate(margins) if m < NEAR_TIE), len(margins))
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_run_on_the_folder_tells_transformers_greedy_story(tmp: Path, name: str, monkeypatch):
+    """`pybitnet run -m DIR PROMPT` as a user types it: the folder is converted into the cache
+    on first use, and the text continues as transformers' greedy continuation does."""
+    from typer.testing import CliRunner
+
+    from pybitnet.cli import app
+
+    monkeypatch.setenv("PYBITNET_CACHE", str(tmp / "cache"))
+    prompt = goldens()[name]["prompts"][0]
+    model = load(converted(name, tmp))
+    if model.tokenize(prompt["text"]) != prompt["ids"]:
+        pytest.skip(f"{name}: its first prompt was not given as plain text")
+    n = first_near_tie(prompt["greedy_margins"])
+    args = ["run", "-m", str(FIXTURES / name), prompt["text"], "--temperature", "0", "--json"]
+    result = CliRunner().invoke(app, [*args, "--max-tokens", str(len(prompt["greedy"]))])
+    assert result.exit_code == 0, (result.output, result.exception)
+    got = json.loads(result.stdout.strip().splitlines()[-1])["token_ids"]
+    assert got[:n] == prompt["greedy"][:n]
 
 
 def test_packed_codes_and_scale_are_absmean_of_the_master(tmp: Path) -> None:
