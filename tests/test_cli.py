@@ -68,8 +68,6 @@ def test_run_with_the_int8_output_head():
     assert len(q8["token_ids"]) == 24
     # int8 rows move the logits a little: the first greedy tokens still agree on this model
     assert q8["token_ids"][:8] == stored["token_ids"][:8]
-    bad = CliRunner().invoke(app, ["run", "x", "--output-head", "q4"])
-    assert bad.exit_code != 0 and "output_head" in str(bad.exception)
 
 
 def test_chat_keeps_history_until_reset(model):

@@ -9,9 +9,8 @@ what they share. They are registered here, in the order `pybitnet --help` lists 
 
 from __future__ import annotations
 
-import sys
-
 import typer
+from typer.core import TyperGroup
 
 from pybitnet.cli.evaluation import accuracy, perplexity
 from pybitnet.cli.generation import chat, run, serve
@@ -19,8 +18,30 @@ from pybitnet.cli.models import convert, inspect, make_model
 from pybitnet.cli.receipts import bench_app, gate, report, verify
 from pybitnet.errors import PyBitnetError
 
+
+class _Commands(TyperGroup):
+    """Turns a PyBitnetError (bad input the API found) into one line and exit status 2, as
+    click does for a bad option, in the `pybitnet` command and in tests' CliRunner alike."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except PyBitnetError as exc:
+            typer.echo(f"pybitnet: error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        typer.echo(f"pybitnet {version('pybitnet')}")
+        raise typer.Exit()
+
+
 app = typer.Typer(
     name="pybitnet",
+    cls=_Commands,
     help="Fast, correct and honestly measured inference for ternary (BitNet b1.58) models.",
     no_args_is_help=True,
     add_completion=False,
@@ -40,9 +61,14 @@ app.command()(report)
 app.add_typer(bench_app, name="bench")
 
 
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Fast, correct and honestly measured inference for ternary (BitNet b1.58) models."""
+
+
 def main() -> None:
-    try:
-        app()
-    except PyBitnetError as exc:
-        print(f"pybitnet: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    app()

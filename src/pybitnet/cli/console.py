@@ -18,14 +18,17 @@ def status(text: str) -> Any:
     return Console(stderr=True).status(text, spinner="dots")
 
 
-def load_model(model: Path | None, threads: int | None, output_head: str | None = None) -> Any:
-    """Loads a model, with a spinner on stderr while it loads."""
+def load_model(
+    model: Path | None, threads: int | None, output_head: str | None = None, **options: Any
+) -> Any:
+    """Loads a model (``options`` as in pybitnet.load), with a spinner on stderr while it
+    loads."""
     from pybitnet.generate import load
 
     use_threads(threads)
     model = resolve_model(model)
     with status("loading model"):
-        return load(model, output_head=output_head)
+        return load(model, output_head=output_head, **options)
 
 
 def resolve_model(model: Path | None) -> Path | None:

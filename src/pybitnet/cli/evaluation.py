@@ -8,13 +8,26 @@ from typing import Annotated
 import typer
 
 from pybitnet.cli.console import load_model, status
-from pybitnet.cli.options import JsonFileOption, JsonFlag, ModelOption, ThreadsOption, use_threads
+from pybitnet.cli.options import (
+    JsonFileOption,
+    JsonFlag,
+    ModelOption,
+    ThreadsOption,
+    fail,
+    read_text,
+    use_threads,
+    within,
+)
 
-ContextOption = Annotated[int, typer.Option("-c", "--ctx", help="Tokens per chunk.")]
+ContextOption = Annotated[
+    int, typer.Option("-c", "--ctx", callback=within(2), help="Tokens per chunk.")
+]
 
 
 def perplexity(
-    text_file: Annotated[Path, typer.Argument(help="The text to score.", exists=True)],
+    text_file: Annotated[
+        Path, typer.Argument(metavar="TEXT_FILE", help="The text to score.", exists=True)
+    ],
     model: ModelOption = None,
     ctx: ContextOption = 128,
     threads: ThreadsOption = None,
@@ -25,8 +38,11 @@ def perplexity(
 
     from pybitnet.eval.perplexity import print_report, text_perplexity
 
+    text = read_text(text_file, "TEXT_FILE")
     m = load_model(model, threads)
-    result = text_perplexity(m, text_file.read_text(encoding="utf-8"), ctx)
+    if ctx > m.n_ctx:
+        fail("-c", f"{ctx} tokens per chunk; {m.path.name} holds {m.n_ctx} tokens of context")
+    result = text_perplexity(m, text, ctx)
     print(json.dumps(vars(result))) if json_output else print_report(result)
 
 
@@ -47,7 +63,7 @@ def accuracy(
     from pybitnet.eval.accuracy import measure_accuracy, print_report, write_json
 
     use_threads(threads)
-    text = text_file.read_text(encoding="utf-8") if text_file is not None else None
+    text = read_text(text_file, "--text") if text_file is not None else None
     with status("measuring") as spinner:
         report = measure_accuracy(model, preset=preset, text=text, n_ctx=ctx, step=spinner.update)
     print_report(report)

@@ -6,27 +6,36 @@ from typing import Annotated
 
 import typer
 
-from pybitnet.cli.console import load_model, print_profile, resolve_model, write_streamed
+from pybitnet.cli.console import load_model, print_profile, write_streamed
 from pybitnet.cli.options import (
     JsonFlag,
+    MaxTokensOption,
+    MinPOption,
     ModelOption,
     OutputHeadOption,
+    RepeatPenaltyOption,
+    SeedOption,
+    StopOption,
+    TemperatureOption,
     ThreadsOption,
-    use_threads,
+    TopKOption,
+    TopPOption,
+    fail,
+    within,
 )
 
 
 def run(
-    prompt: Annotated[str, typer.Argument(help="The text to continue.")],
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="The text to continue.")],
     model: ModelOption = None,
-    max_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 128,
-    temperature: Annotated[float, typer.Option(help="0 means greedy.")] = 0.8,
-    top_k: Annotated[int, typer.Option(help="Keep the k likeliest tokens (0: off).")] = 40,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (1: off).")] = 0.95,
-    min_p: Annotated[float, typer.Option(help="Drop tokens below min_p * p_max (0: off).")] = 0.05,
-    repeat_penalty: Annotated[float, typer.Option(help="Penalty on recent tokens (1: off).")] = 1.0,
-    seed: Annotated[int | None, typer.Option(help="Sampling seed (default: random).")] = None,
-    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    max_tokens: MaxTokensOption = 128,
+    temperature: TemperatureOption = 0.8,
+    top_k: TopKOption = 40,
+    top_p: TopPOption = 0.95,
+    min_p: MinPOption = 0.05,
+    repeat_penalty: RepeatPenaltyOption = 1.0,
+    seed: SeedOption = None,
+    stop: StopOption = None,
     threads: ThreadsOption = None,
     output_head: OutputHeadOption = None,
     json_output: JsonFlag = False,
@@ -69,9 +78,14 @@ def run(
 def chat(
     model: ModelOption = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Tokens per reply at most.")] = 512,
-    temperature: Annotated[float, typer.Option(help="0 means greedy.")] = 0.8,
-    seed: Annotated[int | None, typer.Option(help="Sampling seed (default: random).")] = None,
+    max_tokens: MaxTokensOption = 512,
+    temperature: TemperatureOption = 0.8,
+    top_k: TopKOption = 40,
+    top_p: TopPOption = 0.95,
+    min_p: MinPOption = 0.05,
+    repeat_penalty: RepeatPenaltyOption = 1.0,
+    seed: SeedOption = None,
+    stop: StopOption = None,
     threads: ThreadsOption = None,
     output_head: OutputHeadOption = None,
 ) -> None:
@@ -81,7 +95,11 @@ def chat(
     from pybitnet.chat import ChatSession
 
     m = load_model(model, threads, output_head)
-    session = ChatSession(m, system, max_tokens=max_tokens, temperature=temperature, seed=seed)
+    sampling = dict(top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty)
+    session = ChatSession(
+        m, system, max_tokens=max_tokens, temperature=temperature, seed=seed,
+        stop=stop or (), **sampling,
+    )  # fmt: skip
     print("pybitnet chat: /reset clears the history, /exit quits.", file=sys.stderr)
     while True:
         try:
@@ -99,13 +117,25 @@ def chat(
 def serve(
     model: ModelOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option(callback=within(1, 65535), help="Port to listen on.")] = 8080,
     api_key: Annotated[
-        str | None, typer.Option(envvar="PYBITNET_API_KEY", help="Require it on /v1 routes.")
+        str | None,
+        typer.Option(
+            envvar="PYBITNET_API_KEY", callback=_check_api_key, help="Require it on /v1 routes."
+        ),
     ] = None,
-    max_batch: Annotated[int, typer.Option(help="Sequences decoded together.")] = 8,
-    max_queue: Annotated[int, typer.Option(help="Requests waiting at most (then 429).")] = 64,
-    ctx: Annotated[int | None, typer.Option(help="Tokens of context per sequence.")] = None,
+    max_batch: Annotated[
+        int, typer.Option(callback=within(1), help="Sequences decoded together.")
+    ] = 8,
+    max_queue: Annotated[
+        int, typer.Option(callback=within(1), help="Requests waiting at most (then 429).")
+    ] = 64,
+    ctx: Annotated[
+        int | None,
+        typer.Option(
+            callback=within(1), help="Tokens of context per sequence (default: the model's)."
+        ),
+    ] = None,
     cors_origin: Annotated[
         list[str] | None, typer.Option(help="Allow this browser origin (repeatable; default none).")
     ] = None,
@@ -113,16 +143,30 @@ def serve(
     output_head: OutputHeadOption = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, with a chat page at /."""
+    from pybitnet.errors import PyBitnetError
     from pybitnet.server import ServerConfig
-    from pybitnet.server import serve as run_server
+    from pybitnet.server.run import listen, serve_model
 
-    use_threads(threads)
-    config = ServerConfig(max_batch, max_queue, api_key, cors_origins=tuple(cors_origin or ()))
-    run_server(
-        resolve_model(model),
-        host=host,
-        port=port,
-        n_ctx=ctx,
-        output_head=output_head,
-        config=config,
-    )
+    try:
+        sock = listen(host, port)  # before loading: a port in use fails first, not after the banner
+    except PyBitnetError as exc:
+        fail("--port", str(exc))
+    with sock:
+        m = load_model(model, threads, output_head, n_ctx=ctx)
+        if ctx is not None and ctx > m.config.context_length:
+            fail("--ctx", f"{ctx} is more than the {m.config.context_length} tokens of context "
+                          f"{m.path.name} was trained for")  # fmt: skip
+        config = ServerConfig(max_batch, max_queue, api_key, cors_origins=tuple(cors_origin or ()))
+        serve_model(m, sock, config)
+
+
+def _check_api_key(key: str | None) -> str | None:
+    """An empty key would turn auth on with nothing to check ("Bearer " would pass); click
+    reads an empty PYBITNET_API_KEY as unset, which would turn it off without a word."""
+    import os
+
+    if key == "":
+        fail("--api-key", "the key is empty")
+    if key is None and os.environ.get("PYBITNET_API_KEY") == "":
+        fail("PYBITNET_API_KEY", "the variable is set but empty (unset it to serve without a key)")
+    return key

@@ -1,9 +1,12 @@
-"""Options that commands of several modules take."""
+"""Options that commands of several modules take, and the checks that turn a bad value into one
+line naming the option as the user typed it, before any work starts."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -16,17 +19,87 @@ ModelOption = Annotated[
         "default: the embedded model.",
     ),
 ]
-ThreadsOption = Annotated[int | None, typer.Option(help="Kernel threads (default: all cores).")]
+
+
+def fail(option: str, message: str) -> NoReturn:
+    """Exit 2 with "Invalid value for OPTION: MESSAGE" (click's usage-error line)."""
+    raise typer.BadParameter(message, param_hint=option)
+
+
+def within(low: float, high: float | None = None) -> Callable[[Any], Any]:
+    """An option callback that refuses a value outside [low, high], naming the value."""
+    span = f"from {low} to {high}" if high is not None else f"{low} or more"
+
+    def check(value: Any) -> Any:
+        if value is not None and (value < low or (high is not None and value > high)):
+            raise typer.BadParameter(f"{value} is out of range: it must be {span}")
+        return value
+
+    return check
+
+
+def _cap_threads(threads: int | None) -> int | None:
+    cores = os.cpu_count() or 1
+    within(1)(threads)
+    if threads is not None and threads > cores:
+        typer.echo(f"pybitnet: --threads {threads}: this machine has {cores} cores; using {cores}",
+                   err=True)  # fmt: skip
+        return cores
+    return threads
+
+
+def _check_output_head(head: str | None) -> str | None:
+    if head not in (None, "q8"):
+        fail("--output-head", f"expected q8, got {head!r}")
+    return head
+
+
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(callback=_cap_threads, help="Kernel threads (default: all cores)."),
+]
 OutputHeadOption = Annotated[
     str | None,
     typer.Option(
         "--output-head",
+        callback=_check_output_head,
         help="q8: hold the output layer as int8 rows (faster decode; `pybitnet accuracy` "
         "measures the cost).",
     ),
 ]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
 JsonFileOption = Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")]
+
+# The sampling options of `run` and `chat`, defined once.
+MaxTokensOption = Annotated[
+    int, typer.Option(callback=within(1), help="Tokens to generate at most.")
+]
+TemperatureOption = Annotated[float, typer.Option(callback=within(0.0), help="0 means greedy.")]
+TopKOption = Annotated[
+    int, typer.Option(callback=within(0), help="Keep the k likeliest tokens (0: off).")
+]
+TopPOption = Annotated[
+    float, typer.Option(callback=within(0.0, 1.0), help="Nucleus sampling mass (1: off).")
+]
+MinPOption = Annotated[
+    float, typer.Option(callback=within(0.0, 1.0), help="Drop tokens below min_p * p_max (0: off).")
+]
+RepeatPenaltyOption = Annotated[
+    float, typer.Option(callback=within(0.0), help="Penalty on recent tokens (1: off).")
+]
+SeedOption = Annotated[int | None, typer.Option(help="Sampling seed (default: random).")]
+StopOption = Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")]
+
+
+def read_text(path: Path, option: str) -> str:
+    """A UTF-8 text file, or one line naming the option, the file and the first bad byte."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        fail(option, f"{path} is not UTF-8 text (byte {byte:#04x} at offset {exc.start})")
+    except OSError as exc:
+        fail(option, f"cannot read {path}: {exc.strerror}")
 
 
 def use_threads(threads: int | None) -> None:

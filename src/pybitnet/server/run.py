@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
-from pybitnet.generate import load
+from pybitnet.errors import PyBitnetError
+from pybitnet.generate import Model, load
 from pybitnet.server.app import create_app
 from pybitnet.server.config import ServerConfig
 from pybitnet.server.scheduler import Scheduler
@@ -28,6 +30,24 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, or a PyBitnetError saying why not (taken first, so a port
+    in use fails before the model loads and before the banner announces the page)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise PyBitnetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise PyBitnetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
 def serve(
     model_path: str | Path | None = None,
     *,
@@ -39,18 +59,19 @@ def serve(
 ) -> None:
     """Loads the model (the embedded one when model_path is None; output_head as in
     pybitnet.generate.load) and serves it until SIGTERM."""
-    config = config or ServerConfig()
-    log = logging.getLogger("uvicorn.error")
-    model = load(model_path, n_ctx=n_ctx, output_head=output_head)
+    with listen(host, port) as sock:
+        model = load(model_path, n_ctx=n_ctx, output_head=output_head)
+        serve_model(model, sock, config or ServerConfig())
+
+
+def serve_model(model: Model, sock: socket.socket, config: ServerConfig) -> None:
+    """Serves a loaded model on a bound socket until SIGTERM."""
     app = create_app(model, config)
+    host, port = sock.getsockname()[:2]
     uvicorn_config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        timeout_graceful_shutdown=config.shutdown_timeout,
-        access_log=False,
+        app, timeout_graceful_shutdown=config.shutdown_timeout, access_log=False
     )
-    log.info(
+    logging.getLogger("uvicorn.error").info(
         "pybitnet: %s, context %d, batch %d; chat with it at http://%s:%d/",
         model.path.name,
         model.n_ctx,
@@ -58,4 +79,4 @@ def serve(
         host,
         port,
     )
-    _Server(uvicorn_config, app.state.scheduler).run()
+    _Server(uvicorn_config, app.state.scheduler).run(sockets=[sock])
