@@ -35,6 +35,25 @@ def test_run_prints_only_the_continuation(model):
     assert "Once upon a time" not in result.stdout
 
 
+def test_run_reads_the_prompt_from_stdin_or_a_file(tmp_path, model):
+    prompt = "Once upon a time\n"  # as `echo` or an editor leaves it: the newline is kept
+    expected = model.generate(prompt, max_tokens=24, temperature=0) + "\n"
+    assert invoke("run", "-", *GREEDY, input=prompt).stdout == expected
+    (tmp_path / "prompt.txt").write_text(prompt)
+    assert invoke("run", "-f", str(tmp_path / "prompt.txt"), *GREEDY).stdout == expected
+
+
+def test_inspect_defaults_to_the_embedded_model(model):
+    report = json.loads(invoke("inspect", "--json").stdout)
+    assert report["path"] == str(model.path)
+
+
+def test_version():
+    from importlib.metadata import version
+
+    assert invoke("--version").stdout == f"pybitnet {version('pybitnet')}\n"
+
+
 def test_run_json_reports_the_seed_that_replays_it(model):
     sampled = ["--max-tokens", "16", "--temperature", "1.0", "--json"]
     first = json.loads(invoke("run", "The dog", *sampled).stdout)

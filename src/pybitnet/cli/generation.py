@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,12 +22,19 @@ from pybitnet.cli.options import (
     TopKOption,
     TopPOption,
     fail,
+    read_prompt,
     within,
 )
 
 
 def run(
-    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="The text to continue.")],
+    prompt: Annotated[
+        str | None,
+        typer.Argument(metavar="PROMPT", help="The text to continue; - reads it from stdin."),
+    ] = None,
+    prompt_file: Annotated[
+        Path | None, typer.Option("-f", "--file", help="Read the prompt from this file.")
+    ] = None,
     model: ModelOption = None,
     max_tokens: MaxTokensOption = 128,
     temperature: TemperatureOption = 0.8,
@@ -50,6 +58,7 @@ def run(
     from pybitnet import kernels
     from pybitnet.sampling import SamplerConfig
 
+    prompt = read_prompt(prompt, prompt_file)
     m = load_model(model, threads, output_head)
     sampling = SamplerConfig(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed)
     seed = sampling.seeded().seed  # the seed actually used, so a run can be replayed

@@ -75,8 +75,13 @@ def make_model(
 
 def inspect(
     path: Annotated[
-        Path, typer.Argument(help="The GGUF file, or a Hugging Face checkpoint folder.")
-    ],
+        Path | None,
+        typer.Argument(
+            metavar="PATH",
+            help="The GGUF file, or a Hugging Face checkpoint folder (default: the embedded "
+            "model).",
+        ),
+    ] = None,
     json_output: JsonFlag = False,
     sha256: Annotated[
         bool, typer.Option("--sha256", help="Also hash the file (reads it all).")
@@ -85,7 +90,8 @@ def inspect(
     """Describe a GGUF file (architecture, hyperparameters, tensors, tokenizer) from its header."""
     import json
 
+    from pybitnet.data import default_model_path
     from pybitnet.gguf.inspect import inspect_gguf, render
 
-    report = inspect_gguf(resolve_model(path), sha256=sha256)
+    report = inspect_gguf(resolve_model(path) or default_model_path(), sha256=sha256)
     print(json.dumps(report, ensure_ascii=False)) if json_output else render(report)

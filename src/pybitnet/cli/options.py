@@ -102,6 +102,17 @@ def read_text(path: Path, option: str) -> str:
         fail(option, f"cannot read {path}: {exc.strerror}")
 
 
+def read_prompt(prompt: str | None, path: Path | None) -> str:
+    """The prompt as typed, from stdin when it is -, or from the -f file."""
+    import sys
+
+    if (prompt is None) == (path is None):
+        fail("PROMPT", "give a prompt, - to read it from stdin, or -f FILE (one of them)")
+    if path is not None:
+        return read_text(path, "-f")
+    return sys.stdin.read() if prompt == "-" else prompt
+
+
 def use_threads(threads: int | None) -> None:
     """Set the kernels' thread count when the command was given one."""
     from pybitnet import kernels
