@@ -64,6 +64,20 @@ def test_run_json_reports_the_seed_that_replays_it(model):
     assert model.complete("The dog", max_tokens=16, **options).text == first["text"]
 
 
+def test_run_ends_with_a_timings_line_that_json_carries_too(model):
+    prompt_tokens = len(model.tokenize("Once upon a time"))
+    line = invoke("run", "Once upon a time", *GREEDY).stderr.strip().splitlines()[-1]
+    assert line.startswith("pybitnet: load ")
+    assert f"| prompt {prompt_tokens} tokens in " in line
+    assert "| decode 23 tokens in " in line and line.endswith("| 24 tokens generated")
+    report = json.loads(invoke("run", "Once upon a time", *GREEDY, "--json").stdout)
+    t = report["timings"]
+    assert t["prompt_tokens"] == report["prompt_tokens"] == prompt_tokens
+    assert t["generated_tokens"] == len(report["token_ids"]) == t["decode_tokens"] + 1
+    assert t["prompt_tok_s"] == pytest.approx(t["prompt_tokens"] / t["prompt_s"])
+    assert t["decode_tok_s"] == pytest.approx(t["decode_tokens"] / t["decode_s"])
+
+
 def test_run_stops_at_a_stop_string():
     text = invoke("run", "Once upon a time", *GREEDY, "--stop", "Lily", "--json").stdout
     done = json.loads(text)
@@ -102,6 +116,13 @@ def test_chat_keeps_history_until_reset(model):
     # after /reset the same question gets the same first reply: the history was cleared
     assert result.stdout.count(reply) == 2, result.stdout
     assert "/reset" in result.stderr
+
+
+def test_chat_takes_the_sampling_options_of_run(model):
+    # top-k 1 leaves one token to draw from: a hot temperature samples the greedy reply
+    args = ["chat", "--max-tokens", "12", "--temperature", "1.5", "--top-k", "1", "--min-p", "0"]
+    greedy = invoke("chat", "--max-tokens", "12", "--temperature", "0", input="Hi.\n").stdout
+    assert invoke(*args, input="Hi.\n").stdout == greedy
 
 
 def test_perplexity_json_matches_the_api(tmp_path, model):

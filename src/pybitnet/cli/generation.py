@@ -53,13 +53,15 @@ def run(
 ) -> None:
     """Continue PROMPT; stdout carries the continuation only (streamed)."""
     import json
+    import sys
     import time
 
     from pybitnet import kernels
+    from pybitnet.cli.timings import timed_load, timed_pieces
     from pybitnet.sampling import SamplerConfig
 
     prompt = read_prompt(prompt, prompt_file)
-    m = load_model(model, threads, output_head)
+    m, load_s = timed_load(lambda: load_model(model, threads, output_head))
     sampling = SamplerConfig(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed)
     seed = sampling.seeded().seed  # the seed actually used, so a run can be replayed
     options = dict(
@@ -72,14 +74,18 @@ def run(
         repeat_penalty=repeat_penalty,
         seed=seed,
     )
+    pieces, done, timings = timed_pieces(m, prompt, options, load_s)
     start = time.perf_counter()
     with kernels.profile() as prof:
         if json_output:
-            done = m.complete(prompt, **options)
+            for _ in pieces:  # the Completion collects them
+                pass
+            figures = timings().as_dict()
             report = dict(model=str(m.path), prompt=prompt, seed=seed, **vars(done))
-            print(json.dumps(report, ensure_ascii=False))
+            print(json.dumps({**report, "timings": figures}, ensure_ascii=False))
         else:
-            write_streamed(m.stream(prompt, **options))
+            write_streamed(pieces)
+    print(timings().line(), file=sys.stderr)
     if profile:
         print_profile(prof, time.perf_counter() - start)
 
