@@ -20,23 +20,23 @@ kernels=(bench kernels --shapes 2560x2560,640x2560 --batches 1,8 --samples 40 --
   --codecs F16,BF16,Q8_0,Q4_0,Q4_1,TQ1_0,TQ2_0,I2_S --codec-shape 256x2560)
 
 if [[ "${1:-}" == "--update-baseline" ]]; then
-  "$pybitnet" "${generation[@]}" --json "$baseline/generation.json"
-  "$pybitnet" "${kernels[@]}" --json "$baseline/kernels.json"
+  "$pybitnet" "${generation[@]}" --receipt "$baseline/generation.json"
+  "$pybitnet" "${kernels[@]}" --receipt "$baseline/kernels.json"
   exit 0
 fi
 
 out=${1:-$(mktemp -d)}
 mkdir -p "$out"
-"$pybitnet" "${generation[@]}" --json "$out/generation.json"
-"$pybitnet" "${kernels[@]}" --json "$out/kernels.json"
-"$pybitnet" verify "$out/generation.json" --replay --json "$out/verify-generation.json" || exit 2
-"$pybitnet" verify "$out/kernels.json" --json "$out/verify-kernels.json" || exit 2
+"$pybitnet" "${generation[@]}" --receipt "$out/generation.json"
+"$pybitnet" "${kernels[@]}" --receipt "$out/kernels.json"
+"$pybitnet" verify "$out/generation.json" --replay --json-file "$out/verify-generation.json" || exit 2
+"$pybitnet" verify "$out/kernels.json" --json-file "$out/verify-kernels.json" || exit 2
 
 status=0
 for name in generation kernels; do
   code=0
   "$pybitnet" gate "$baseline/$name.json" "$out/$name.json" --config "$baseline/gate.toml" \
-    --markdown "$out/gate-$name.md" --json "$out/gate-$name.json" || code=$?
+    --markdown "$out/gate-$name.md" --json-file "$out/gate-$name.json" || code=$?
   case $code in
     0) ;;
     3) echo "ci_bench: $name gate asks for attention (not fatal); see $out/gate-$name.md" ;;

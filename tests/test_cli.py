@@ -135,3 +135,18 @@ def test_perplexity_json_matches_the_api(tmp_path, model):
     assert got["n_chunks"] == want.n_chunks > 1
     plain = invoke("perplexity", str(path), "-c", "32").stdout
     assert f"Final estimate: PPL = {want.ppl:.4f}" in plain
+
+
+def test_json_is_a_flag_that_prints_in_every_command():
+    import typer.main
+
+    def commands(group):
+        for name, command in group.commands.items():
+            yield name, command
+            yield from commands(command) if hasattr(command, "commands") else ()
+
+    root = typer.main.get_command(app)
+    for name, command in [("bench", root.commands["bench"]), *commands(root)]:
+        for param in command.params:
+            if "--json" in getattr(param, "opts", ()):
+                assert param.is_flag, f"{name}: --json takes a value"

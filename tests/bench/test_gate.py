@@ -266,7 +266,8 @@ def test_cli_refuses_bad_input_with_exit_code_2(monkeypatch, capsys, receipt_fil
 
 def test_cli_writes_markdown_and_json(monkeypatch, receipt_files, tmp_path):
     md, js = tmp_path / "gate.md", tmp_path / "gate.json"
-    args = ["gate", receipt_files["base"], receipt_files["slower"], "--markdown", md, "--json", js]
+    args = ["gate", receipt_files["base"], receipt_files["slower"], "--markdown", md]
+    args += ["--json-file", js]
     assert run_cli(monkeypatch, *args) == 1
     assert md.read_text().startswith("## pybitnet gate: FAIL")
     assert json.loads(js.read_text())["conclusion"] == "failure"

@@ -323,7 +323,7 @@ def test_cli_bench_kernels_writes_a_receipt(tmp_path):
     out = tmp_path / "k.json"
     args = ["bench", "kernels", "--shapes", "256x256", "--formats", "I2_S", "--batches", "1"]
     args += ["--codecs", "TQ2_0", "--codec-shape", "64x256"]
-    args += ["--samples", "3", "--warmup", "0", "-t", "1", "--json", str(out)]
+    args += ["--samples", "3", "--warmup", "0", "-t", "1", "--receipt", str(out)]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "gemv I2_S" in result.output and "quantize TQ2_0 64x256" in result.output

@@ -480,7 +480,7 @@ def test_cli_exit_codes_and_json(monkeypatch, capsys, tmp_path):
     assert run_cli(monkeypatch, "verify", good) == 0
     assert "pybitnet verify" in capsys.readouterr().out
     out = tmp_path / "verify.json"
-    assert run_cli(monkeypatch, "verify", bad, "--json", out) == 1
+    assert run_cli(monkeypatch, "verify", bad, "--json-file", out) == 1
     result = json.loads(out.read_text())
     assert result["passed"] is False
     verdicts = {c["rule"]: c["verdict"] for c in result["checks"]}
@@ -488,7 +488,7 @@ def test_cli_exit_codes_and_json(monkeypatch, capsys, tmp_path):
     assert run_cli(monkeypatch, "verify", tmp_path / "missing.json") == 2
     assert "missing.json: cannot read" in capsys.readouterr().err
     (tmp_path / "empty.json").write_text("{}")
-    assert run_cli(monkeypatch, "verify", tmp_path / "empty.json", "--json", out) == 1
+    assert run_cli(monkeypatch, "verify", tmp_path / "empty.json", "--json-file", out) == 1
     schema = json.loads(out.read_text())["checks"][0]
     assert schema["verdict"] == "FAIL"
     assert "'schema_version' is a required property" in schema["detail"]

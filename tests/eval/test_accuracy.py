@@ -123,7 +123,7 @@ def run_cli(monkeypatch, *args: object) -> int:
 def test_cli_preset_tiny_writes_valid_json(monkeypatch, capsys, tmp_path):
     text, out = tmp_path / "text.txt", tmp_path / "tiny.json"
     text.write_text("Once upon a time, there was a little girl named Lily.", encoding="utf-8")
-    args = ["accuracy", "--preset", "tiny", "-c", "16", "--text", text, "--json", out]
+    args = ["accuracy", "--preset", "tiny", "-c", "16", "--text", text, "--json-file", out]
     assert run_cli(monkeypatch, *args) == 0
     assert "synthetic preset tiny" in capsys.readouterr().out
     doc = json.loads(out.read_text())

@@ -68,7 +68,9 @@ OutputHeadOption = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
-JsonFileOption = Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")]
+JsonFileOption = Annotated[
+    Path | None, typer.Option("--json-file", help="Also write the report as JSON here.")
+]
 
 # The sampling options of `run` and `chat`, defined once.
 MaxTokensOption = Annotated[

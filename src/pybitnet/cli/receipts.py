@@ -14,7 +14,9 @@ from pybitnet.cli.options import JsonFileOption
 ThreadCountsOption = Annotated[
     str | None, typer.Option("-t", help="Thread counts (default: all cores).")
 ]
-ReceiptOption = Annotated[Path | None, typer.Option("--json", help="Write the receipt here.")]
+ReceiptOption = Annotated[
+    Path | None, typer.Option("--receipt", help="Write the receipt (JSON) here.")
+]
 
 
 def gate(
@@ -23,7 +25,7 @@ def gate(
     config: Annotated[Path | None, typer.Option(help="TOML file of thresholds and SLOs.")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Also write Markdown here.")] = None,
     json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write a CI check run (JSON) here.")
+        Path | None, typer.Option("--json-file", help="Also write a CI check run (JSON) here.")
     ] = None,
 ) -> None:
     """Compare two receipts; exit 0 pass, 1 fail, 3 attention, 2 bad input."""
