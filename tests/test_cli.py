@@ -137,16 +137,26 @@ def test_perplexity_json_matches_the_api(tmp_path, model):
     assert f"Final estimate: PPL = {want.ppl:.4f}" in plain
 
 
-def test_json_is_a_flag_that_prints_in_every_command():
+def every_command() -> list[tuple[list[str], object]]:
+    """Each command of `pybitnet`, nested ones included, with the words that invoke it."""
     import typer.main
 
-    def commands(group):
+    def walk(group, words):
         for name, command in group.commands.items():
-            yield name, command
-            yield from commands(command) if hasattr(command, "commands") else ()
+            yield [*words, name], command
+            yield from walk(command, [*words, name]) if hasattr(command, "commands") else ()
 
-    root = typer.main.get_command(app)
-    for name, command in [("bench", root.commands["bench"]), *commands(root)]:
+    return [([], typer.main.get_command(app)), *walk(typer.main.get_command(app), [])]
+
+
+def test_json_is_a_flag_that_prints_in_every_command():
+    for words, command in every_command():
         for param in command.params:
             if "--json" in getattr(param, "opts", ()):
-                assert param.is_flag, f"{name}: --json takes a value"
+                assert param.is_flag, f"{words}: --json takes a value"
+
+
+@pytest.mark.parametrize("words", [w for w, _ in every_command()], ids=" ".join)
+def test_help_reads_plainly(words):
+    text = invoke(*words, "--help").stdout
+    assert "Usage:" in text and "<bool>" not in text and "{" not in text

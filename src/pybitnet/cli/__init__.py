@@ -15,11 +15,12 @@ from typer.core import TyperGroup
 from pybitnet.cli.evaluation import accuracy, perplexity
 from pybitnet.cli.generation import chat, run, serve
 from pybitnet.cli.models import convert, inspect, make_model
+from pybitnet.cli.options import Command, PlainHelp
 from pybitnet.cli.receipts import bench_app, gate, report, verify
 from pybitnet.errors import PyBitnetError
 
 
-class _Commands(TyperGroup):
+class _Commands(PlainHelp, TyperGroup):
     """Turns a PyBitnetError (bad input the API found) into one line and exit status 2, as
     click does for a bad option, in the `pybitnet` command and in tests' CliRunner alike."""
 
@@ -47,24 +48,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command()(run)
-app.command()(chat)
-app.command()(serve)
-app.command()(perplexity)
-app.command()(accuracy)
-app.command()(convert)
-app.command("make-model")(make_model)
-app.command()(gate)
-app.command()(inspect)
-app.command()(verify)
-app.command()(report)
+app.command(cls=Command)(run)
+app.command(cls=Command)(chat)
+app.command(cls=Command)(serve)
+app.command(cls=Command)(perplexity)
+app.command(cls=Command)(accuracy)
+app.command(cls=Command)(convert)
+app.command("make-model", cls=Command)(make_model)
+app.command(cls=Command)(gate)
+app.command(cls=Command)(inspect)
+app.command(cls=Command)(verify)
+app.command(cls=Command)(report)
 app.add_typer(bench_app, name="bench")
 
 
 @app.callback()
 def _options(
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        False, "--version", metavar="", callback=_version, is_eager=True, help="Print the version."
     ),
 ) -> None:
     """Fast, correct and honestly measured inference for ternary (BitNet b1.58) models."""

@@ -22,6 +22,7 @@ from pybitnet.cli.options import (
     TopKOption,
     TopPOption,
     fail,
+    flag,
     read_prompt,
     within,
 )
@@ -48,7 +49,7 @@ def run(
     output_head: OutputHeadOption = None,
     json_output: JsonFlag = False,
     profile: Annotated[
-        bool, typer.Option("--profile", help="Print each kernel's calls and time to stderr.")
+        bool, flag("--profile", "Print each kernel's calls and time to stderr.")
     ] = False,
 ) -> None:
     """Continue PROMPT; stdout carries the continuation only (streamed)."""

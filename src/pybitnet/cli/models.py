@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pybitnet.cli.console import print_written, resolve_model
-from pybitnet.cli.options import JsonFlag
+from pybitnet.cli.options import JsonFlag, flag
 
 OutputOption = Annotated[Path, typer.Option("-o", "--output", help="The GGUF file to write.")]
 
@@ -83,9 +83,7 @@ def inspect(
         ),
     ] = None,
     json_output: JsonFlag = False,
-    sha256: Annotated[
-        bool, typer.Option("--sha256", help="Also hash the file (reads it all).")
-    ] = False,
+    sha256: Annotated[bool, flag("--sha256", "Also hash the file (reads it all).")] = False,
 ) -> None:
     """Describe a GGUF file (architecture, hyperparameters, tensors, tokenizer) from its header."""
     import json

@@ -4,11 +4,14 @@ line naming the option as the user typed it, before any work starts."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import click
 import typer
+from typer.core import TyperCommand
 
 ModelOption = Annotated[
     Path | None,
@@ -67,7 +70,34 @@ OutputHeadOption = Annotated[
         "measures the cost).",
     ),
 ]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
+
+
+class PlainHelp:
+    """Help in click's words: ARG and [ARG] in the usage line (typer writes {arg}), and no
+    <bool> after --help. Mixed into the app's group and command classes."""
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)  # type: ignore[misc]
+        return [re.sub(r"\{(\w+)\}", lambda m: m[1].upper(), p) for p in pieces]
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(PlainHelp, TyperCommand):
+    pass
+
+
+def flag(name: str, help: str) -> Any:
+    """A boolean flag; the empty metavar keeps typer's help from showing a <bool> value that the
+    flag does not take."""
+    return typer.Option(name, metavar="", help=help)
+
+
+JsonFlag = Annotated[bool, flag("--json", "Print one JSON object to stdout.")]
 JsonFileOption = Annotated[
     Path | None, typer.Option("--json-file", help="Also write the report as JSON here.")
 ]

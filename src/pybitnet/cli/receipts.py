@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from pybitnet.cli.console import progress, status
-from pybitnet.cli.options import JsonFileOption
+from pybitnet.cli.options import Command, JsonFileOption, PlainHelp, flag
 
 ThreadCountsOption = Annotated[
     str | None, typer.Option("-t", help="Thread counts (default: all cores).")
@@ -39,7 +40,7 @@ def gate(
 
 def verify(
     receipt: Annotated[Path, typer.Argument(help="The receipt to check.")],
-    replay: Annotated[bool, typer.Option(help="Also re-run the workload and compare.")] = False,
+    replay: Annotated[bool, flag("--replay", "Also re-run the workload and compare.")] = False,
     model: Annotated[Path | None, typer.Option(help="The model file, if not at its path.")] = None,
     json_path: JsonFileOption = None,
 ) -> None:
@@ -65,7 +66,12 @@ def report(
         print(f"wrote {path}")
 
 
+class _BenchCommands(PlainHelp, TyperGroup):
+    pass
+
+
 bench_app = typer.Typer(
+    cls=_BenchCommands,
     help="Measure generation (llama-bench style) or kernels; optionally write a receipt.",
     no_args_is_help=False,
 )
@@ -110,7 +116,7 @@ def bench(
         write_receipt(doc, json_path)
 
 
-@bench_app.command("kernels")
+@bench_app.command("kernels", cls=Command)
 def bench_kernels(
     shapes: Annotated[
         str, typer.Option(help="Weight shapes, out x in.")
