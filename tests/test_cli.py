@@ -115,7 +115,21 @@ def test_chat_keeps_history_until_reset(model):
     ).text
     # after /reset the same question gets the same first reply: the history was cleared
     assert result.stdout.count(reply) == 2, result.stdout
-    assert "/reset" in result.stderr
+    assert "/reset" in result.stderr and "(history cleared)" in result.stderr
+
+
+def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(monkeypatch):
+    from pybitnet.chat import ChatSession
+
+    def interrupted(self, text):
+        yield f"[{text}]"
+        if text == "stop me":
+            raise KeyboardInterrupt  # as Ctrl+C does in the middle of a reply
+
+    monkeypatch.setattr(ChatSession, "reply", interrupted)
+    result = invoke("chat", input="stop me\nnext\n")
+    assert "[stop me]" in result.stdout and "[next]" in result.stdout
+    assert "(reply stopped)" in result.stderr
 
 
 def test_chat_takes_the_sampling_options_of_run(model):

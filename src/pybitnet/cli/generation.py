@@ -116,18 +116,25 @@ def chat(
         m, system, max_tokens=max_tokens, temperature=temperature, seed=seed,
         stop=stop or (), **sampling,
     )  # fmt: skip
-    print("pybitnet chat: /reset clears the history, /exit quits.", file=sys.stderr)
+    print(
+        "pybitnet chat: /reset clears the history, /exit quits; Ctrl+C stops a reply.",
+        file=sys.stderr,
+    )
     while True:
         try:
             line = input("> ")
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):  # Ctrl+D or Ctrl+C at the prompt: quit
             break
         if line.strip() == "/exit":
             break
         if line.strip() == "/reset":
             session.reset()
+            print("(history cleared)", file=sys.stderr)
             continue
-        write_streamed(session.reply(line))
+        try:
+            write_streamed(session.reply(line))
+        except KeyboardInterrupt:  # stops this reply only; the chat goes on
+            print("\n(reply stopped)", file=sys.stderr)
 
 
 def serve(
