@@ -19,6 +19,10 @@ CONFIDENCE = 0.95
 RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 MIN_SAMPLES = 3  # fewer repetitions on a side cannot support a claim either way
+# Tail latencies are reported, never gated: a repetition's p90 or p99 over a few dozen gaps is
+# close to its maximum, so it measures the machine's other work (a loaded 2-core machine moved
+# the CI bench's tg32 p90 and p99 by +700-800% with no change to the code).
+REPORTED_ONLY = frozenset({"itl_p90_ms", "itl_p99_ms"})
 
 
 class Verdict(enum.IntEnum):
@@ -74,7 +78,9 @@ def compare_metric(base_run: dict, cur_run: dict, metric: str, config: GateConfi
         else config.latency_fail_pct
     )
     attention_pct = config.improvement_attention_pct
-    if min(a.size, b.size) < MIN_SAMPLES:
+    if metric in REPORTED_ONLY:
+        verdict, reason = Verdict.PASS, "a tail latency: reported, not gated"
+    elif min(a.size, b.size) < MIN_SAMPLES:
         verdict = Verdict.ATTENTION
         reason = f"fewer than {MIN_SAMPLES} samples on a side ({a.size}, {b.size}): no claim"
     elif gain_high < -fail_pct / 100:
