@@ -63,6 +63,18 @@ def test_fields_no_client_knows_are_refused_too(base_url, model_id):
         assert refused["param"] in body and refused["code"] == "unsupported_field", refused
 
 
+def test_a_messages_fields_are_checked_too(client, model_id):
+    named = [{"role": "user", "content": "Hello.", "name": "alice"}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=model_id, messages=named, max_tokens=1)
+    assert caught.value.param == "messages[0].name"
+    calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    history = [*MESSAGES, {"role": "assistant", "content": None, "tool_calls": calls}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=model_id, messages=history, max_tokens=1)
+    assert caught.value.param == "messages[1].tool_calls"
+
+
 def test_the_values_that_ask_for_nothing_are_accepted(client, model_id):
     reply = client.chat.completions.create(
         model=model_id,

@@ -43,7 +43,29 @@ NEUTRAL: dict[str, tuple[object, ...]] = {
     "user": (ANY,),
     "safety_identifier": (ANY,),
 }
+# The same for a chat message's fields. A tool message's tool_call_id is accepted: its content
+# reaches the prompt as any message's does.
+MESSAGE_NEUTRAL: dict[str, tuple[object, ...]] = {
+    "name": (None,),
+    "tool_calls": ([], None),
+    "function_call": (None,),
+    "refusal": (None,),
+    "audio": (None,),
+    "tool_call_id": (ANY,),
+}
 MAX_SHOWN = 60  # characters of a refused value quoted back
+
+
+def _refused(
+    fields: dict[str, object], neutral: dict[str, tuple[object, ...]]
+) -> tuple[str, str] | None:
+    """The first of `fields` whose value is not a neutral one, and that value quoted."""
+    for name, value in fields.items():
+        allowed = neutral.get(name, ())
+        if ANY not in allowed and value not in allowed:
+            shown = repr(value)
+            return name, shown if len(shown) <= MAX_SHOWN else shown[: MAX_SHOWN - 3] + "..."
+    return None
 
 
 class TextPart(BaseModel):
@@ -52,6 +74,8 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # kept so that unsupported() can name them
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
 
@@ -86,17 +110,22 @@ class GenerationParams(BaseModel):
 
     def unsupported(self) -> tuple[str, str] | None:
         """The first field sent that pybitnet would have to ignore, and its value, quoted."""
-        for name, value in (self.model_extra or {}).items():
-            neutral = NEUTRAL.get(name, ())
-            if ANY not in neutral and value not in neutral:
-                shown = repr(value)
-                return name, shown if len(shown) <= MAX_SHOWN else shown[: MAX_SHOWN - 3] + "..."
-        return None
+        return _refused(self.model_extra or {}, NEUTRAL)
 
 
 class ChatCompletionRequest(GenerationParams):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None  # newer name of max_tokens
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """As GenerationParams', then each message's fields, named as messages[i].field."""
+        refused = super().unsupported()
+        if refused is not None:
+            return refused
+        for i, message in enumerate(self.messages):
+            if (field := _refused(message.model_extra or {}, MESSAGE_NEUTRAL)) is not None:
+                return f"messages[{i}].{field[0]}", field[1]
+        return None
 
 
 class CompletionRequest(GenerationParams):
