@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from helpers.chromium import CHROMIUM, HEADLESS_FLAGS, needs_chromium
+from pybitnet.bench import receipt as rc
 from pybitnet.bench import report as rp
 from pybitnet.bench.receipt import write_receipt
 from pybitnet.cli import main
@@ -77,9 +78,9 @@ def test_bars_and_whiskers_carry_each_runs_median_min_and_max(receipt_files):
             assert float(bar["data-median"]) == pytest.approx(statistics.median(tps), rel=1e-12)
             assert float(whisker["data-min"]) == min(tps)
             assert float(whisker["data-max"]) == max(tps)
-    # within one chart, bar heights are proportional to the medians they show
+    # within one chart, bar lengths are proportional to the medians they show
     prefill = [b for b in bars[:4] if b["data-run"] == "pp32"]
-    ratios = [float(b["height"]) / float(b["data-median"]) for b in prefill]
+    ratios = [float(b["width"]) / float(b["data-median"]) for b in prefill]
     assert max(ratios) == pytest.approx(min(ratios), rel=0.01)
 
 
@@ -181,8 +182,8 @@ document.body.insertAdjacentHTML("beforeend",
 </script>"""
 
 
-def chromium(*args: str) -> subprocess.CompletedProcess:
-    flags = [*HEADLESS_FLAGS, "--window-size=1280,1600"]
+def chromium(*args: str, size: str = "1280,1600") -> subprocess.CompletedProcess:
+    flags = [*HEADLESS_FLAGS, f"--window-size={size}"]
     with tempfile.TemporaryDirectory() as profile:
         command = [CHROMIUM, *flags, f"--user-data-dir={profile}", *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -213,3 +214,111 @@ def test_the_page_renders_in_chromium_with_its_plots_laid_out(receipt_files, tmp
     assert struct.unpack(">II", header[16:24]) == (1280, 1600)
     if os.environ.get("PYBITNET_UPDATE_SCREENSHOT"):
         shutil.copyfile(shot, SCREENSHOT)
+
+
+# --- many series: a kernels receipt's 40-odd runs ------------------------------------------------
+
+FAMILIES = ("gemv", "gemm8", "quantize", "dequantize")
+FORMATS = ("TQ1_0", "TQ2_0", "I2_S", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+SHAPES = ("2560x2560", "640x2560", "6912x2560", "2560x6912", "256x2560")
+
+
+def many_series_receipts(tmp_path: Path, count: int, make_kernel_receipt) -> list[Path]:
+    """Three kernels receipts a day apart, each with `count` runs over four families, their
+    throughputs spread over two orders of magnitude."""
+    paths = []
+    for day in range(3):
+        doc = make_kernel_receipt(day)
+        doc["created_at"] = f"2026-11-0{day + 1}T09:30:00Z"
+        doc["runs"] = []
+        for i in range(count):
+            name = f"{FAMILIES[i % 4]} {FORMATS[i // 4 % 8]} {SHAPES[i // 32]}"
+            ms = [0.02 * (1 + i % 7) * (1 + 0.02 * (day + k % 3)) for k in range(5)]
+            doc["runs"].append(rc.kernel_run(name, 1, "k", [2560, 2560], 2560 * 2560, ms))
+        paths.append(tmp_path / f"kernels-{day}.json")
+        write_receipt(doc, paths[-1])
+    return paths
+
+
+# Per shown chart: the boxes of its legend entries and of its texts, its colours.
+LAYOUT = """<script>
+const rect = (el) => { const r = el.getBoundingClientRect();
+  return {left: r.left, right: r.right, top: r.top, bottom: r.bottom}; };
+const css = (el, p) => getComputedStyle(el)[p];
+const out = [];
+for (const fig of document.querySelectorAll("details[open] figure, #history figure")) {
+  const svg = fig.querySelector("svg");
+  out.push({
+    title: fig.querySelector("text.title").textContent,
+    figure: rect(fig), svg: rect(svg),
+    legend: [...fig.querySelectorAll("ul.legend li")].map(rect),
+    keys: [...fig.querySelectorAll("ul.legend .key")].map((k) => css(k, "backgroundColor")),
+    lines: [...svg.querySelectorAll("polyline.series")].map((l) => css(l, "stroke")),
+    bars: [...svg.querySelectorAll("rect.bar")].map((b) => css(b, "fill")),
+    bar_left: Math.min(...[...svg.querySelectorAll("rect.bar")].map((b) => rect(b).left)),
+    texts: [...svg.querySelectorAll("text")].map((t) => ({...rect(t), text: t.textContent,
+                                                         label: t.classList.contains("label")})),
+  });
+}
+document.body.insertAdjacentHTML("beforeend",
+  "<pre id=render-check>" + JSON.stringify(out) + "</pre>");
+</script>"""
+
+
+def overlap(a: dict, b: dict) -> bool:
+    """Whether two boxes share more than half a pixel each way."""
+    return (
+        min(a["right"], b["right"]) - max(a["left"], b["left"]) > 0.5
+        and min(a["bottom"], b["bottom"]) - max(a["top"], b["top"]) > 0.5
+    )
+
+
+def within(inner: dict, outer: dict) -> bool:
+    return all(
+        inner[lo] >= outer[lo] - 0.5 and inner[hi] <= outer[hi] + 0.5
+        for lo, hi in (("left", "right"), ("top", "bottom"))
+    )
+
+
+def measured_charts(page: str, tmp_path: Path) -> list[dict]:
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", LAYOUT + "</body>"))
+    done = chromium("--dump-dom", probe.as_uri())
+    found = re.search(r'<pre id="render-check">(.*?)</pre>', done.stdout, re.S)
+    assert found, done.stderr[-2000:]
+    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
+@needs_chromium
+@pytest.mark.parametrize("count", [20, 60])
+def test_many_series_lay_out_without_collisions(tmp_path, make_kernel_receipt, count):
+    page = rp.render_html(
+        rp.load_receipts(many_series_receipts(tmp_path, count, make_kernel_receipt))
+    )
+    charts = measured_charts(page, tmp_path)
+    # A chart per family: the history's and the newest receipt's bars.
+    assert len(charts) == 2 * len(FAMILIES), [c["title"] for c in charts]
+    assert sum(len(c["lines"]) for c in charts) == count
+    assert sum(len(c["bars"]) for c in charts) == count
+    for chart in charts:
+        title, legend, keys = chart["title"], chart["legend"], chart["keys"]
+        assert len(set(keys)) == len(keys), f"{title}: a colour repeats in the legend"
+        assert set(chart["lines"] or chart["bars"]) == set(keys), title
+        assert len(set(chart["lines"])) == len(chart["lines"]), f"{title}: two lines share a colour"
+        for i, a in enumerate(legend):
+            assert within(a, chart["figure"]), (title, a)
+            assert not any(overlap(a, b) for b in legend[i + 1 :]), f"{title}: legend overlaps"
+        texts = chart["texts"]
+        for i, a in enumerate(texts):
+            assert within(a, chart["svg"]), (title, a["text"])
+            clash = [b["text"] for b in texts[i + 1 :] if overlap(a, b)]
+            assert not clash, f"{title}: {a['text']!r} runs into {clash}"
+            if a["label"]:
+                assert a["right"] <= chart["bar_left"], f"{title}: {a['text']!r} runs into a bar"
+    if count == 60 and os.environ.get("PYBITNET_REPORT_SHOT"):
+        (tmp_path / "many.html").write_text(page)
+        chromium(
+            f"--screenshot={os.environ['PYBITNET_REPORT_SHOT']}",
+            (tmp_path / "many.html").as_uri(),
+            size="1280,3000",
+        )

@@ -14,6 +14,7 @@ from pybitnet.server import ServerConfig, create_app
 from pybitnet.tokenizer import Tokenizer
 
 MESSAGES = [{"role": "user", "content": "Tell me a story about a cat."}]
+ID = "tinystories-3m"  # the embedded model's id: its file's stem, as /v1/models lists it
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_models_lists_the_loaded_model(client, model):
 def test_chat_completion_matches_the_single_sequence_path(client, model):
     expected = greedy_chat(model, MESSAGES, 24)
     reply = client.chat.completions.create(
-        model="any", messages=MESSAGES, max_tokens=24, temperature=0
+        model=ID, messages=MESSAGES, max_tokens=24, temperature=0
     )
     (choice,) = reply.choices
     assert choice.message.role == "assistant"
@@ -55,7 +56,7 @@ def test_chat_stream_delivers_the_same_text_in_pieces_then_usage(client, model):
     expected = greedy_chat(model, MESSAGES, 24)
     chunks = list(
         client.chat.completions.create(
-            model="any",
+            model=ID,
             messages=MESSAGES,
             max_tokens=24,
             temperature=0,
@@ -77,12 +78,12 @@ def test_chat_stream_delivers_the_same_text_in_pieces_then_usage(client, model):
 def test_completions_plain_and_streamed(client, model):
     expected = model.complete("Once upon a time", max_tokens=30, temperature=0)
     reply = client.completions.create(
-        model="any", prompt="Once upon a time", max_tokens=30, temperature=0
+        model=ID, prompt="Once upon a time", max_tokens=30, temperature=0
     )
     assert reply.choices[0].text == expected.text
     assert reply.usage.prompt_tokens == expected.prompt_tokens
     stream = client.completions.create(
-        model="any", prompt="Once upon a time", max_tokens=30, temperature=0, stream=True
+        model=ID, prompt="Once upon a time", max_tokens=30, temperature=0, stream=True
     )
     chunks = list(stream)
     assert "".join(c.choices[0].text for c in chunks) == expected.text
@@ -92,7 +93,7 @@ def test_completions_plain_and_streamed(client, model):
 def test_completion_from_token_ids(client, model):
     ids = model.tokenize("Once upon a time")
     expected = model.complete(ids, max_tokens=10, temperature=0)
-    reply = client.completions.create(model="any", prompt=ids, max_tokens=10, temperature=0)
+    reply = client.completions.create(model=ID, prompt=ids, max_tokens=10, temperature=0)
     assert reply.choices[0].text == expected.text
 
 
@@ -100,12 +101,12 @@ def test_stop_string_ends_the_reply_before_it(client, model):
     text = model.complete("Once upon a time", max_tokens=40, temperature=0).text
     stop = text[15:22]
     reply = client.completions.create(
-        model="any", prompt="Once upon a time", max_tokens=40, temperature=0, stop=[stop, "zzz"]
+        model=ID, prompt="Once upon a time", max_tokens=40, temperature=0, stop=[stop, "zzz"]
     )
     assert reply.choices[0].text == text[: text.index(stop)]
     assert reply.choices[0].finish_reason == "stop"
     chunks = client.completions.create(
-        model="any", prompt="Once upon a time", max_tokens=40, temperature=0, stop=stop, stream=True
+        model=ID, prompt="Once upon a time", max_tokens=40, temperature=0, stop=stop, stream=True
     )
     assert "".join(c.choices[0].text for c in chunks) == text[: text.index(stop)]
 
@@ -143,16 +144,16 @@ def test_end_of_generation_token_stops_with_reason_stop(model):
 def test_seeded_sampling_is_reproducible_and_matches_generate(client, model):
     options = dict(max_tokens=20, temperature=1.0, top_p=0.9, seed=1234)
     expected = model.complete("The dog", **options).text
-    first = client.completions.create(model="any", prompt="The dog", **options)
-    second = client.completions.create(model="any", prompt="The dog", **options)
-    other = client.completions.create(model="any", prompt="The dog", **{**options, "seed": 99})
+    first = client.completions.create(model=ID, prompt="The dog", **options)
+    second = client.completions.create(model=ID, prompt="The dog", **options)
+    other = client.completions.create(model=ID, prompt="The dog", **{**options, "seed": 99})
     assert first.choices[0].text == second.choices[0].text == expected
     assert other.choices[0].text != expected
 
 
 def test_generation_stops_at_the_end_of_the_context(client, model):
     prompt = [model.tokenizer.bos_id] + [300] * (model.n_ctx - 5)
-    reply = client.completions.create(model="any", prompt=prompt, max_tokens=100, temperature=0)
+    reply = client.completions.create(model=ID, prompt=prompt, max_tokens=100, temperature=0)
     assert reply.choices[0].finish_reason == "length"
     assert reply.usage.completion_tokens == 4
     assert reply.choices[0].text == model.complete(prompt, max_tokens=100, temperature=0).text
@@ -165,7 +166,7 @@ def chat(base_url: str, **fields) -> httpx.Response:
 def test_only_n_1(base_url, client):
     assert error(chat(base_url, n=2), 400)["param"] == "n"
     with pytest.raises(openai.BadRequestError, match="n=1"):
-        client.chat.completions.create(model="any", messages=MESSAGES, n=3)
+        client.chat.completions.create(model=ID, messages=MESSAGES, n=3)
     assert chat(base_url, n=1, max_tokens=1).status_code == 200
 
 
@@ -235,7 +236,7 @@ def test_api_key_guards_v1_only(model):
         good = openai.OpenAI(
             base_url=f"{url}/v1", api_key="s3cret", max_retries=0, timeout=HTTP_TIMEOUT
         )
-        reply = good.chat.completions.create(model="any", messages=MESSAGES, max_tokens=3)
+        reply = good.chat.completions.create(model=ID, messages=MESSAGES, max_tokens=3)
         assert reply.usage.completion_tokens <= 3
 
 
@@ -255,7 +256,7 @@ def test_health_and_metrics(base_url, client, model):
     health = httpx.get(f"{base_url}/health").json()
     assert health["status"] == "ok" and health["model"] == model.path.stem
     assert health["n_ctx"] == model.n_ctx
-    client.completions.create(model="any", prompt="A", max_tokens=5, temperature=0)
+    client.completions.create(model=ID, prompt="A", max_tokens=5, temperature=0)
     chat(base_url, n=2)
     metrics = httpx.get(f"{base_url}/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")

@@ -1,12 +1,17 @@
-"""The report's SVG charts (inline, no script): throughput bars with whiskers per run and thread
-count, and lines of median throughput over time; and the number formats the report shares."""
+"""The report's charts (inline SVG, no script), each a <figure> with an HTML legend under it:
+horizontal throughput bars with whiskers per run and thread count, and lines of median
+throughput over time; and the number formats the report shares.
+
+Charts stay readable with many series: the legend is HTML, so the browser wraps its entries
+instead of them printing over each other; no colour repeats within a chart (palette); bars run
+horizontally, one row per run, so their labels stack instead of smearing along an axis.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pybitnet.bench.tables import esc
@@ -15,93 +20,105 @@ if TYPE_CHECKING:
     from pybitnet.bench.report import Throughput
 
 # Tableau 10: distinct for the common forms of colour blindness
-COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7")
+TABLEAU = (
+    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
+    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+)  # fmt: skip
 
-WIDTH, LEFT, RIGHT, PLOT_W = 560, 64, 16, 480  # LEFT + PLOT_W + RIGHT = WIDTH
-TOP, PLOT_H = 34, 220  # under the plot: x labels, then the legend, LEGEND_PER_ROW keys a row
-LEGEND_PER_ROW = 4
-
-
-@dataclass(frozen=True)
-class _Frame:
-    """A chart's plot area: values from 0 to `top` upwards, and the legend under it."""
-
-    title: str
-    unit: str
-    largest: float
-    legend: list[tuple[str, str]]  # (label, colour)
-
-    @property
-    def top(self) -> float:
-        return _axis(self.largest)[0]
-
-    def y(self, value: float) -> float:
-        return TOP + PLOT_H * (1 - value / self.top)
-
-    def open(self) -> str:
-        rows = math.ceil(len(self.legend) / LEGEND_PER_ROW)
-        height = TOP + PLOT_H + 44 + 16 * rows
-        parts = [
-            f'<svg class="chart" width="{WIDTH}" height="{height}" '
-            f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{esc(self.title)}">'
-            f'<text class="title" x="{LEFT}" y="20">{esc(self.title)}</text><g class="grid">'
-        ]
-        for v in _axis(self.largest)[1]:
-            y = self.y(v)
-            parts.append(
-                f'<line x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{y:.1f}" y2="{y:.1f}"/>'
-                f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt(v)}</text>'
-            )
-        mid = TOP + PLOT_H / 2
-        parts.append(
-            f'<text x="16" y="{mid}" transform="rotate(-90 16 {mid})" text-anchor="middle">'
-            f"{esc(self.unit)}</text></g>"
-        )
-        for i, (label, color) in enumerate(self.legend):
-            x = LEFT + (i % LEGEND_PER_ROW) * (PLOT_W // LEGEND_PER_ROW)
-            y = TOP + PLOT_H + 58 + 16 * (i // LEGEND_PER_ROW)
-            parts.append(
-                f'<rect class="key" x="{x}" y="{y - 10}" width="11" height="11" fill="{color}"/>'
-                f'<text x="{x + 16}" y="{y}">{esc(label)}</text>'
-            )
-        return "".join(parts)
+WIDTH, TOP = 560, 34  # every chart's width; the plot starts under the title
+# Horizontal bars: a row per run, a bar per thread count in it; the labels' column is as wide as
+# the longest label, at CHAR_W a character (generous for 12px system-ui, so none runs into a bar).
+BAR_H, ROW_GAP, CHAR_W, MAX_LABEL, VALUE_ROOM, AXIS_H = 18, 10, 7.2, 36, 52, 44
+# Lines: the vertical axis's labels on the left, the dates under the plot.
+LEFT, RIGHT, PLOT_H = 64, 16, 220
+PLOT_W = WIDTH - LEFT - RIGHT
 
 
-def bar_chart(title: str, figures: Sequence[Throughput]) -> str:
-    """Groups of bars, one group per run name and one bar per thread count."""
-    groups = list(dict.fromkeys(t.run for t in figures))
+def palette(n: int) -> list[str]:
+    """`n` colours, none repeated: Tableau 10 while it lasts, then hues a golden angle apart
+    at three lightnesses, so that neighbours in the legend differ most."""
+    if n <= len(TABLEAU):
+        return list(TABLEAU[:n])
+    return [f"hsl({i * 137.508 % 360:.1f}, 62%, {(38, 52, 66)[i % 3]}%)" for i in range(n)]
+
+
+def legend(entries: Sequence[tuple[str, str]]) -> str:
+    """The legend under a chart: (label, colour) entries the browser wraps into lines."""
+    items = "".join(
+        f'<li><span class="key" style="background:{color}"></span>{esc(label)}</li>'
+        for label, color in entries
+    )
+    return f'<ul class="legend">{items}</ul>'
+
+
+def _open(title: str, height: float) -> str:
+    return (
+        f'<svg class="chart" width="{WIDTH}" height="{height:.0f}" '
+        f'viewBox="0 0 {WIDTH} {height:.0f}" role="img" aria-label="{esc(title)}">'
+        f'<text class="title" x="8" y="20">{esc(title)}</text>'
+    )
+
+
+def _figure(svg: str, entries: Sequence[tuple[str, str]]) -> str:
+    return f'<figure class="chart-box">{svg}</svg>{legend(entries)}</figure>'
+
+
+def bar_chart(title: str, figures: Sequence[Throughput], prefix: str = "") -> str:
+    """A row per run (its name less `prefix`, which the title names), a bar per thread count:
+    the median, whiskers from the smallest to the largest sample, the median's value after."""
+    runs = list(dict.fromkeys(t.run for t in figures))
     threads = sorted({t.threads for t in figures})
-    color = {n: COLORS[i % len(COLORS)] for i, n in enumerate(threads)}
-    largest = max(t.summary["max"] for t in figures)
-    frame = _Frame(title, figures[0].unit, largest, [(threads_label(n), color[n]) for n in threads])
-    y = frame.y
-    group_w = PLOT_W / len(groups)
-    slot = min(group_w * 0.8 / len(threads), 90.0)  # a bar and the gap after it
-    parts = [frame.open()]
+    color = dict(zip(threads, palette(len(threads)), strict=True))
+    labels = {run: _label(run.removeprefix(prefix).strip() or run) for run in runs}
+    left = 16 + CHAR_W * max(len(label) for label in labels.values())
+    top, ticks = _axis(max(t.summary["max"] for t in figures))
+    plot_w = WIDTH - left - VALUE_ROOM
+    row_h = BAR_H * len(threads) + ROW_GAP
+    bottom = TOP + row_h * len(runs)
+
+    def x(value: float) -> float:
+        return left + plot_w * value / top
+
+    parts = [_open(title, bottom + AXIS_H), '<g class="grid">']
+    for v in ticks:
+        parts.append(
+            f'<line x1="{x(v):.1f}" x2="{x(v):.1f}" y1="{TOP}" y2="{bottom}"/>'
+            f'<text x="{x(v):.1f}" y="{bottom + 16}" text-anchor="middle">{fmt(v)}</text>'
+        )
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{bottom + 34}" text-anchor="middle">'
+        f"{esc(figures[0].unit)}</text></g>"
+    )
+    for r, run in enumerate(runs):
+        full = f"<title>{esc(run)}</title>" if labels[run] != run else ""
+        parts.append(
+            f'<text class="label" x="{left - 8:.1f}" y="{TOP + r * row_h + row_h / 2 + 4:.1f}" '
+            f'text-anchor="end">{esc(labels[run])}{full}</text>'
+        )
     for t in figures:
-        s = t.summary
-        start = LEFT + (groups.index(t.run) + 0.5) * group_w - slot * len(threads) / 2
-        x = start + threads.index(t.threads) * slot
-        cx = x + slot * 0.45
-        parts.append(
-            f'<rect class="bar" x="{x:.1f}" y="{y(s["median"]):.1f}" width="{slot * 0.9:.1f}" '
-            f'height="{y(0) - y(s["median"]):.1f}" fill="{color[t.threads]}" '
-            f'data-run="{esc(t.run)}" data-threads="{t.threads}" data-median="{s["median"]!r}">'
-            f"<title>{esc(t.describe())}</title></rect>"
-            f'<g class="whisker" stroke="#222" data-min="{s["min"]!r}" data-max="{s["max"]!r}">'
-            f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(s["min"]):.1f}" y2="{y(s["max"]):.1f}"/>'
-            f'<line x1="{cx - 4:.1f}" x2="{cx + 4:.1f}" y1="{y(s["min"]):.1f}" '
-            f'y2="{y(s["min"]):.1f}"/><line x1="{cx - 4:.1f}" x2="{cx + 4:.1f}" '
-            f'y1="{y(s["max"]):.1f}" y2="{y(s["max"]):.1f}"/></g>'
-            f'<text class="value" x="{cx:.1f}" y="{y(s["max"]) - 5:.1f}" text-anchor="middle">'
-            f"{fmt(s['median'])}</text>"
-        )
-    for g, name in enumerate(groups):
-        parts.append(
-            f'<text x="{LEFT + (g + 0.5) * group_w:.1f}" y="{TOP + PLOT_H + 18}" '
-            f'text-anchor="middle">{esc(name)}</text>'
-        )
-    return "".join(parts) + "</svg>"
+        y = TOP + runs.index(t.run) * row_h + ROW_GAP / 2 + threads.index(t.threads) * BAR_H
+        parts.append(_bar(t, x, y, color[t.threads]))
+    entries = [(threads_label(n), color[n]) for n in threads]
+    return _figure("".join(parts), entries)
+
+
+def _bar(t: Throughput, x, y: float, color: str) -> str:
+    s, h = t.summary, BAR_H - 3
+    cy, lo, hi = y + h / 2, x(s["min"]), x(s["max"])
+    return (
+        f'<rect class="bar" x="{x(0):.1f}" y="{y:.1f}" width="{x(s["median"]) - x(0):.1f}" '
+        f'height="{h}" fill="{color}" data-run="{esc(t.run)}" data-threads="{t.threads}" '
+        f'data-median="{s["median"]!r}"><title>{esc(t.describe())}</title></rect>'
+        f'<g class="whisker" stroke="#222" data-min="{s["min"]!r}" data-max="{s["max"]!r}">'
+        f'<line x1="{lo:.1f}" x2="{hi:.1f}" y1="{cy:.1f}" y2="{cy:.1f}"/>'
+        f'<line x1="{lo:.1f}" x2="{lo:.1f}" y1="{cy - 4:.1f}" y2="{cy + 4:.1f}"/>'
+        f'<line x1="{hi:.1f}" x2="{hi:.1f}" y1="{cy - 4:.1f}" y2="{cy + 4:.1f}"/></g>'
+        f'<text class="value" x="{hi + 5:.1f}" y="{cy + 4:.1f}">{fmt(s["median"])}</text>'
+    )
+
+
+def _label(text: str) -> str:
+    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
 
 
 def line_chart(
@@ -110,16 +127,27 @@ def line_chart(
     """One line per series through its medians, over created_at."""
     times = sorted({when for points in series.values() for when, _ in points})
     start, span = times[0].timestamp(), (times[-1] - times[0]).total_seconds()
-    colors = {label: COLORS[i % len(COLORS)] for i, label in enumerate(series)}
-    largest = max(t.summary["median"] for points in series.values() for _, t in points)
-    frame = _Frame(title, unit, largest, list(colors.items()))
-    y = frame.y
+    colors = dict(zip(series, palette(len(series)), strict=True))
+    top, ticks = _axis(max(t.summary["median"] for points in series.values() for _, t in points))
 
     def x(when: dt.datetime) -> float:
         share = (when.timestamp() - start) / span if span else 0.5
         return LEFT + 44 + (PLOT_W - 88) * share  # room for the date labels at both ends
 
-    parts = [frame.open()]
+    def y(value: float) -> float:
+        return TOP + PLOT_H * (1 - value / top)
+
+    parts = [_open(title, TOP + PLOT_H + 40), '<g class="grid">']
+    for v in ticks:
+        parts.append(
+            f'<line x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{y(v):.1f}" y2="{y(v):.1f}"/>'
+            f'<text x="{LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{fmt(v)}</text>'
+        )
+    mid = TOP + PLOT_H / 2
+    parts.append(
+        f'<text x="16" y="{mid}" transform="rotate(-90 16 {mid})" text-anchor="middle">'
+        f"{esc(unit)}</text></g>"
+    )
     shown = times if len(times) <= 5 else [times[round(i * (len(times) - 1) / 4)] for i in range(5)]
     for when in shown:
         parts.append(
@@ -140,7 +168,7 @@ def line_chart(
             f"<title>{esc(f'{when:%Y-%m-%d %H:%M:%S}: {t.describe()}')}</title></circle>"
             for when, t in points
         ]
-    return "".join(parts) + "</svg>"
+    return _figure("".join(parts), list(colors.items()))
 
 
 def _axis(largest: float) -> tuple[float, list[float]]:

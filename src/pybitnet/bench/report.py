@@ -7,16 +7,18 @@ is inline. It shows, across receipts, the median throughput of every run and thr
 time (created_at), and for each receipt (newest first, the newest unfolded) its throughput per
 run and thread count as bars (median of the samples, whiskers from the smallest to the largest
 sample), its runs, its kernel counters, and its host, model and workload. Every figure is
-computed from the receipts' raw samples by receipt.summarize.
+computed from the receipts' raw samples by receipt.summarize. A chart shows one run kind, and
+one family of runs (a run name's first word: gemv, quantize, ...) where the kind has several, so
+that a kernels receipt's 40-odd runs make several readable charts rather than one crowded one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pybitnet.bench.charts import bar_chart, fmt, line_chart, threads_label
 from pybitnet.bench.receipt import load_receipt, summarize
@@ -24,6 +26,7 @@ from pybitnet.bench.tables import esc, html_table, markdown_table
 from pybitnet.errors import BenchError
 
 UNITS = {"tokens_per_second": "tok/s", "elements_per_second": "elements/s"}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -162,10 +165,16 @@ table { border-collapse: collapse; margin: 8px 0 16px; }
 th, td { border-bottom: 1px solid #ddd; padding: 3px 10px; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f4f4f4; }
-.charts { display: flex; flex-wrap: wrap; gap: 16px; }
-svg.chart { background: #fff; border: 1px solid #e3e3e3; }
+.charts { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+figure.chart-box { margin: 0; width: 560px; }
+svg.chart { display: block; background: #fff; border: 1px solid #e3e3e3; }
 svg text { font: 12px system-ui, sans-serif; fill: #333; }
 svg .title { font-size: 14px; font-weight: 600; }
+svg .value { font-size: 11px; }
+ul.legend { list-style: none; margin: 6px 0 0; padding: 0; display: flex; flex-wrap: wrap;
+            gap: 3px 14px; font-size: 12px; }
+ul.legend li { display: flex; align-items: center; gap: 5px; overflow-wrap: anywhere; }
+ul.legend .key { flex: none; width: 11px; height: 11px; }
 svg .grid line { stroke: #ccc; }
 details { border-top: 1px solid #ccc; padding-top: 6px; margin-top: 18px; }
 summary { font-size: 17px; font-weight: 600; cursor: pointer; }
@@ -196,18 +205,40 @@ def render_html(receipts: Sequence[Receipt]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def family(run: str) -> str:
+    """The family of a run: its name's first word (gemv, quantize, pp32)."""
+    return run.split(maxsplit=1)[0] if run.strip() else run
+
+
+def _facets(items: Sequence[T], of: Callable[[T], Throughput]) -> dict[tuple[str, str], list[T]]:
+    """The items of each chart, keyed by (kind, family); the family is "" where the kind has
+    only one, so a kind of a single family keeps one chart titled by the kind alone."""
+    families: dict[str, set[str]] = {}
+    for item in items:
+        families.setdefault(of(item).kind, set()).add(family(of(item).run))
+    facets: dict[tuple[str, str], list[T]] = {}
+    for item in items:
+        t = of(item)
+        key = family(t.run) if len(families[t.kind]) > 1 else ""
+        facets.setdefault((t.kind, key), []).append(item)
+    return facets
+
+
+def _title(kind: str, run_family: str, what: str) -> str:
+    return f"{kind} · {run_family}: {what}" if run_family else f"{kind}: {what}"
+
+
 def _history(receipts: Sequence[Receipt]) -> str:
-    """One line chart per run kind: the median throughput of each run and thread count."""
+    """One line chart per kind and family: the median throughput of each run and thread count."""
     charts = []
-    for kind in dict.fromkeys(t.kind for r in receipts for t in throughputs(r.doc)):
+    points = [(r.created_at, t) for r in receipts for t in throughputs(r.doc)]
+    for (kind, run_family), of_facet in _facets(points, lambda point: point[1]).items():
         series: dict[str, list[tuple[dt.datetime, Throughput]]] = {}
-        for r in receipts:
-            for t in throughputs(r.doc):
-                if t.kind == kind:
-                    label = f"{t.run}, {threads_label(t.threads)}"
-                    series.setdefault(label, []).append((r.created_at, t))
-        unit = next(iter(series.values()))[0][1].unit
-        charts.append(line_chart(f"{kind}: median throughput over time", unit, series))
+        for when, t in of_facet:
+            name = t.run.removeprefix(run_family).strip() or t.run  # the title names the family
+            series.setdefault(f"{name}, {threads_label(t.threads)}", []).append((when, t))
+        title = _title(kind, run_family, "median throughput over time")
+        charts.append(line_chart(title, of_facet[0][1].unit, series))
     note = "" if len(receipts) > 1 else '<p class="note">One receipt: no history yet.</p>'
     return note + f'<div class="charts">{"".join(charts)}</div>'
 
@@ -215,10 +246,10 @@ def _history(receipts: Sequence[Receipt]) -> str:
 def _receipt_section(r: Receipt, open_: bool) -> str:
     doc = r.doc
     figures = throughputs(doc)
-    charts = []
-    for kind in dict.fromkeys(t.kind for t in figures):
-        of_kind = [t for t in figures if t.kind == kind]
-        charts.append(bar_chart(f"{kind}: throughput per run and threads", of_kind))
+    charts = [
+        bar_chart(_title(kind, run_family, "throughput per run and threads"), of_facet, run_family)
+        for (kind, run_family), of_facet in _facets(figures, lambda t: t).items()
+    ]
     return "".join(
         [
             f"<details{' open' if open_ else ''}><summary>{esc(doc['created_at'])} "

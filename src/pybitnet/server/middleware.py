@@ -1,6 +1,10 @@
-"""What every request passes through before its route: counting, the body limit, CORS."""
+"""What every request passes through before its route: the access log, counting, the body
+limit, CORS."""
 
 from __future__ import annotations
+
+import logging
+import time
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -11,10 +15,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pybitnet.server.config import ServerConfig
 from pybitnet.server.errors import APIError
 from pybitnet.server.metrics import Metrics
+from pybitnet.server.replies import answered_usage
+
+access_log = logging.getLogger("pybitnet.access")
 
 
 def add_middleware(app: FastAPI, config: ServerConfig, metrics: Metrics) -> None:
-    """Outermost first: counting (so a refused request is counted too), the body limit, CORS."""
+    """Outermost first: logging and counting (so a refused request is logged and counted too),
+    the body limit, CORS."""
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -38,6 +46,9 @@ class CountRequests:
             await self.app(scope, receive, send)
             return
         status = 500
+        started = time.perf_counter()
+        usage: dict[str, int] = {}
+        answered_usage.set(usage)  # this request's own context: the reply fills it
 
         async def send_and_note(message: Message) -> None:
             nonlocal status
@@ -51,6 +62,16 @@ class CountRequests:
             route = scope.get("route")
             path = route.path if isinstance(route, Route) else "unmatched"
             self.metrics.requests.labels(path, str(status)).inc()
+            _log_access(scope, status, usage, time.perf_counter() - started)
+
+
+def _log_access(scope: Scope, status: int, usage: dict[str, int], seconds: float) -> None:
+    """One line per request: method, path, status, prompt+completion tokens ('-' when the reply
+    carried no usage: not a completion, or a stream without include_usage) and milliseconds."""
+    tokens = f"{usage['prompt_tokens']}+{usage['completion_tokens']}" if usage else "-"
+    access_log.info(
+        "%s %s %d tokens=%s ms=%.1f", scope["method"], scope["path"], status, tokens, seconds * 1e3
+    )
 
 
 class LimitBody:

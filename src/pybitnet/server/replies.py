@@ -6,11 +6,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from pybitnet.generate import Model
 from pybitnet.server.scheduler import Finished
+
+# The usage of the request being answered, for its access-log line: the access middleware sets a
+# fresh dict per request, the reply fills it when it writes its usage.
+answered_usage: ContextVar[dict[str, int] | None] = ContextVar("answered_usage", default=None)
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,12 @@ class Reply:
 
 
 def _usage(finished: Finished) -> dict[str, int]:
-    return {
+    usage = {
         "prompt_tokens": finished.prompt_tokens,
         "completion_tokens": finished.completion_tokens,
         "total_tokens": finished.prompt_tokens + finished.completion_tokens,
     }
+    note = answered_usage.get()
+    if note is not None:
+        note.update(usage)
+    return usage

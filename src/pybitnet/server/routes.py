@@ -20,7 +20,7 @@ from pybitnet.server.errors import APIError
 from pybitnet.server.metrics import Metrics
 from pybitnet.server.replies import ModelCard
 from pybitnet.server.scheduler import Scheduler
-from pybitnet.server.schemas import ChatCompletionRequest, CompletionRequest
+from pybitnet.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationParams
 from pybitnet.server.serving import Answer, Serving
 
 
@@ -123,25 +123,50 @@ async def list_models(card: CardDep) -> dict[str, Any]:
     return {"object": "list", "data": [card.body()]}
 
 
+def _model_not_found(name: str, card: ModelCard) -> APIError:
+    return APIError(
+        404,
+        f"The model {name!r} does not exist; this server has {card.id!r}.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def _check(body: GenerationParams, card: ModelCard) -> None:
+    """Refuses what the server would otherwise ignore: a field it does not implement, or a model
+    it does not serve. The accepted name is the id /v1/models lists (the model file's stem); a
+    body without `model` (curl, the chat page) means the one model served."""
+    refused = body.unsupported()
+    if refused is not None:
+        field, value = refused
+        raise APIError(
+            400,
+            f"The field {field!r} ({value}) is not supported by pybitnet; leave it out.",
+            code="unsupported_field",
+            param=field,
+        )
+    if body.model is not None and body.model != card.id:
+        raise _model_not_found(body.model, card)
+
+
 @v1.get("/models/{name}")
 async def get_model(name: str, card: CardDep) -> dict[str, Any]:
     if name != card.id:
-        raise APIError(
-            404,
-            f"The model {name!r} does not exist; this server has {card.id!r}.",
-            code="model_not_found",
-            param="model",
-        )
+        raise _model_not_found(name, card)
     return card.body()
 
 
 @v1.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, serving: ServingDep
+    body: ChatCompletionRequest, request: Request, serving: ServingDep, card: CardDep
 ) -> Answer:
+    _check(body, card)
     return await serving.chat(body, request)
 
 
 @v1.post("/completions", response_model=None)
-async def completions(body: CompletionRequest, request: Request, serving: ServingDep) -> Answer:
+async def completions(
+    body: CompletionRequest, request: Request, serving: ServingDep, card: CardDep
+) -> Answer:
+    _check(body, card)
     return await serving.complete(body, request)
