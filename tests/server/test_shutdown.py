@@ -72,6 +72,9 @@ def test_serve_with_no_arguments_finishes_in_flight_requests_on_sigterm():
         events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
         assert events[-1]["choices"][0]["finish_reason"] == "length"
         assert process.wait(timeout=15) == -signal.SIGTERM
+        log = process.stdout.read()
+        assert "GET /v1/models 200" in log, log  # the access log reaches the terminal
+        assert "POST /v1/completions 200" in log, log
     finally:
         process.kill()
 

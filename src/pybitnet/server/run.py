@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 from pathlib import Path
@@ -48,6 +49,17 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _log_config() -> dict:
+    """uvicorn's logging, with pybitnet's access log (one line a request) on its handler."""
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["pybitnet.access"] = {
+        "handlers": ["default"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return log_config
+
+
 def serve(
     model_path: str | Path | None = None,
     *,
@@ -69,7 +81,10 @@ def serve_model(model: Model, sock: socket.socket, config: ServerConfig) -> None
     app = create_app(model, config)
     host, port = sock.getsockname()[:2]
     uvicorn_config = uvicorn.Config(
-        app, timeout_graceful_shutdown=config.shutdown_timeout, access_log=False
+        app,
+        timeout_graceful_shutdown=config.shutdown_timeout,
+        access_log=False,  # ours (server/middleware.py) has the status, tokens and time
+        log_config=_log_config(),
     )
     logging.getLogger("uvicorn.error").info(
         "pybitnet: %s, context %d, batch %d; chat with it at http://%s:%d/",
