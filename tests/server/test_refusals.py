@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 import httpx
 import openai
@@ -108,6 +109,18 @@ def test_a_model_the_server_does_not_serve_is_404_model_not_found(client, base_u
 ACCESS = re.compile(r"^(GET|POST) (\S+) (\d{3}) tokens=(\d+\+\d+|-) ms=\d+\.\d$")
 
 
+def access_lines(caplog, n: int, seconds: float = 10) -> list[str]:
+    """The access-log lines, once there are n (or the deadline passes): the server's thread
+    writes a request's line after the reply has gone, so it can come just after the client
+    returns."""
+    deadline = time.monotonic() + seconds
+    while True:
+        lines = [r.getMessage() for r in caplog.records if r.name == "pybitnet.access"]
+        if len(lines) >= n or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.01)
+
+
 def test_one_access_log_line_per_request(client, base_url, model_id, caplog):
     caplog.set_level(logging.INFO, logger="pybitnet.access")
     reply = client.completions.create(model=model_id, prompt="A", max_tokens=3, temperature=0)
@@ -122,7 +135,7 @@ def test_one_access_log_line_per_request(client, base_url, model_id, caplog):
     )
     httpx.get(f"{base_url}/health/live")
     httpx.post(f"{base_url}/v1/chat/completions", json={"messages": MESSAGES, "tools": [TOOL]})
-    lines = [r.getMessage() for r in caplog.records if r.name == "pybitnet.access"]
+    lines = access_lines(caplog, 4)
     assert len(lines) == 4, lines
     parsed = [ACCESS.match(line) for line in lines]
     assert all(parsed), lines
