@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from pybitnet import decode
-from pybitnet.chat import render_chat, template_for
+from pybitnet.chat import fit_conversation, render_chat, template_for
 from pybitnet.data import default_model_path
 from pybitnet.engine import Engine
 from pybitnet.errors import ModelError
@@ -27,6 +27,7 @@ class Completion:
     token_ids: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
     finish_reason: str = "length"  # or "stop": an end-of-generation token or a stop string
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # chat turns left out to fit
 
 
 class Model:
@@ -106,7 +107,32 @@ class Model:
         return self.complete(prompt, **options).text
 
     def chat(self, messages: Sequence[dict[str, str]], **options: Any) -> str:
-        return self.complete(self.render_chat(messages), parse_special=True, **options).text
+        return self.complete_chat(messages, **options).text
+
+    def complete_chat(self, messages: Sequence[dict[str, str]], **options: Any) -> Completion:
+        """The reply to a conversation, as `stream_chat` fits it; the turns left out are in
+        the result's `dropped`."""
+        result = Completion()
+        for _ in self.stream_chat(messages, result, **options):
+            pass
+        return result
+
+    def stream_chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        result: Completion | None = None,
+        *,
+        max_tokens: int | None = None,
+        stop: Sequence[str] = (),
+        **sampling: Any,
+    ) -> Iterator[str]:
+        """Streams the reply to the messages that fit the context (`chat.fit_conversation`:
+        the oldest turns are dropped, never the system prompt); without max_tokens the reply
+        may fill the rest of the context. ``result`` receives the finish_reason and `dropped`."""
+        result = Completion() if result is None else result
+        fitted = fit_conversation(self, messages, max_tokens)
+        result.dropped = fitted.dropped
+        yield from self._pieces(fitted.prompt, result, max_tokens, stop, True, sampling)
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         # BOS comes from the tokenizer (add_bos), so the template renders it empty.
@@ -118,7 +144,7 @@ class Model:
         self,
         prompt: str | Sequence[int],
         result: Completion,
-        max_tokens: int,
+        max_tokens: int | None,
         stop: Sequence[str],
         parse_special: bool,
         sampling: dict[str, Any],
@@ -135,6 +161,8 @@ class Model:
                 f"{self.path}: the prompt has {len(ids)} tokens; the context holds {self.n_ctx}, "
                 "so there is no room to generate"
             )
+        room = self.n_ctx - len(ids)
+        max_tokens = room if max_tokens is None else max_tokens
         if max_tokens < 0:
             raise ModelError(f"{self.path}: max_tokens must be >= 0, got {max_tokens}")
         result.prompt_tokens = len(ids)
@@ -143,7 +171,7 @@ class Model:
             self.engine.new_cache(self.n_ctx),
             tokenizer=self.tokenizer,
             sampling=SamplerConfig(**sampling),
-            max_tokens=min(max_tokens, self.n_ctx - len(ids)),
+            max_tokens=min(max_tokens, room),
             stop=stop,
         )
         result.token_ids = gen.token_ids  # filled as the loop runs
