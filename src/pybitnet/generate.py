@@ -3,6 +3,8 @@ loop in decode.py."""
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +30,20 @@ class Completion:
     prompt_tokens: int = 0
     finish_reason: str = "length"  # or "stop": an end-of-generation token or a stop string
     dropped: list[dict[str, Any]] = field(default_factory=list)  # chat turns left out to fit
+    # Wall-clock milliseconds: the prompt's prefill, then sampling every generated token.
+    prompt_ms: float = 0.0
+    generation_ms: float = 0.0
 
 
 class Model:
     """A GGUF model ready to generate text: tokenizer, weights and the engine's forward pass
     (native kernels; numpy ones under PYBITNET_KERNELS=numpy). ``output_head="q8"`` holds
-    the output layer as int8 rows (see Engine)."""
+    the output layer as int8 rows (see Engine). ``load_seconds``: how long loading took."""
 
     def __init__(
         self, path: str | Path, *, n_ctx: int | None = None, output_head: str | None = None
     ) -> None:
+        started = time.perf_counter()
         self.path = Path(path)
         self.file = open_gguf(self.path)
         self.config = ModelConfig.from_metadata(self.file.metadata, str(self.path))
@@ -50,6 +56,7 @@ class Model:
             )
         self.n_ctx = min(n_ctx or self.config.context_length, self.config.context_length)
         self.engine = Engine(self.weights, output_head=output_head)
+        self.load_seconds = time.perf_counter() - started
 
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False):
         return self.tokenizer.encode(text, add_bos=add_bos, parse_special=parse_special)
@@ -175,10 +182,22 @@ class Model:
             stop=stop,
         )
         result.token_ids = gen.token_ids  # filled as the loop runs
-        for text in decode.run(self.engine, gen):
-            result.text += text
-            yield text
+        if not gen.finished:  # max_tokens 0 runs nothing
+            yield from self._timed_run(gen, result)
         result.finish_reason = gen.finish_reason
+
+    def _timed_run(self, gen: decode.Generation, result: Completion) -> Iterator[str]:
+        """decode.run, timing the prompt's prefill apart from the generation."""
+        started = time.perf_counter()
+        (logits,) = decode.prefill(self.engine, [gen])
+        result.prompt_ms = 1e3 * (time.perf_counter() - started)
+        started = time.perf_counter()
+        first = gen.advance(logits)
+        for text in itertools.chain([first], decode.run(self.engine, gen)):
+            if text:
+                result.text += text
+                yield text
+        result.generation_ms = 1e3 * (time.perf_counter() - started)
 
 
 def load(
