@@ -15,7 +15,7 @@ from pybitnet.chat import (
     render_chat,
     template_for,
 )
-from pybitnet.errors import ModelError, TokenizerError
+from pybitnet.errors import ModelError, SamplingError, TokenizerError
 from pybitnet.generate import Completion, Model
 from pybitnet.tokenizer import Tokenizer
 
@@ -203,6 +203,10 @@ def test_a_reply_that_fails_leaves_no_trace_and_a_stopped_one_keeps_its_text(tin
         list(session.reply("Hi"))
     assert session.history == [{"role": "system", "content": "tell " * 600}]
     assert session.dropped == []
+    session = ChatSession(tiny, temperature=-2)  # refused by the sampler, before generating
+    with pytest.raises(SamplingError, match="temperature"):
+        list(session.reply("Hi"))
+    assert session.history == []
     session = ChatSession(tiny, temperature=0)
     pieces = session.reply("Hi")
     said = next(pieces) + next(pieces)

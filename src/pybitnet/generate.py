@@ -172,7 +172,6 @@ class Model:
         max_tokens = room if max_tokens is None else max_tokens
         if max_tokens < 0:
             raise ModelError(f"{self.path}: max_tokens must be >= 0, got {max_tokens}")
-        result.prompt_tokens = len(ids)
         gen = decode.Generation(
             ids,
             self.engine.new_cache(self.n_ctx),
@@ -181,6 +180,7 @@ class Model:
             max_tokens=min(max_tokens, room),
             stop=stop,
         )
+        result.prompt_tokens = len(ids)  # the request is valid: generation starts
         result.token_ids = gen.token_ids  # filled as the loop runs
         if not gen.finished:  # max_tokens 0 runs nothing
             yield from self._timed_run(gen, result)
