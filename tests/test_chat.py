@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import pytest
 
+import pybitnet
 from helpers.tokenizer_files import SPM_FIXTURE, goldens, smollm2_path, tokenizer_metadata
-from pybitnet.chat import CHATML, LLAMA3, ChatSession, render_chat, template_for
-from pybitnet.errors import TokenizerError
+from pybitnet.chat import (
+    CHATML,
+    LLAMA3,
+    ChatSession,
+    fit_conversation,
+    render_chat,
+    template_for,
+)
+from pybitnet.errors import ModelError, SamplingError, TokenizerError
+from pybitnet.generate import Completion, Model
 from pybitnet.tokenizer import Tokenizer
 
 
@@ -82,17 +91,17 @@ def test_template_errors_name_the_source(template: str, expected: str) -> None:
 
 
 class ScriptedModel:
-    """Stands in for a Model: the prompt is the history it was given, the reply two pieces."""
+    """Stands in for a Model: records the history it was given, the reply two pieces."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[dict[str, str]], dict]] = []
 
-    def render_chat(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        return list(messages)
-
-    def stream(self, prompt: list[dict[str, str]], **options):
-        self.calls.append((prompt, options))
-        yield from ("Once", " more.")
+    def stream_chat(self, messages: list[dict[str, str]], result: Completion, **options):
+        self.calls.append((list(messages), options))
+        result.prompt_tokens = len(messages)
+        for piece in ("Once", " more."):
+            result.text += piece
+            yield piece
 
 
 def test_chat_session_keeps_the_history_until_reset() -> None:
@@ -104,7 +113,102 @@ def test_chat_session_keeps_the_history_until_reset() -> None:
     reply = {"role": "assistant", "content": "Once more."}
     hi, again = ({"role": "user", "content": t} for t in ("Hi", "Again"))
     assert session.history == [system, hi, reply, again, reply]
-    assert model.calls[1] == ([system, hi, reply, again], {"parse_special": True, "max_tokens": 4})
+    assert model.calls[1] == ([system, hi, reply, again], {"max_tokens": 4})
     session.reset()
-    assert session.history == [system]
+    assert session.history == [system] and session.completion is None
     assert ChatSession(model).history == []
+
+
+# -- conversations that fit, on the embedded model ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Model:
+    return pybitnet.load()
+
+
+def long_history(n_turns: int) -> list[dict[str, str]]:
+    story = "Once upon a time there was a little cat named Tom who liked to play. " * 4
+    messages = [{"role": "system", "content": "You tell stories."}]
+    for i in range(n_turns):
+        messages += [
+            {"role": "user", "content": f"Tell me story {i}."},
+            {"role": "assistant", "content": story},
+        ]
+    return [*messages, {"role": "user", "content": "One more, please."}]
+
+
+def room_left(model: Model, messages: list[dict[str, str]]) -> int:
+    return model.n_ctx - len(model.tokenize(model.render_chat(messages), parse_special=True))
+
+
+@pytest.mark.parametrize(("max_tokens", "reserve"), [(None, 128), (500, 128), (40, 40)])
+def test_fit_drops_the_fewest_oldest_turns_and_never_the_system_prompt(
+    tiny: Model, max_tokens: int | None, reserve: int
+) -> None:
+    """The rule: drop whole turns, oldest first, until a quarter of the context (or max_tokens,
+    when smaller) is left for the reply."""
+    messages = long_history(8)
+    fitted = fit_conversation(tiny, messages, max_tokens)
+    n = len(fitted.dropped)
+    assert n and n % 2 == 0  # whole turns: a user message and its reply
+    assert fitted.dropped == messages[1 : 1 + n]
+    kept = [messages[0], *messages[1 + n :]]
+    assert fitted.prompt == tiny.tokenize(tiny.render_chat(kept), parse_special=True)
+    assert room_left(tiny, kept) >= reserve
+    assert room_left(tiny, [messages[0], *messages[n - 1 :]]) < reserve  # one turn fewer
+
+
+def test_a_history_that_fits_is_kept_whole(tiny: Model) -> None:
+    assert fit_conversation(tiny, long_history(1)).dropped == []
+    # Only the newest message left and still too long: nothing more to drop, generation says so.
+    huge = [{"role": "user", "content": "story " * 600}]
+    assert fit_conversation(tiny, huge).dropped == []
+    with pytest.raises(ModelError, match="context holds 512"):
+        tiny.chat(huge)
+
+
+def test_a_reply_budget_is_the_rest_of_the_context(tiny: Model) -> None:
+    reply = tiny.complete_chat(long_history(8), temperature=0)
+    assert reply.dropped and reply.finish_reason in ("stop", "length")
+    if reply.finish_reason == "length":
+        assert reply.prompt_tokens + len(reply.token_ids) == tiny.n_ctx
+    assert (
+        tiny.chat(long_history(0), temperature=0, max_tokens=3)
+        == tiny.complete(
+            tiny.render_chat(long_history(0)), parse_special=True, temperature=0, max_tokens=3
+        ).text
+    )
+
+
+def test_ten_turns_with_the_default_model_keep_fitting(tiny: Model) -> None:
+    session = ChatSession(tiny, "You tell stories.", temperature=0)
+    dropped_any = False
+    for turn in range(10):
+        before = list(session.history)
+        reply = "".join(session.reply(f"Tell me story {turn}."))
+        done = session.completion
+        assert done.finish_reason in ("stop", "length") and done.text == reply
+        assert session.dropped == before[1 : 1 + len(session.dropped)]
+        kept = [before[0], *before[1 + len(session.dropped) :]]
+        user = {"role": "user", "content": f"Tell me story {turn}."}
+        assert session.history == [*kept, user, {"role": "assistant", "content": reply}]
+        dropped_any = dropped_any or bool(session.dropped)
+    assert dropped_any  # the story replies fill the 512-token context within a few turns
+
+
+def test_a_reply_that_fails_leaves_no_trace_and_a_stopped_one_keeps_its_text(tiny: Model) -> None:
+    session = ChatSession(tiny, "tell " * 600)  # a system prompt longer than the context
+    with pytest.raises(ModelError, match="context holds 512"):
+        list(session.reply("Hi"))
+    assert session.history == [{"role": "system", "content": "tell " * 600}]
+    assert session.dropped == []
+    session = ChatSession(tiny, temperature=-2)  # refused by the sampler, before generating
+    with pytest.raises(SamplingError, match="temperature"):
+        list(session.reply("Hi"))
+    assert session.history == []
+    session = ChatSession(tiny, temperature=0)
+    pieces = session.reply("Hi")
+    said = next(pieces) + next(pieces)
+    pieces.close()  # as a caller that stops the reply does
+    assert session.history[-1] == {"role": "assistant", "content": said}

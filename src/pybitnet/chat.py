@@ -10,7 +10,8 @@ tokens, ChatML otherwise (the same text llama.cpp's built-in `llama3` / `chatml`
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from pybitnet.errors import TokenizerError
 from pybitnet.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from pybitnet.generate import Model
+    from pybitnet.generate import Completion, Model
 
 CHATML = (
     "{% for message in messages %}"
@@ -115,26 +116,75 @@ def render_chat(
         raise TokenizerError(f"{source}: rendering failed: {type(e).__name__}: {e}") from e
 
 
+@dataclass
+class FittedChat:
+    prompt: list[int]  # token ids of the messages that fit
+    dropped: list[dict[str, Any]]  # the oldest turns left out, oldest first
+
+
+def fit_conversation(
+    model: Model, messages: Sequence[dict[str, Any]], max_tokens: int | None = None
+) -> FittedChat:
+    """A conversation that fits the context: while its prompt leaves less than a quarter of the
+    context for the reply (or less than ``max_tokens``, when that is smaller), the oldest turn
+    is dropped: a user message with the replies that follow it. The system prompt and the
+    newest message are never dropped. The reply's budget is then ``max_tokens``, or all that is
+    left of the context; a prompt that still fills the context fails when it is generated."""
+    messages = list(messages)
+    start = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    system, turns = messages[:start], messages[start:]
+    reserve = max(1, model.n_ctx // 4 if max_tokens is None else min(max_tokens, model.n_ctx // 4))
+    dropped: list[dict[str, Any]] = []
+    while True:
+        ids = model.tokenize(model.render_chat(system + turns), parse_special=True)
+        # One turn: the oldest message and the non-user messages after it; never the newest.
+        n = 1 + next((i for i, m in enumerate(turns[1:]) if m["role"] == "user"), len(turns))
+        if model.n_ctx - len(ids) >= reserve or n >= len(turns):
+            return FittedChat(ids, dropped)
+        dropped += turns[:n]
+        turns = turns[n:]
+
+
 class ChatSession:
-    """A conversation with a model: each reply sees the whole history, which `reset` clears back
-    to the system prompt."""
+    """A conversation with a model: each reply sees the history that fits the context
+    (`fit_conversation`: the oldest turns are dropped, never the system prompt), which `reset`
+    clears back to the system prompt. After each reply, `completion` holds its finish_reason
+    and the turns dropped from the history to make room (`dropped`)."""
 
     def __init__(self, model: Model, system: str | None = None, **options: Any) -> None:
-        """``options`` go to every `Model.stream` call (max_tokens, temperature, seed, ...)."""
+        """``options`` go to every `Model.stream_chat` call (max_tokens, temperature, seed, ...);
+        without max_tokens a reply may fill what is left of the context."""
         self._model = model
         self._options = options
         self._start = [{"role": "system", "content": system}] if system else []
         self.history = list(self._start)
+        self.completion: Completion | None = None
+
+    @property
+    def dropped(self) -> list[dict[str, Any]]:
+        """The turns the last reply dropped from the history, oldest first."""
+        return self.completion.dropped if self.completion is not None else []
 
     def reset(self) -> None:
         self.history = list(self._start)
+        self.completion = None
 
     def reply(self, text: str) -> Iterator[str]:
-        """Streams the model's reply to the user's ``text``; both join the history."""
-        self.history.append({"role": "user", "content": text})
-        prompt = self._model.render_chat(self.history)
-        reply = ""
-        for piece in self._model.stream(prompt, parse_special=True, **self._options):
-            reply += piece
-            yield piece
-        self.history.append({"role": "assistant", "content": reply})
+        """Streams the model's reply to the user's ``text``; both join the history. A reply
+        stopped early (the caller closes the iterator, Ctrl+C) keeps what it said; one that
+        fails before it starts leaves no trace."""
+        from pybitnet.generate import Completion
+
+        user = {"role": "user", "content": text}
+        self.history.append(user)
+        result = self.completion = Completion()
+        try:
+            yield from self._model.stream_chat(self.history, result, **self._options)
+        finally:
+            if result.prompt_tokens:  # generation started: the fitted history is the history
+                start = len(self._start)
+                del self.history[start : start + len(result.dropped)]
+                self.history.append({"role": "assistant", "content": result.text})
+            else:
+                self.history.remove(user)
+                result.dropped = []

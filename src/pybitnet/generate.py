@@ -3,6 +3,8 @@ loop in decode.py."""
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from pybitnet import decode
-from pybitnet.chat import render_chat, template_for
+from pybitnet.chat import fit_conversation, render_chat, template_for
 from pybitnet.data import default_model_path
 from pybitnet.engine import Engine
 from pybitnet.errors import ModelError
@@ -27,16 +29,21 @@ class Completion:
     token_ids: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
     finish_reason: str = "length"  # or "stop": an end-of-generation token or a stop string
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # chat turns left out to fit
+    # Wall-clock milliseconds: the prompt's prefill, then sampling every generated token.
+    prompt_ms: float = 0.0
+    generation_ms: float = 0.0
 
 
 class Model:
     """A GGUF model ready to generate text: tokenizer, weights and the engine's forward pass
     (native kernels; numpy ones under PYBITNET_KERNELS=numpy). ``output_head="q8"`` holds
-    the output layer as int8 rows (see Engine)."""
+    the output layer as int8 rows (see Engine). ``load_seconds``: how long loading took."""
 
     def __init__(
         self, path: str | Path, *, n_ctx: int | None = None, output_head: str | None = None
     ) -> None:
+        started = time.perf_counter()
         self.path = Path(path)
         self.file = open_gguf(self.path)
         self.config = ModelConfig.from_metadata(self.file.metadata, str(self.path))
@@ -49,6 +56,7 @@ class Model:
             )
         self.n_ctx = min(n_ctx or self.config.context_length, self.config.context_length)
         self.engine = Engine(self.weights, output_head=output_head)
+        self.load_seconds = time.perf_counter() - started
 
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False):
         return self.tokenizer.encode(text, add_bos=add_bos, parse_special=parse_special)
@@ -106,7 +114,32 @@ class Model:
         return self.complete(prompt, **options).text
 
     def chat(self, messages: Sequence[dict[str, str]], **options: Any) -> str:
-        return self.complete(self.render_chat(messages), parse_special=True, **options).text
+        return self.complete_chat(messages, **options).text
+
+    def complete_chat(self, messages: Sequence[dict[str, str]], **options: Any) -> Completion:
+        """The reply to a conversation, as `stream_chat` fits it; the turns left out are in
+        the result's `dropped`."""
+        result = Completion()
+        for _ in self.stream_chat(messages, result, **options):
+            pass
+        return result
+
+    def stream_chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        result: Completion | None = None,
+        *,
+        max_tokens: int | None = None,
+        stop: Sequence[str] = (),
+        **sampling: Any,
+    ) -> Iterator[str]:
+        """Streams the reply to the messages that fit the context (`chat.fit_conversation`:
+        the oldest turns are dropped, never the system prompt); without max_tokens the reply
+        may fill the rest of the context. ``result`` receives the finish_reason and `dropped`."""
+        result = Completion() if result is None else result
+        fitted = fit_conversation(self, messages, max_tokens)
+        result.dropped = fitted.dropped
+        yield from self._pieces(fitted.prompt, result, max_tokens, stop, True, sampling)
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         # BOS comes from the tokenizer (add_bos), so the template renders it empty.
@@ -118,7 +151,7 @@ class Model:
         self,
         prompt: str | Sequence[int],
         result: Completion,
-        max_tokens: int,
+        max_tokens: int | None,
         stop: Sequence[str],
         parse_special: bool,
         sampling: dict[str, Any],
@@ -135,22 +168,36 @@ class Model:
                 f"{self.path}: the prompt has {len(ids)} tokens; the context holds {self.n_ctx}, "
                 "so there is no room to generate"
             )
+        room = self.n_ctx - len(ids)
+        max_tokens = room if max_tokens is None else max_tokens
         if max_tokens < 0:
             raise ModelError(f"{self.path}: max_tokens must be >= 0, got {max_tokens}")
-        result.prompt_tokens = len(ids)
         gen = decode.Generation(
             ids,
             self.engine.new_cache(self.n_ctx),
             tokenizer=self.tokenizer,
             sampling=SamplerConfig(**sampling),
-            max_tokens=min(max_tokens, self.n_ctx - len(ids)),
+            max_tokens=min(max_tokens, room),
             stop=stop,
         )
+        result.prompt_tokens = len(ids)  # the request is valid: generation starts
         result.token_ids = gen.token_ids  # filled as the loop runs
-        for text in decode.run(self.engine, gen):
-            result.text += text
-            yield text
+        if not gen.finished:  # max_tokens 0 runs nothing
+            yield from self._timed_run(gen, result)
         result.finish_reason = gen.finish_reason
+
+    def _timed_run(self, gen: decode.Generation, result: Completion) -> Iterator[str]:
+        """decode.run, timing the prompt's prefill apart from the generation."""
+        started = time.perf_counter()
+        (logits,) = decode.prefill(self.engine, [gen])
+        result.prompt_ms = 1e3 * (time.perf_counter() - started)
+        started = time.perf_counter()
+        first = gen.advance(logits)
+        for text in itertools.chain([first], decode.run(self.engine, gen)):
+            if text:
+                result.text += text
+                yield text
+        result.generation_ms = 1e3 * (time.perf_counter() - started)
 
 
 def load(

@@ -225,6 +225,7 @@ def test_conversion_metadata(gguf3m: Path) -> None:
     assert 0 < md["bitnet.attention.layer_norm_rms_epsilon"] <= 1e-20
     assert md["tokenizer.ggml.model"] == "llama" and len(md["tokenizer.ggml.tokens"]) == 512
     assert md["tokenizer.ggml.add_bos_token"] is True
+    assert md["tokenizer.ggml.eot_token_id"] == BOS  # a story ends at BOS, as in llama2.c
 
 
 def test_conversion_tensors_against_the_checkpoint(gguf3m: Path) -> None:

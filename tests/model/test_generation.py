@@ -92,11 +92,24 @@ def test_greedy_story_matches_the_checkpoint(load_model, size, prompt, backend):
     want, margins = oracle(size, tuple(ids), model.config.rms_eps)
     agree = next((i for i, m in enumerate(margins) if m < NEAR_TIE), N_TOKENS)
     assert agree >= MIN_AGREEMENT[size], margins
-    assert EOS not in want[:agree]  # EOS would end complete() early; these stories run on
+    assert not {BOS, EOS} & set(want[:agree])  # either would end complete() early
     got = model.complete(ids if text is None else text, max_tokens=N_TOKENS, temperature=0)
     assert got.prompt_tokens == len(ids) and ids[0] == BOS
     assert got.token_ids[:agree] == want[:agree]
     assert len(got.token_ids) == N_TOKENS and got.finish_reason == "length"
+
+
+def test_a_story_ends_at_bos_as_in_llama2c(load_model):
+    """TinyStories models end a story with BOS (llama2.c's run.c stops on it); the embedded
+    file marks BOS as end of turn, so a greedy story stops there and does not print `<s>`."""
+    model = load_model("3m", "engine")
+    story = model.complete([BOS], max_tokens=model.n_ctx - 1, temperature=0)
+    assert story.finish_reason == "stop" and len(story.token_ids) < model.n_ctx - 1
+    assert "<s>" not in story.text and BOS not in story.token_ids
+    assert story.text.rstrip().endswith((".", "!", '"')), story.text[-80:]
+    # The checkpoint itself, fed the same story, picks BOS next.
+    logits = Llama2cReference(CHECKPOINTS["3m"]).logits([BOS, *story.token_ids])
+    assert int(np.argmax(logits[-1])) == BOS
 
 
 def english_problems(text: str) -> list[str]:

@@ -180,3 +180,39 @@ def test_the_page_asks_for_the_api_key_when_one_is_set(browser, model):
         browser.wait_for("document.querySelector('.assistant')?.dataset.done")
         assert browser.js("document.querySelector('.assistant').className") == "message assistant"
         assert browser.js("document.querySelector('.assistant').textContent")
+
+
+def test_ten_turns_fit_and_new_chat_starts_over(browser, model):
+    """With the page's defaults (no max tokens: a reply may fill the rest of the context), the
+    embedded model's 512-token context fills within two turns; the page drops the oldest turns
+    as the server did, marks replies that stopped on length, and never shows an error."""
+    with running(create_app(model)) as url:
+        browser.open(url + "/")
+        browser.wait_for(f"document.getElementById('model').textContent === '{model.path.stem}'")
+        for turn in range(10):
+            browser.type_and_enter("#input", f"Tell me story number {turn}.")
+            browser.wait_for(
+                "document.querySelector('.assistant:last-child')?.dataset.done"
+                " && !document.getElementById('send').disabled"
+            )
+            assert browser.js("document.querySelectorAll('.error').length") == 0, turn
+        # What the page sends next is what is left on screen, not faded out.
+        kept = browser.js(
+            "[...document.querySelectorAll('.message:not(.dropped)')].map(e => e.textContent)"
+        )
+        assert browser.js("conversation.map(m => m.content)") == kept
+        assert browser.js("document.querySelectorAll('.dropped').length") > 0
+        assert "no longer fit" in browser.js("document.querySelector('.note').textContent")
+        marked = "document.querySelector('[data-finish=length]')"
+        assert browser.js(f"getComputedStyle({marked}, '::after').content").find("length") > 0
+
+        browser.js("document.getElementById('new-chat').click()")
+        assert browser.js("document.getElementById('log').children.length") == 0
+        assert browser.js("conversation.length") == 0
+        browser.js("document.getElementById('temperature').value = '0'")
+        browser.js("document.getElementById('max-tokens').value = '40'")
+        browser.type_and_enter("#input", "Hello")
+        browser.wait_for("document.querySelector('.assistant:last-child')?.dataset.done")
+        reply = browser.js("document.querySelector('.assistant').textContent")
+        assert reply == greedy_chat(model, [{"role": "user", "content": "Hello"}])
+        assert browser.js("document.querySelectorAll('.message').length") == 2

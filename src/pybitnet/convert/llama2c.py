@@ -201,6 +201,9 @@ def import_llama2c(
         f"{arch}.rope.freq_base": np.float32(ROPE_THETA),
         f"{arch}.attention.layer_norm_rms_epsilon": np.float32(RMS_EPS),
         **vocab,
+        # A TinyStories model ends a story with BOS (llama2.c's run.c stops on it): mark it as
+        # the end-of-turn token, which pybitnet's and llama.cpp's end-of-generation sets honour.
+        "tokenizer.ggml.eot_token_id": vocab["tokenizer.ggml.bos_token_id"],
     }
 
     def constant(name: str, size: int) -> TensorSpec:

@@ -1,6 +1,11 @@
 """The completion routes' handler (vLLM's serving_completion): a request checked against the
 model's limits, submitted to the scheduler as a Generation, and its events answered as one reply
-or as a stream of server-sent events."""
+or as a stream of server-sent events.
+
+A chat's messages are fitted to the context as `pybitnet chat` fits its history
+(chat.fit_conversation: the oldest turns are dropped, never the system prompt); when some were,
+the response says how many in the header `X-Pybitnet-Dropped-Messages`, counted from the first
+message after the system prompt, so a client can drop them too."""
 
 from __future__ import annotations
 
@@ -10,9 +15,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from pybitnet.chat import fit_conversation
 from pybitnet.generate import Model
 from pybitnet.sampling import SamplerConfig
 from pybitnet.server.config import ServerConfig
@@ -29,7 +36,8 @@ from pybitnet.server.scheduler import (
 )
 from pybitnet.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationParams
 
-Answer = dict[str, Any] | EventSourceResponse  # a whole reply, or its stream
+Answer = dict[str, Any] | JSONResponse | EventSourceResponse  # a whole reply, or its stream
+DROPPED_HEADER = "X-Pybitnet-Dropped-Messages"
 
 
 class Serving:
@@ -45,10 +53,16 @@ class Serving:
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Answer:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        prompt = self.model.tokenizer.encode(self.model.render_chat(messages), parse_special=True)
         max_tokens = body.max_completion_tokens or body.max_tokens
-        reply = Reply.chat_completion(self.model_id)
-        return await self._answer(request, body, self._generation(body, prompt, max_tokens), reply)
+        fitted = fit_conversation(self.model, messages, max_tokens)
+        gen = self._generation(body, fitted.prompt, max_tokens)
+        answer = await self._answer(request, body, gen, Reply.chat_completion(self.model_id))
+        if not fitted.dropped:
+            return answer
+        if isinstance(answer, dict):
+            answer = JSONResponse(answer)
+        answer.headers[DROPPED_HEADER] = str(len(fitted.dropped))
+        return answer
 
     async def complete(self, body: CompletionRequest, request: Request) -> Answer:
         if body.echo:
