@@ -174,3 +174,12 @@ def test_json_is_a_flag_that_prints_in_every_command():
 def test_help_reads_plainly(words):
     text = invoke(*words, "--help").stdout
     assert "Usage:" in text and "<bool>" not in text and "{" not in text
+
+
+def test_ten_turns_with_the_default_budget_fit_and_say_what_left(model):
+    """The issue's session: ten turns with the embedded model and the default budget (the
+    context left) never error; the turns dropped to make room are announced."""
+    questions = "".join(f"Tell me story number {i}.\n" for i in range(10))
+    result = invoke("chat", "--temperature", "0", input=questions + "/exit\n")
+    assert "error" not in result.stderr.lower(), result.stderr
+    assert "oldest turn(s) left the history" in result.stderr, result.stderr

@@ -105,10 +105,13 @@ class Model:
         max_tokens: int = 128,
         stop: Sequence[str] = (),
         parse_special: bool = False,
+        result: Completion | None = None,
         **sampling: Any,
     ) -> Iterator[str]:
-        """Yields the continuation's text piece by piece (never half a UTF-8 character)."""
-        yield from self._pieces(prompt, Completion(), max_tokens, stop, parse_special, sampling)
+        """Yields the continuation's text piece by piece (never half a UTF-8 character);
+        ``result`` receives the ids, finish_reason and timings as they come."""
+        result = Completion() if result is None else result
+        yield from self._pieces(prompt, result, max_tokens, stop, parse_special, sampling)
 
     def generate(self, prompt: str | Sequence[int], **options: Any) -> str:
         return self.complete(prompt, **options).text

@@ -94,7 +94,12 @@ def run(
 def chat(
     model: ModelOption = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-    max_tokens: MaxTokensOption = 512,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            callback=within(1), help="Tokens a reply may take at most (default: the context left)."
+        ),
+    ] = None,
     temperature: TemperatureOption = 0.8,
     top_k: TopKOption = 40,
     top_p: TopPOption = 0.95,
@@ -131,10 +136,17 @@ def chat(
             session.reset()
             print("(history cleared)", file=sys.stderr)
             continue
+        pieces = session.reply(line)
         try:
-            write_streamed(session.reply(line))
-        except KeyboardInterrupt:  # stops this reply only; the chat goes on
+            write_streamed(pieces)
+        except KeyboardInterrupt:  # stops this reply only (its text so far is kept); chat goes on
+            pieces.close()
             print("\n(reply stopped)", file=sys.stderr)
+        if session.dropped:
+            turns = len([m for m in session.dropped if m["role"] == "user"])
+            print(
+                f"(the {turns} oldest turn(s) left the history to fit the context)", file=sys.stderr
+            )
 
 
 def serve(

@@ -56,15 +56,11 @@ def timed_pieces(
     from pybitnet.generate import Completion
 
     done = Completion()
-    sampling = {k: v for k, v in options.items() if k not in ("max_tokens", "stop")}
     marks: list[float] = []
 
     def pieces() -> Iterator[str]:
         marks.append(time.perf_counter())
-        pieces = model._pieces(
-            prompt, done, options["max_tokens"], options["stop"], False, sampling
-        )
-        for piece in pieces:
+        for piece in model.stream(prompt, result=done, **options):
             if len(marks) == 1:
                 marks.append(time.perf_counter())
             yield piece
