@@ -183,3 +183,10 @@ def test_ten_turns_with_the_default_budget_fit_and_say_what_left(model):
     result = invoke("chat", "--temperature", "0", input=questions + "/exit\n")
     assert "error" not in result.stderr.lower(), result.stderr
     assert "oldest turn(s) left the history" in result.stderr, result.stderr
+
+
+def test_long_steps_print_a_line_per_stage_when_stderr_is_no_terminal(tmp_path):
+    made = invoke("make-model", "-o", str(tmp_path / "m.gguf"))
+    assert "pybitnet: writing the tiny model to" in made.stderr, made.stderr
+    ran = invoke("run", "-m", str(tmp_path / "m.gguf"), "Once", "--max-tokens", "2")
+    assert "pybitnet: loading model" in ran.stderr, ran.stderr

@@ -12,10 +12,28 @@ from pybitnet.cli.options import use_threads
 
 
 def status(text: str) -> Any:
-    """A spinner on stderr while a `with` block runs (its `update` changes the text)."""
+    """A spinner on stderr while a `with` block runs (its `update` changes the text); where
+    stderr is no terminal (a log, CI), a line per stage instead, so a long step is never silent."""
     from rich.console import Console
 
-    return Console(stderr=True).status(text, spinner="dots")
+    console = Console(stderr=True)
+    return console.status(text, spinner="dots") if console.is_terminal else _StageLines(text)
+
+
+class _StageLines:
+    """`status` for a stderr that is no terminal: each stage's text on a line of its own."""
+
+    def __init__(self, text: str) -> None:
+        self.update(text)
+
+    def update(self, text: str) -> None:
+        print(f"pybitnet: {text}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _StageLines:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
 
 
 def load_model(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pybitnet.cli.console import print_written, resolve_model
+from pybitnet.cli.console import print_written, resolve_model, status
 from pybitnet.cli.options import JsonFlag, flag
 
 OutputOption = Annotated[Path, typer.Option("-o", "--output", help="The GGUF file to write.")]
@@ -54,22 +54,23 @@ def make_model(
     """Write a synthetic model with seeded random ternary weights (for tests and benchmarks)."""
     from pybitnet.convert.synthetic import make_model as make
 
-    path = make(
-        output,
-        preset,
-        arch=arch,
-        weight_type=wtype,
-        embd_type=embd_type,
-        seed=seed,
-        vocab=vocab,
-        dim=dim,
-        layers=layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        ffn=ffn,
-        ctx=ctx,
-        rope_theta=rope_theta,
-    )
+    with status(f"writing the {preset} model to {output}"):
+        path = make(
+            output,
+            preset,
+            arch=arch,
+            weight_type=wtype,
+            embd_type=embd_type,
+            seed=seed,
+            vocab=vocab,
+            dim=dim,
+            layers=layers,
+            heads=heads,
+            kv_heads=kv_heads,
+            ffn=ffn,
+            ctx=ctx,
+            rope_theta=rope_theta,
+        )
     print_written(path)
 
 

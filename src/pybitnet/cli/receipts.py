@@ -106,7 +106,9 @@ def bench(
     workload = Workload(
         _ints(prompt, "-p"), generate, reps, warmup, _thread_counts(threads), batch, seed
     )
-    with status("loading the model"):
+    with status("loading the model") as stage:
+        if preset is not None:  # made once, into the cache: say so, it takes a while
+            stage.update(f"the {preset} preset model (made once into the cache)")
         m = load(preset_model(preset) if preset is not None else model)
     bar, step = progress(workload.steps)
     with bar:
