@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from pybitnet.errors import SamplingError
-from pybitnet.sampling import Sampler, SamplerConfig, StopStrings
+from pybitnet.sampling import MAX_STOP_CHARS, Sampler, SamplerConfig, StopStrings
 
 ALL_TOKENS = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}  # no truncation
 
@@ -271,24 +271,45 @@ def test_stop_strings_release_held_text_at_the_end():
     assert stops.flush() == "ST"
 
 
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    """Where the text is cut: at the start of the first stop string to end in it (the longest
+    of those ending at the same place)."""
+    for end in range(1, len(text) + 1):
+        ending = [len(s) for s in stops if text[:end].endswith(s)]
+        if ending:
+            return end - max(ending)
+    return None
+
+
 @given(
     text=st.text(alphabet="ab<>/", max_size=40),
-    stop=st.text(alphabet="ab<>/", min_size=1, max_size=4),
+    stops=st.lists(st.text(alphabet="ab<>/", min_size=1, max_size=6), min_size=1, max_size=4),
     cuts=st.lists(st.integers(0, 40), max_size=8),
 )
-def test_stop_strings_give_the_same_text_however_it_is_split(text, stop, cuts):
+def test_stop_strings_give_the_same_text_however_it_is_split(text, stops, cuts):
     bounds = [0, *sorted(min(c, len(text)) for c in cuts), len(text)]
-    stops = StopStrings([stop])
-    out = "".join(stops.push(text[a:b]) for a, b in pairwise(bounds))
-    if stop in text:
-        assert stops.stopped and out == text[: text.index(stop)]
+    watcher = StopStrings(stops)
+    out = "".join(watcher.push(text[a:b]) for a, b in pairwise(bounds))
+    cut = _first_stop(text, stops)
+    if cut is not None:
+        assert watcher.stopped and out == text[:cut]
     else:
-        assert not stops.stopped and out + stops.flush() == text
+        assert not watcher.stopped and out + watcher.flush() == text
 
 
-@pytest.mark.parametrize("stop", ["", None])
-def test_empty_stop_strings_are_refused(stop):
-    with pytest.raises(SamplingError, match="non-empty"):
+def test_a_long_self_overlapping_stop_string_is_found_in_a_long_stream():
+    # Near misses make a naive matcher restart each time; the prefix table resumes instead.
+    stop = "a" * (MAX_STOP_CHARS - 1) + "b"
+    watcher = StopStrings([stop])
+    out = "".join(watcher.push("a" * 7) for _ in range(3000))
+    assert not watcher.stopped and out == "a" * (3000 * 7 - len(stop) + 1)
+    assert watcher.push("ab tail") == "a"  # held a*1023 + "a": the stop starts one further on
+    assert watcher.stopped
+
+
+@pytest.mark.parametrize("stop", ["", None, "x" * (MAX_STOP_CHARS + 1)])
+def test_empty_or_overlong_stop_strings_are_refused(stop):
+    with pytest.raises(SamplingError, match="non-empty|the limit is 1024"):
         StopStrings(["ok", stop])
 
 

@@ -175,19 +175,32 @@ def _top_p_positions(probs: np.ndarray, top_p: float) -> np.ndarray:
         m = min(probs.size, 8 * m)
 
 
+# A stop string longer than this is refused: matching is linear in the text, but each string's
+# table and the text held back while it might be starting grow with its length.
+MAX_STOP_CHARS = 1024
+
+
 class StopStrings:
-    """Watches streamed text for stop strings.
+    """Watches streamed text for stop strings, in time linear in the text however long they are.
 
     `push` takes each new piece of text and returns what is safe to show: it holds back an end
     that could be the start of a stop string, and once a stop string appears it returns the text
-    before it and sets `stopped`. `flush` returns what is held back when generation ends.
+    before it and sets `stopped`. `flush` returns what is held back when generation ends. The
+    stream stops at the first stop string to end in it, so the result never depends on how the
+    text was split into pieces.
     """
 
     def __init__(self, stops: Sequence[str]) -> None:
         for s in stops:
             if not isinstance(s, str) or not s:
                 raise SamplingError(f"stop strings must be non-empty strings, got {s!r}")
+            if len(s) > MAX_STOP_CHARS:
+                raise SamplingError(
+                    f"a stop string has {len(s)} characters; the limit is {MAX_STOP_CHARS}"
+                )
         self.stops = tuple(stops)
+        self._fallback = [_prefix_function(s) for s in self.stops]
+        self._matched = [0] * len(self.stops)  # of each stop, the length of its prefix text ends in
         self.stopped = False
         self._held = ""
 
@@ -195,19 +208,41 @@ class StopStrings:
         if self.stopped:
             return ""
         text = self._held + piece
-        found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if found:
-            self.stopped, self._held = True, ""
-            return text[: min(found)]
-        hold = max(
-            (n for s in self.stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0
-        )
+        for end, char in enumerate(piece, start=len(self._held) + 1):
+            found = [len(s) for i, s in enumerate(self.stops) if self._advance(i, char) == len(s)]
+            if found:  # the longest stop ending here starts first
+                self.stopped, self._held = True, ""
+                return text[: end - max(found)]
+        hold = max(self._matched, default=0)
         self._held = text[len(text) - hold :]
         return text[: len(text) - hold]
 
     def flush(self) -> str:
         held, self._held = self._held, ""
         return held
+
+    def _advance(self, i: int, char: str) -> int:
+        """Knuth-Morris-Pratt: how much of stop i the text ends in, after one more character."""
+        stop, fallback, n = self.stops[i], self._fallback[i], self._matched[i]
+        while n and stop[n] != char:
+            n = fallback[n - 1]
+        if stop[n] == char:
+            n += 1
+        self._matched[i] = n
+        return n
+
+
+def _prefix_function(s: str) -> list[int]:
+    """For each prefix of s, the length of its longest proper prefix that is also its suffix."""
+    table = [0] * len(s)
+    n = 0
+    for i in range(1, len(s)):
+        while n and s[i] != s[n]:
+            n = table[n - 1]
+        if s[i] == s[n]:
+            n += 1
+        table[i] = n
+    return table
 
 
 def _is_real(value: object) -> bool:
