@@ -288,35 +288,30 @@ def test_a_client_that_leaves_frees_its_slot(model):
     assert generated < 500, "a cancelled request ran to its end"
 
 
-def test_a_failed_forward_step_answers_500_and_the_server_goes_on(model):
+@pytest.mark.parametrize(
+    ("where", "fault", "failure"),
+    [
+        ("fault", RuntimeError("injected"), "the forward pass failed: RuntimeError: injected"),
+        (
+            "cache_fault",
+            MemoryError("injected"),
+            "the KV cache could not be made: MemoryError: injected",
+        ),
+    ],
+)
+def test_a_failed_step_or_cache_answers_500_and_the_server_goes_on(model, where, fault, failure):
     forward = _Forward(model)
     body = {"prompt": "Once upon a time", "max_tokens": 3}
     with running(create_app(_with_engine(model, forward))) as url:
-        forward.fault = RuntimeError("injected fault")
+        setattr(forward, where, fault)
         failed = httpx.post(f"{url}/v1/completions", json=body, timeout=HTTP_TIMEOUT)
-        assert (
-            error(failed, 500)["message"] == "the forward pass failed: RuntimeError: injected fault"
-        )
+        assert error(failed, 500)["message"] == failure
         with httpx.stream(
             "POST", f"{url}/v1/completions", json={**body, "stream": True}, timeout=HTTP_TIMEOUT
         ) as r:
             events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
-        assert events[-1] == "[DONE]" and "injected fault" in events[-2]
-        forward.fault = None
-        ok = httpx.post(f"{url}/v1/completions", json=body, timeout=HTTP_TIMEOUT)
-        assert ok.json()["usage"]["completion_tokens"] == 3
-        wait_idle(url)
-
-
-def test_a_kv_cache_that_cannot_be_made_fails_its_request_alone(model):
-    forward = _Forward(model)
-    body = {"prompt": "Once upon a time", "max_tokens": 3}
-    with running(create_app(_with_engine(model, forward))) as url:
-        forward.cache_fault = MemoryError("no room")
-        failed = httpx.post(f"{url}/v1/completions", json=body, timeout=HTTP_TIMEOUT)
-        message = error(failed, 500)["message"]
-        assert message == "the KV cache could not be made: MemoryError: no room"
-        forward.cache_fault = None
+        assert events[-1] == "[DONE]" and failure in events[-2]
+        setattr(forward, where, None)
         ok = httpx.post(f"{url}/v1/completions", json=body, timeout=HTTP_TIMEOUT)
         assert ok.json()["usage"]["completion_tokens"] == 3
         assert httpx.get(f"{url}/health/live").status_code == 200
