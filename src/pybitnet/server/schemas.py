@@ -118,7 +118,7 @@ class TextPart(Strict):
 
 
 class ChatMessage(Strict):
-    model_config = ConfigDict(strict=True, extra="allow")  # kept so unsupported() can name them
+    model_config = ConfigDict(extra="allow")  # kept so that unsupported() can name them
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
@@ -137,7 +137,7 @@ StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 
 class GenerationParams(Strict):
-    model_config = ConfigDict(strict=True, extra="allow")  # kept so unsupported() can name them
+    model_config = ConfigDict(extra="allow")  # kept so that unsupported() can name them
 
     model: str | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
