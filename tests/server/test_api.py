@@ -182,8 +182,8 @@ def test_only_n_1(base_url, client):
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ],
 )
-def test_invalid_fields_are_422_naming_the_field(base_url, fields, param):
-    assert error(chat(base_url, **fields), 422)["param"] == param
+def test_invalid_fields_are_400_naming_the_field(base_url, fields, param):
+    assert error(chat(base_url, **fields), 400)["param"] == param
 
 
 def test_bad_requests_are_400(base_url, model):

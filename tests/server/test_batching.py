@@ -32,7 +32,8 @@ PROMPTS = ["Once upon a time", "The cat", "Tom had a red ball", "One day, Lily"]
 class _Forward(Engine):
     """The engine, over the model's weights, recording each step's batch. A step takes at least
     `step_seconds` (so a test can watch a generation before it ends, however fast the engine
-    is), none runs until `go` is set (10 s at most), and each raises `fault` while it is set."""
+    is), none runs until `go` is set (10 s at most), and each raises `fault` while it is set
+    (a new KV cache, `cache_fault`)."""
 
     def __init__(self, model: Model, step_seconds: float = 0.0):
         super().__init__(model.weights)
@@ -41,6 +42,12 @@ class _Forward(Engine):
         self.go = threading.Event()
         self.go.set()
         self.fault: Exception | None = None  # raised by the steps while set
+        self.cache_fault: Exception | None = None  # raised by new_cache while set
+
+    def new_cache(self, n_ctx=None):
+        if self.cache_fault is not None:
+            raise self.cache_fault
+        return super().new_cache(n_ctx)
 
     def forward(self, tokens, cache, *, last_only=False):
         raise AssertionError("the scheduler must use forward_batch when the model has it")
@@ -281,19 +288,31 @@ def test_a_client_that_leaves_frees_its_slot(model):
     assert generated < 500, "a cancelled request ran to its end"
 
 
-def test_a_failed_forward_step_answers_500_and_the_server_goes_on(model):
+@pytest.mark.parametrize(
+    ("where", "fault", "failure"),
+    [
+        ("fault", RuntimeError("injected"), "the forward pass failed: RuntimeError: injected"),
+        (
+            "cache_fault",
+            MemoryError("injected"),
+            "the KV cache could not be made: MemoryError: injected",
+        ),
+    ],
+)
+def test_a_failed_step_or_cache_answers_500_and_the_server_goes_on(model, where, fault, failure):
     forward = _Forward(model)
     body = {"prompt": "Once upon a time", "max_tokens": 3}
     with running(create_app(_with_engine(model, forward))) as url:
-        forward.fault = RuntimeError("injected fault")
+        setattr(forward, where, fault)
         failed = httpx.post(f"{url}/v1/completions", json=body, timeout=HTTP_TIMEOUT)
-        assert error(failed, 500)["message"] == "the forward pass failed: injected fault"
+        assert error(failed, 500)["message"] == failure
         with httpx.stream(
             "POST", f"{url}/v1/completions", json={**body, "stream": True}, timeout=HTTP_TIMEOUT
         ) as r:
             events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
-        assert events[-1] == "[DONE]" and "injected fault" in events[-2]
-        forward.fault = None
+        assert events[-1] == "[DONE]" and failure in events[-2]
+        setattr(forward, where, None)
         ok = httpx.post(f"{url}/v1/completions", json=body, timeout=HTTP_TIMEOUT)
         assert ok.json()["usage"]["completion_tokens"] == 3
+        assert httpx.get(f"{url}/health/live").status_code == 200
         wait_idle(url)

@@ -1,20 +1,23 @@
 """`pybitnet serve` as a process: it serves the embedded model with no arguments, and on
-SIGTERM stops admitting, finishes what is in flight (or cancels it after the timeout), then
-ends by re-raising SIGTERM (uvicorn's way: a supervisor sees that the signal ended it)."""
+SIGTERM stops admitting, finishes what is in flight (or ends it with an error after the
+timeout), then ends by re-raising SIGTERM (uvicorn's way: a supervisor sees that the signal
+ended it)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from pybitnet.server.config import FINAL_WORDS_SECONDS
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +85,9 @@ def test_serve_with_no_arguments_finishes_in_flight_requests_on_sigterm():
         process.kill()
 
 
-def test_requests_still_running_after_the_timeout_are_cancelled():
+def test_requests_still_running_after_the_timeout_end_with_an_error():
+    """Past the timeout, nothing is cut silently: a stream ends with an OpenAI error event and
+    [DONE], a plain request gets OpenAI's 503 error as JSON, and the process then exits."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # Steps of 5 ms at least: the 500 tokens take 2.5 s or more, past the 1 s timeout, however
@@ -95,14 +100,24 @@ def test_requests_still_running_after_the_timeout_are_cancelled():
     )
     process = start([sys.executable, "-c", code], port)
     try:
+        plain: list[httpx.Response] = []
+        body = {"prompt": "Once upon a time", "max_tokens": 500}
+        waiting = threading.Thread(
+            target=lambda: plain.append(httpx.post(f"{url}/v1/completions", json=body, timeout=30))
+        )
+        waiting.start()
         response, lines = stream_until_first_token(url, 500)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
+        rest = list(lines)
+        waiting.join(30)
         assert process.wait(timeout=10) == -signal.SIGTERM
-        assert time.monotonic() - started < 4
-        rest = []
-        with contextlib.suppress(httpx.HTTPError):  # the stream may end mid-chunk
-            rest.extend(lines)
-        assert "data: [DONE]" not in rest
+        assert time.monotonic() - started < 1 + FINAL_WORDS_SECONDS + 1
+        events = [json.loads(line[6:]) for line in rest if line.startswith("data: {")]
+        assert events[-1]["error"]["code"] == "unavailable", events[-1]
+        assert [line for line in rest if line.startswith("data:")][-1] == "data: [DONE]"
+        (answer,) = plain
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "unavailable"
     finally:
         process.kill()

@@ -57,3 +57,4 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         # Bounded: a step that never ends must not keep the process from exiting.
         await asyncio.to_thread(scheduler.stop, app.state.config.shutdown_timeout)
+        app.state.serving.close()

@@ -8,6 +8,10 @@ import psutil
 
 from pybitnet.generate import Model
 
+# Past the shutdown timeout, the seconds a request the scheduler ended has to send its last
+# words (an error event, a 503) before the server closes its connection.
+FINAL_WORDS_SECONDS = 2.0
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -19,6 +23,7 @@ class ServerConfig:
     api_key: str | None = None
     kv_budget_bytes: int | None = None
     max_body_bytes: int = 1 << 20
+    body_timeout: float = 30.0  # seconds a request body may take to arrive (408 after)
     cors_origins: tuple[str, ...] = ()  # none: CORS off
     shutdown_timeout: float = 10.0  # seconds to finish in-flight requests after SIGTERM
 

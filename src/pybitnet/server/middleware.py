@@ -1,9 +1,11 @@
-"""What every request passes through before its route: the access log, counting, the body
-limit, CORS."""
+"""What every request passes through before its route: the access log, counting, CORS, the API
+key (checked before any of the body is read), the body's size and time limits."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 import time
 
 from fastapi import FastAPI
@@ -22,7 +24,10 @@ access_log = logging.getLogger("pybitnet.access")
 
 def add_middleware(app: FastAPI, config: ServerConfig, metrics: Metrics) -> None:
     """Outermost first: logging and counting (so a refused request is logged and counted too),
-    the body limit, CORS."""
+    CORS (a preflight carries no key), the API key, the body's limits."""
+    app.add_middleware(LimitBody, limit=config.max_body_bytes, seconds=config.body_timeout)
+    if config.api_key is not None:
+        app.add_middleware(RequireApiKey, key=config.api_key)
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -30,7 +35,6 @@ def add_middleware(app: FastAPI, config: ServerConfig, metrics: Metrics) -> None
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(LimitBody, limit=config.max_body_bytes)
     app.add_middleware(CountRequests, metrics=metrics)
 
 
@@ -74,12 +78,40 @@ def _log_access(scope: Scope, status: int, usage: dict[str, int], seconds: float
     )
 
 
-class LimitBody:
-    """Answers 413 to a request body over `limit` bytes, whether it declares its length or not."""
+class RequireApiKey:
+    """Answers 401 to a /v1 request without 'Authorization: Bearer <key>', from its headers
+    alone: the body of an unauthenticated request is never read, let alone parsed."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1") and not self._allowed(scope):
+            refusal = APIError(
+                401,
+                "Missing or wrong API key: send the header 'Authorization: Bearer <key>'.",
+                code="invalid_api_key",
+            )
+            await refusal.response()(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), self.key)
+
+
+class LimitBody:
+    """Answers 413 to a request body over `limit` bytes, whether it declares its length or not,
+    and 408 to one that has not all come `seconds` after its first read (a client sending a
+    byte a second must not hold a connection and its request for ever)."""
+
+    def __init__(self, app: ASGIApp, limit: int, seconds: float) -> None:
         self.app = app
         self.limit = limit
+        self.seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,17 +122,31 @@ class LimitBody:
             await self._too_large(declared.decode("latin-1")).response()(scope, receive, send)
             return
         received = 0
+        deadline: float | None = None
+        body_done = False
 
-        async def receive_within_limit() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
+        async def receive_within_limits() -> Message:
+            nonlocal received, deadline, body_done
+            if body_done:  # after the body only a disconnect comes: waiting for it is no upload
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.seconds
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
                 # Raised while the route reads its body; FastAPI passes HTTPExceptions on.
+                raise HTTPException(
+                    408,
+                    f"The request body did not arrive within {self.seconds:g} s.",
+                ) from None
+            received += len(message.get("body", b""))
+            body_done = not message.get("more_body", False)
+            if received > self.limit:
                 raise HTTPException(413, self._too_large(f"more than {received}").message)
             return message
 
-        await self.app(scope, receive_within_limit, send)
+        await self.app(scope, receive_within_limits, send)
 
     def _too_large(self, size: str) -> APIError:
         return APIError(

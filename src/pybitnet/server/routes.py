@@ -1,11 +1,10 @@
 """The routes (docs/SPEC.md §8). Each is a short function that takes what it works with (the
-model, the scheduler, the metrics, the configuration, the completion handler) from the app's
+model, the scheduler, the metrics, the completion handler) from the app's
 state, as create_app put them there: `public` (the chat page, health, metrics) and `v1`
-(behind the API key when one is set)."""
+(behind the API key when one is set, checked before the body is read: middleware.py)."""
 
 from __future__ import annotations
 
-import secrets
 from functools import cache
 from importlib.resources import files
 from typing import Annotated, Any
@@ -15,7 +14,6 @@ from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from pybitnet.generate import Model
-from pybitnet.server.config import ServerConfig
 from pybitnet.server.errors import APIError
 from pybitnet.server.metrics import Metrics
 from pybitnet.server.replies import ModelCard
@@ -40,10 +38,6 @@ def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def _config(request: Request) -> ServerConfig:
-    return request.app.state.config
-
-
 def _serving(request: Request) -> Serving:
     return request.app.state.serving
 
@@ -52,26 +46,11 @@ ModelDep = Annotated[Model, Depends(_model)]
 CardDep = Annotated[ModelCard, Depends(_card)]
 SchedulerDep = Annotated[Scheduler, Depends(_scheduler)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
-ConfigDep = Annotated[ServerConfig, Depends(_config)]
 ServingDep = Annotated[Serving, Depends(_serving)]
 
 
-async def require_api_key(request: Request, config: ConfigDep) -> None:
-    if config.api_key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(
-        token.strip().encode(), config.api_key.encode()
-    ):
-        raise APIError(
-            401,
-            "Missing or wrong API key: send the header 'Authorization: Bearer <key>'.",
-            code="invalid_api_key",
-        )
-
-
 public = APIRouter()
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+v1 = APIRouter(prefix="/v1")  # behind the API key (middleware.RequireApiKey) when one is set
 
 
 @cache
@@ -87,7 +66,7 @@ async def chat_page() -> HTMLResponse:
 @public.get("/health")
 async def health(model: ModelDep, card: CardDep, scheduler: SchedulerDep) -> dict[str, Any]:
     return {
-        "status": "ok" if scheduler.accepting else "draining",
+        "status": "ok" if scheduler.accepting else "draining" if scheduler.alive else "stopped",
         "model": card.id,
         "n_ctx": model.n_ctx,
         "active": scheduler.active,
@@ -100,7 +79,16 @@ async def health(model: ModelDep, card: CardDep, scheduler: SchedulerDep) -> dic
 
 
 @public.get("/health/live")
-async def live() -> dict[str, str]:
+async def live(scheduler: SchedulerDep) -> dict[str, str]:
+    """200 while this process can still generate (draining included): a 503 asks the
+    orchestrator for a restart."""
+    if not scheduler.alive:
+        raise APIError(
+            503,
+            "The scheduler has stopped: this process can no longer generate; restart it.",
+            type="server_error",
+            code="scheduler_stopped",
+        )
     return {"status": "ok"}
 
 

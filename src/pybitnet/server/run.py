@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import socket
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -13,21 +14,27 @@ import uvicorn
 from pybitnet.errors import PyBitnetError
 from pybitnet.generate import Model, load
 from pybitnet.server.app import create_app
-from pybitnet.server.config import ServerConfig
+from pybitnet.server.config import FINAL_WORDS_SECONDS, ServerConfig
 from pybitnet.server.scheduler import Scheduler
 
 
 class _Server(uvicorn.Server):
-    """On the first SIGTERM or Ctrl-C the scheduler stops admitting requests (503) at once;
-    uvicorn then stops accepting connections and waits up to timeout_graceful_shutdown for the
-    requests in flight, and cancels those still running after it."""
+    """On the first SIGTERM or Ctrl-C the scheduler stops admitting requests (503) at once and
+    uvicorn stops accepting connections; the requests in flight may finish within
+    shutdown_timeout. Those still running then are ended by the scheduler, each with its last
+    words: a stream an error event and [DONE], a plain request OpenAI's 503 error. uvicorn's own
+    cut (and sse-starlette's), FINAL_WORDS_SECONDS later, finds nothing left to cut."""
 
-    def __init__(self, config: uvicorn.Config, scheduler: Scheduler) -> None:
+    def __init__(self, config: uvicorn.Config, scheduler: Scheduler, grace: float) -> None:
         super().__init__(config)
         self.scheduler = scheduler
+        self.deadline = threading.Timer(grace, scheduler.stop, kwargs={"timeout": 0})
+        self.deadline.daemon = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.scheduler.drain()
+        if self.deadline.ident is None:  # the first signal starts the grace, a second does not
+            self.deadline.start()
         super().handle_exit(sig, frame)
 
 
@@ -82,7 +89,7 @@ def serve_model(model: Model, sock: socket.socket, config: ServerConfig) -> None
     host, port = sock.getsockname()[:2]
     uvicorn_config = uvicorn.Config(
         app,
-        timeout_graceful_shutdown=config.shutdown_timeout,
+        timeout_graceful_shutdown=config.shutdown_timeout + FINAL_WORDS_SECONDS,
         access_log=False,  # ours (server/middleware.py) has the status, tokens and time
         log_config=_log_config(),
     )
@@ -94,4 +101,8 @@ def serve_model(model: Model, sock: socket.socket, config: ServerConfig) -> None
         host,
         port,
     )
-    _Server(uvicorn_config, app.state.scheduler).run(sockets=[sock])
+    server = _Server(uvicorn_config, app.state.scheduler, config.shutdown_timeout)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        server.deadline.cancel()

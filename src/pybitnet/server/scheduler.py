@@ -25,6 +25,7 @@ from pybitnet import decode
 from pybitnet.errors import PyBitnetError
 from pybitnet.generate import Model
 from pybitnet.sampling import SamplerConfig
+from pybitnet.server.errors import without_paths
 from pybitnet.tokenizer import Tokenizer
 
 logger = logging.getLogger("pybitnet.server")
@@ -169,8 +170,13 @@ class Scheduler:
         return len(self._active)
 
     @property
+    def alive(self) -> bool:
+        """The thread runs and was not told to stop: this process can still generate."""
+        return self._thread.is_alive() and not self._stopping
+
+    @property
     def accepting(self) -> bool:
-        return self._accepting and self._thread.is_alive()
+        return self._accepting and self.alive
 
     def start(self) -> None:
         self._thread.start()
@@ -217,7 +223,7 @@ class Scheduler:
             self._steps()
         except Exception as exc:  # a bug here must not leave requests waiting for ever
             logger.exception("the scheduler stopped")
-            self._fail_all(Failed(f"the scheduler stopped: {exc}"))
+            self._fail_all(self._fault("the scheduler stopped", exc))
 
     def _steps(self) -> None:
         while True:
@@ -236,12 +242,16 @@ class Scheduler:
             except Exception as exc:  # a fault in the forward pass fails its batch, not the server
                 logger.exception("forward step failed")
                 for gen in batch:
-                    self._finish(gen, Failed(f"the forward pass failed: {exc}"))
+                    self._finish(gen, self._fault("the forward pass failed", exc))
                 continue
             self._observer.step(len(batch))
             for gen, row in zip(batch, logits, strict=True):
                 if row is not None and not gen.cancelled:
                     self._advance(gen, row)
+
+    def _fault(self, what: str, exc: Exception) -> Failed:
+        """The event a fault ends a request with (500); its message shows the client no path."""
+        return Failed(without_paths(f"{what}: {type(exc).__name__}: {exc}", self.model.path))
 
     def _fail_all(self, event: Failed) -> None:
         """Ends every request still here with `event`; no more are accepted."""
@@ -260,7 +270,12 @@ class Scheduler:
             if self.kv_used_tokens + gen.kv_tokens > self.kv_budget_tokens:
                 return
             self._waiting.popleft()
-            gen.cache = self.model.engine.new_cache(gen.kv_tokens)
+            try:
+                gen.cache = self.model.engine.new_cache(gen.kv_tokens)
+            except Exception as exc:  # MemoryError, a bad size: this request fails, not the rest
+                logger.exception("a KV cache could not be made")
+                gen.send(self._fault("the KV cache could not be made", exc))
+                continue
             self.kv_used_tokens += gen.kv_tokens
             self._active.append(gen)
 
@@ -275,16 +290,20 @@ class Scheduler:
             gen.send(Failed("the client closed the request", CLIENT_CLOSED))
 
     def _advance(self, gen: Generation, logits: np.ndarray) -> None:
-        """The sequence's next token: its text to the client, and its end when it ends."""
+        """The sequence's next token, its text to the client and its end when it ends. Every
+        fault of one sequence (sampling, its text, stop strings, its events) fails that request
+        alone: the batch and the thread go on."""
+        try:
+            self._next_token(gen, logits)
+        except Exception as exc:
+            logger.exception("a sequence failed")
+            self._finish(gen, self._fault("the generation failed", exc))
+
+    def _next_token(self, gen: Generation, logits: np.ndarray) -> None:
         before = len(gen.token_ids)
         if before == 0:
             self._observer.prompt_done(len(gen.prompt_ids))
-        try:
-            text = gen.advance(logits)
-        except Exception as exc:  # one sequence's fault fails that request, not the server
-            logger.exception("sampling failed")
-            self._finish(gen, Failed(f"sampling failed: {exc}"))
-            return
+        text = gen.advance(logits)
         if len(gen.token_ids) > before:  # a token came, not an end-of-generation id
             now = time.perf_counter()
             self._observer.token(before == 0, now - gen.last_token_at)

@@ -4,15 +4,25 @@ No field is ignored silently: a field these models do not declare is refused wit
 it (`unsupported_field`), unless it has the value that asks for nothing (NEUTRAL: OpenAI's
 default, as clients send it). Declared fields pybitnet cannot honour beyond their default (n > 1,
 best_of > 1, echo, logprobs) are refused by the routes' handler.
+
+Fields are strict, as OpenAI's are: `"stream": "yes"`, `"temperature": true` or
+`"max_tokens": "5"` are refused, not coerced (a JSON integer is still a number). A string
+anywhere in a body (a field, a message, an unknown field, a key) must be Unicode text: a lone
+surrogate (`"\\ud83d"`, valid JSON escapes but no character) is refused naming where it is.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections import deque
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
+# Characters of one stop string: sane stop strings are words or markers; the bound keeps the
+# text held back for matching, and its cost per token, small.
+MAX_STOP_CHARS = 256
 
 # The fields of OpenAI's chat and legacy completions that pybitnet does not implement, each with
 # the values that ask for nothing and so are accepted. `user` and `safety_identifier` only name
@@ -68,12 +78,46 @@ def _refused(
     return None
 
 
-class TextPart(BaseModel):
+def _lone_surrogate_at(body: Any) -> str | None:
+    """Where in a JSON document a string (a value, or a key: then its object) holds a lone
+    surrogate, or None. A loop, not recursion: a deeply nested body cannot exhaust the stack."""
+    todo: deque[tuple[str, Any]] = deque([("body", body)])
+    while todo:
+        where, value = todo.popleft()
+        if isinstance(value, str) and not _is_text(value):
+            return where
+        if isinstance(value, dict):
+            if not all(_is_text(key) for key in value):
+                return where
+            todo.extend((f"{where}.{key}", item) for key, item in value.items())
+        elif isinstance(value, list):
+            todo.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+    return None
+
+
+def _is_text(text: str) -> bool:
+    """Whether `text` is Unicode characters (UTF-8 can write it)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class Strict(BaseModel):
+    """Request parts: no coercion (a string is no number, a number no bool)."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class TextPart(Strict):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(Strict):
     model_config = ConfigDict(extra="allow")  # kept so that unsupported() can name them
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
@@ -85,11 +129,14 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class GenerationParams(BaseModel):
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+
+
+class GenerationParams(Strict):
     model_config = ConfigDict(extra="allow")  # kept so that unsupported() can name them
 
     model: str | None = None
@@ -97,11 +144,24 @@ class GenerationParams(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     seed: int | None = None
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
     logprobs: bool | int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, body: Any) -> Any:
+        """Refuses a lone surrogate anywhere in the body, before any field is looked at: such a
+        string can be neither tokenized nor written back, so it must not get past the edge."""
+        if (where := _lone_surrogate_at(body)) is not None:
+            raise PydanticCustomError(
+                "unpaired_surrogate",
+                "{field} holds a lone UTF-16 surrogate (such as \\ud83d), which is no character",
+                {"field": where.removeprefix("body.")},
+            )
+        return body
 
     def stop_strings(self) -> list[str]:
         if self.stop is None:

@@ -5,14 +5,20 @@ or as a stream of server-sent events.
 A chat's messages are fitted to the context as `pybitnet chat` fits its history
 (chat.fit_conversation: the oldest turns are dropped, never the system prompt); when some were,
 the response says how many in the header `X-Pybitnet-Dropped-Messages`, counted from the first
-message after the system prompt, so a client can drop them too."""
+message after the system prompt, so a client can drop them too.
+
+Rendering the chat template and tokenizing a prompt run in a few worker threads, never on the
+event loop: a slow template or a megabyte of text delays its own request, not /health/live or
+the other streams. A text prompt too long for the context by its length alone is refused before
+it is tokenized."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -22,7 +28,7 @@ from starlette.background import BackgroundTask
 from pybitnet.chat import fit_conversation
 from pybitnet.generate import Model
 from pybitnet.sampling import SamplerConfig
-from pybitnet.server.config import ServerConfig
+from pybitnet.server.config import FINAL_WORDS_SECONDS, ServerConfig
 from pybitnet.server.errors import APIError
 from pybitnet.server.replies import Reply
 from pybitnet.server.scheduler import (
@@ -38,6 +44,10 @@ from pybitnet.server.schemas import ChatCompletionRequest, CompletionRequest, Ge
 
 Answer = dict[str, Any] | JSONResponse | EventSourceResponse  # a whole reply, or its stream
 DROPPED_HEADER = "X-Pybitnet-Dropped-Messages"
+# Threads that render and tokenize prompts: the GIL shares one core among them anyway; more
+# would only let more hostile requests run at once.
+PROMPT_THREADS = 2
+T = TypeVar("T")
 
 
 class Serving:
@@ -50,11 +60,24 @@ class Serving:
         self.model_id = model_id
         self.scheduler = scheduler
         self.config = config
+        self._prompts = ThreadPoolExecutor(PROMPT_THREADS, thread_name_prefix="pybitnet-prompt")
+        # A token stands for at most this many characters (its bytes; a byte token for one),
+        # so a text longer than n_ctx times it cannot fit, whatever its tokens.
+        tokenizer = model.tokenizer
+        longest = max(len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size))
+        self._max_prompt_chars = model.n_ctx * max(longest, 1)
+
+    def close(self) -> None:
+        """Drops the prompts not yet started (the server is stopping)."""
+        self._prompts.shutdown(wait=False, cancel_futures=True)
+
+    async def _off_loop(self, work: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._prompts, work, *args)
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Answer:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         max_tokens = body.max_completion_tokens or body.max_tokens
-        fitted = fit_conversation(self.model, messages, max_tokens)
+        fitted = await self._off_loop(fit_conversation, self.model, messages, max_tokens)
         gen = self._generation(body, fitted.prompt, max_tokens)
         answer = await self._answer(request, body, gen, Reply.chat_completion(self.model_id))
         if not fitted.dropped:
@@ -69,7 +92,8 @@ class Serving:
             raise APIError(400, "echo is not supported.", param="echo")
         if body.best_of not in (None, 1):
             raise APIError(400, f"best_of must be 1, got {body.best_of}.", param="best_of")
-        gen = self._generation(body, self._prompt_ids(body.prompt), body.max_tokens)
+        prompt_ids = await self._off_loop(self._prompt_ids, body.prompt)
+        gen = self._generation(body, prompt_ids, body.max_tokens)
         return await self._answer(request, body, gen, Reply.text_completion(self.model_id))
 
     def _prompt_ids(self, prompt: str | list[str] | list[int]) -> list[int]:
@@ -82,8 +106,11 @@ class Serving:
                 )
             prompt = prompt[0]
         if isinstance(prompt, str):
+            if len(prompt) > self._max_prompt_chars:
+                raise self._too_long(f"{len(prompt)} characters, more than it can hold", "prompt")
             return self.model.tokenizer.encode(prompt)
-        vocab = self.model.config.vocab_size
+        # The ids that have text: a file's embedding may have more rows than its tokenizer.
+        vocab = self.model.tokenizer.vocab_size
         bad = [t for t in prompt if not 0 <= t < vocab]
         if bad:
             raise APIError(
@@ -103,16 +130,10 @@ class Serving:
             raise APIError(400, "logprobs are not supported.", param="logprobs")
         if not prompt:
             raise APIError(400, "The prompt is empty.", param="prompt")
-        n_ctx = self.model.n_ctx
-        room = n_ctx - len(prompt)
+        room = self.model.n_ctx - len(prompt)
         if room < 1:
-            raise APIError(
-                400,
-                f"This model's maximum context length is {n_ctx} tokens; the prompt has "
-                f"{len(prompt)}, leaving no room to generate.",
-                code="context_length_exceeded",
-                param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
-            )
+            param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+            raise self._too_long(f"{len(prompt)} tokens, leaving no room to generate", param)
         chosen = body.model_dump(include={"temperature", "top_p", "seed"}, exclude_none=True)
         return Generation(
             prompt,
@@ -122,6 +143,15 @@ class Serving:
             sampling=SamplerConfig(**chosen),
             stop=body.stop_strings(),
             loop=asyncio.get_running_loop(),
+        )
+
+    def _too_long(self, prompt_size: str, param: str) -> APIError:
+        return APIError(
+            400,
+            f"This model's maximum context length is {self.model.n_ctx} tokens; the prompt has "
+            f"{prompt_size}.",
+            code="context_length_exceeded",
+            param=param,
         )
 
     async def _answer(
@@ -143,7 +173,9 @@ class Serving:
             return EventSourceResponse(
                 _stream(self.scheduler, gen, reply, usage),
                 sep="\n",
-                shutdown_grace_period=self.config.shutdown_timeout,
+                # The scheduler ends the stream at the timeout, with an error event; this cut
+                # comes after, for a stream that somehow did not end.
+                shutdown_grace_period=self.config.shutdown_timeout + FINAL_WORDS_SECONDS,
                 # Also when the client leaves before the stream's first event.
                 background=BackgroundTask(self.scheduler.cancel, gen),
             )
@@ -201,4 +233,5 @@ async def _stream(
 
 
 def _failure(event: Failed) -> APIError:
-    return APIError(event.status, event.message, type="server_error")
+    code = "unavailable" if event.status == 503 else None
+    return APIError(event.status, event.message, type="server_error", code=code)
