@@ -175,9 +175,9 @@ def _top_p_positions(probs: np.ndarray, top_p: float) -> np.ndarray:
         m = min(probs.size, 8 * m)
 
 
-# A stop string longer than this is refused: matching is linear in the text, but each string's
-# table and the text held back while it might be starting grow with its length.
-MAX_STOP_CHARS = 1024
+# Characters of one stop string: sane stop strings are words or markers. Matching is linear in
+# the text whatever their length, but the text held back while one might be starting is not.
+MAX_STOP_CHARS = 256
 
 
 class StopStrings:

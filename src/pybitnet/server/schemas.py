@@ -19,10 +19,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from pybitnet.sampling import MAX_STOP_CHARS
+
 MAX_STOP_STRINGS = 4  # OpenAI's limit
-# Characters of one stop string: sane stop strings are words or markers; the bound keeps the
-# text held back for matching, and its cost per token, small.
-MAX_STOP_CHARS = 256
 
 # The fields of OpenAI's chat and legacy completions that pybitnet does not implement, each with
 # the values that ask for nothing and so are accepted. `user` and `safety_identifier` only name
