@@ -103,13 +103,22 @@ class _Worker:
         args = [sys.executable, "-I", "-c", _BOOT, json.dumps(sys.path), str(memory_bytes)]
         try:
             self.proc = subprocess.Popen(
-                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                args,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                start_new_session=True,  # a terminal's Ctrl+C is for the caller, not for it
             )
         except OSError as exc:
             raise TemplateError(f"cannot start the chat template renderer: {exc}") from None
         self.replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-        if self._wait(time.monotonic() + START_SECONDS) is None:
+        try:
+            ready = self._wait(time.monotonic() + START_SECONDS)
+        except BaseException:  # interrupted (Ctrl+C): no process is left behind
+            self.stop()
+            raise
+        if ready is None:
             self.stop()
             raise TemplateError("the chat template renderer did not start")
 
@@ -121,13 +130,17 @@ class _Worker:
         )
 
     def ask(self, line: str, limits: Limits) -> dict[str, Any]:
-        try:
-            self.proc.stdin.write(line + "\n")
-            self.proc.stdin.flush()
-        except OSError:  # it died since the last render: its replies queue says how
-            pass
         deadline = time.monotonic() + limits.seconds + GRACE_SECONDS
-        reply = self._wait(deadline)
+        try:
+            try:
+                self.proc.stdin.write(line + "\n")
+                self.proc.stdin.flush()
+            except OSError:  # it died since the last render: its replies queue says how
+                pass
+            reply = self._wait(deadline)
+        except BaseException:  # interrupted (Ctrl+C): the reply would answer the next request
+            self.stop()
+            raise
         if reply is not None:
             return reply
         rss = self._rss()  # too slow, too big or dead: this process is done
