@@ -88,7 +88,8 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         if time.monotonic() > self.deadline:
             raise Bound(f"rendering took longer than {self.seconds:g} s")
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        # (jinja2's own signature: the double underscores keep the names free for kwargs)
         __self.check_time()
         return super().call(__context, __obj, *args, **kwargs)
 
