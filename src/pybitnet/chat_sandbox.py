@@ -156,7 +156,7 @@ def _error(exc: BaseException, memory_bytes: int) -> str:
     if isinstance(exc, MemoryError):
         return f"rendering needed more than {memory_bytes >> 20} MiB of memory"
     if isinstance(exc, jinja2.TemplateSyntaxError):  # its str() spans lines: the message alone
-        return f"TemplateSyntaxError: {exc.message} (line {exc.lineno})"
+        return f"{type(exc).__name__}: {exc.message} (line {exc.lineno})"
     if isinstance(exc, jinja2.TemplateError):
         return f"{type(exc).__name__}: {exc}"
     return f"rendering failed: {type(exc).__name__}: {exc}"
