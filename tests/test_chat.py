@@ -1,12 +1,15 @@
 """pybitnet.chat against the peers' SmolLM2 chat prompt and llama.cpp's renderings (recorded by
-scripts/record_smollm2_goldens.py), plus the sandbox and its errors."""
+scripts/record_smollm2_goldens.py) and HF transformers' (tests/fixtures/hf), plus the sandbox
+and its errors."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 import pybitnet
-from helpers.tokenizer_files import SPM_FIXTURE, goldens, smollm2_path, tokenizer_metadata
+from helpers.tokenizer_files import FIXTURES, SPM_FIXTURE, goldens, smollm2_path, tokenizer_metadata
 from pybitnet.chat import (
     CHATML,
     LLAMA3,
@@ -15,7 +18,7 @@ from pybitnet.chat import (
     render_chat,
     template_for,
 )
-from pybitnet.errors import ModelError, SamplingError, TokenizerError
+from pybitnet.errors import ModelError, SamplingError, TemplateError
 from pybitnet.generate import Completion, Model
 from pybitnet.tokenizer import Tokenizer
 
@@ -46,6 +49,15 @@ def test_renderings_match_llama_cpp(smol_template: str, index: int) -> None:
     assert render_chat(CHATML, messages, **kwargs) == conversation["builtin_chatml"]
     assert render_chat(LLAMA3, messages, **kwargs) == conversation["builtin_llama3"]
     assert render_chat(None, messages, **kwargs) == conversation["builtin_chatml"]
+
+
+@pytest.mark.parametrize("name", sorted(goldens("hf")["fixtures"]))
+def test_renderings_match_hf_transformers(name: str) -> None:
+    """The chat each checkpoint's recorder rendered with apply_chat_template, rendered here."""
+    config = json.loads((FIXTURES / "hf" / name / "tokenizer_config.json").read_text())
+    (chat,) = [p for p in goldens("hf")["fixtures"][name]["prompts"] if "chat" in p]
+    tokens = {k: config[k] for k in ("bos_token", "eos_token")}
+    assert render_chat(config["chat_template"], chat["chat"], **tokens) == chat["rendered"]
 
 
 def test_template_for_prefers_the_file_then_fits_the_vocabulary() -> None:
@@ -82,7 +94,7 @@ def test_hf_rendering_conventions() -> None:
     ],
 )
 def test_template_errors_name_the_source(template: str, expected: str) -> None:
-    with pytest.raises(TokenizerError, match=f"^model.gguf tokenizer.chat_template: .*{expected}"):
+    with pytest.raises(TemplateError, match=f"^model.gguf tokenizer.chat_template: .*{expected}"):
         render_chat(
             template,
             [{"role": "user", "content": "x"}],

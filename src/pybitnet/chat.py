@@ -1,25 +1,20 @@
 """Chat prompts: render a model's Jinja2 chat template the way HF transformers does; a
 conversation's history (`ChatSession`).
 
-The template comes from an untrusted file (`tokenizer.chat_template`), so it runs in Jinja2's
-immutable sandbox; any error it raises becomes a TokenizerError naming where it came from.
+The template comes from an untrusted file (`tokenizer.chat_template`), so it renders in a
+sandbox within bounds on time, output and memory (chat_template.py); a failure is a
+TemplateError naming the field, never the file's path.
 Files without a template get a built-in one: Llama-3's for vocabularies that have its header
 tokens, ChatML otherwise (the same text llama.cpp's built-in `llama3` / `chatml` produce).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import jinja2
-import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-from pybitnet.errors import TokenizerError
+from pybitnet.chat_template import DEFAULT_LIMITS, Limits, render_template
 from pybitnet.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -48,45 +43,6 @@ def template_for(tokenizer: Tokenizer) -> str:
     return LLAMA3 if tokenizer.token_to_id("<|start_header_id|>") is not None else CHATML
 
 
-class _GenerationTag(jinja2.ext.Extension):
-    """HF's `{% generation %}...{% endgeneration %}` marks assistant text; render its body."""
-
-    tags = {"generation"}
-
-    def parse(self, parser: Any) -> Any:
-        next(parser.stream)
-        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-
-def _raise_exception(message: str) -> None:
-    raise jinja2.TemplateError(message)
-
-
-def _tojson(
-    value: Any,
-    ensure_ascii: bool = False,
-    indent: int | None = None,
-    separators: tuple[str, str] | None = None,
-    sort_keys: bool = False,
-) -> str:
-    # HF's filter: Jinja's own tojson escapes HTML characters, which a prompt must not
-    return json.dumps(
-        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
-
-
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True,
-        lstrip_blocks=True,
-        extensions=[_GenerationTag, jinja2.ext.loopcontrols],
-    )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env
-
-
 def render_chat(
     template: str | None,
     messages: list[dict[str, Any]],
@@ -95,25 +51,23 @@ def render_chat(
     bos_token: str = "",
     eos_token: str = "",
     source: str = "chat template",
+    limits: Limits = DEFAULT_LIMITS,
 ) -> str:
     """The prompt text `template` makes of `messages` ([{"role": ..., "content": ...}, ...]).
 
     None means the built-in ChatML template. `bos_token` defaults to "" because the tokenizer
     adds BOS itself when the model wants one; pass the BOS text only when encoding with
-    add_bos=False. Tokenize the result with parse_special=True.
+    add_bos=False. Tokenize the result with parse_special=True. It renders within ``limits``
+    (chat_template.py); a failure is a TemplateError "{source}: ...".
     """
-    try:
-        compiled = _environment().from_string(CHATML if template is None else template)
-        return compiled.render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=bos_token,
-            eos_token=eos_token,
-        )
-    except jinja2.TemplateError as e:
-        raise TokenizerError(f"{source}: {type(e).__name__}: {e}") from e
-    except Exception as e:  # the template is untrusted: any failure in it is bad input
-        raise TokenizerError(f"{source}: rendering failed: {type(e).__name__}: {e}") from e
+    variables = dict(
+        messages=messages,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=bos_token,
+        eos_token=eos_token,
+    )
+    template = CHATML if template is None else template
+    return render_template(template, variables, source=source, limits=limits)
 
 
 @dataclass

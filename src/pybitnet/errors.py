@@ -26,4 +26,9 @@ class BenchError(PyBitnetError):
 
 
 class TokenizerError(PyBitnetError):
-    """A tokenizer or chat template from a model cannot be used, or a token id is out of range."""
+    """A tokenizer from a model cannot be used, or a token id is out of range."""
+
+
+class TemplateError(TokenizerError):
+    """A chat template fails, or passes a bound on its size, time, output or memory. The
+    message names the field, never a file path: a server may pass it on to its client."""

@@ -145,10 +145,13 @@ class Model:
         yield from self._pieces(fitted.prompt, result, max_tokens, stop, True, sampling)
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """The prompt of a conversation, rendered within chat_template.Limits' bounds; a failure
+        is a TemplateError whose message names no path (the caller may add ``self.path``)."""
         # BOS comes from the tokenizer (add_bos), so the template renders it empty.
         t = self.tokenizer
         eos = t.token_bytes(t.eos_id).decode("utf-8", "replace") if t.eos_id is not None else ""
-        return render_chat(template_for(t), list(messages), eos_token=eos, source=str(self.path))
+        source = "tokenizer.chat_template" if t.chat_template is not None else "chat template"
+        return render_chat(template_for(t), list(messages), eos_token=eos, source=source)
 
     def _pieces(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,6 +26,9 @@ from pybitnet.cli.options import (
     read_prompt,
     within,
 )
+
+if TYPE_CHECKING:
+    from pybitnet.chat import ChatSession
 
 
 def run(
@@ -111,9 +114,9 @@ def chat(
     output_head: OutputHeadOption = None,
 ) -> None:
     """Chat interactively; /reset clears the history, /exit (or end of input) quits."""
-    import sys
 
     from pybitnet.chat import ChatSession
+    from pybitnet.errors import TemplateError
 
     m = load_model(model, threads, output_head)
     sampling = dict(top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty)
@@ -121,6 +124,18 @@ def chat(
         m, system, max_tokens=max_tokens, temperature=temperature, seed=seed,
         stop=stop or (), **sampling,
     )  # fmt: skip
+    try:  # the template's errors name no file (a server sends them on): name it here
+        # A probe: a template that cannot render is refused now, not at the first message.
+        m.render_chat([*session.history, {"role": "user", "content": "Hello"}])
+        _converse(session)
+    except TemplateError as exc:
+        raise TemplateError(f"{m.path}: {exc}") from None
+
+
+def _converse(session: ChatSession) -> None:
+    """`chat`'s loop: a line in, the streamed reply out, until /exit or the end of input."""
+    import sys
+
     print(
         "pybitnet chat: /reset clears the history, /exit quits; Ctrl+C stops a reply.",
         file=sys.stderr,
