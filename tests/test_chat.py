@@ -171,6 +171,21 @@ def test_fit_drops_the_fewest_oldest_turns_and_never_the_system_prompt(
     assert room_left(tiny, [messages[0], *messages[n - 1 :]]) < reserve  # one turn fewer
 
 
+def test_a_long_history_costs_a_few_renders(tiny: Model, monkeypatch) -> None:
+    """A client may send thousands of turns: the cut is found by bisection, past the turns
+    whose text alone cannot fit, not by rendering the history once per dropped turn."""
+    messages = long_history(3000)
+    renders = []
+    render = tiny.render_chat
+    monkeypatch.setattr(tiny, "render_chat", lambda m: renders.append(len(m)) or render(m))
+    fitted = fit_conversation(tiny, messages)
+    kept = [messages[0], *messages[1 + len(fitted.dropped) :]]
+    assert fitted.prompt == tiny.tokenize(render(kept), parse_special=True)
+    n = len(fitted.dropped)
+    assert room_left(tiny, kept) >= 128 > room_left(tiny, [messages[0], *messages[n - 1 :]])
+    assert len(renders) <= 12 and max(renders) < 60  # never the whole history
+
+
 def test_a_history_that_fits_is_kept_whole(tiny: Model) -> None:
     assert fit_conversation(tiny, long_history(1)).dropped == []
     # Only the newest message left and still too long: nothing more to drop, generation says so.

@@ -83,20 +83,41 @@ def fit_conversation(
     context for the reply (or less than ``max_tokens``, when that is smaller), the oldest turn
     is dropped: a user message with the replies that follow it. The system prompt and the
     newest message are never dropped. The reply's budget is then ``max_tokens``, or all that is
-    left of the context; a prompt that still fills the context fails when it is generated."""
+    left of the context; a prompt that still fills the context fails when it is generated.
+
+    A prompt's length falls as turns are dropped, so the cut is found by bisection: a history of
+    any length costs a few renders, each of a history whose text could fit."""
     messages = list(messages)
     start = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
     system, turns = messages[:start], messages[start:]
     reserve = max(1, model.n_ctx // 4 if max_tokens is None else min(max_tokens, model.n_ctx // 4))
-    dropped: list[dict[str, Any]] = []
-    while True:
-        ids = model.tokenize(model.render_chat(system + turns), parse_special=True)
-        # One turn: the oldest message and the non-user messages after it; never the newest.
-        n = 1 + next((i for i, m in enumerate(turns[1:]) if m["role"] == "user"), len(turns))
-        if model.n_ctx - len(ids) >= reserve or n >= len(turns):
-            return FittedChat(ids, dropped)
-        dropped += turns[:n]
-        turns = turns[n:]
+    cuts = _turn_starts(turns)
+    # A token stands for at most max_token_chars characters, so a history with more text than
+    # the context could hold in them cannot fit: such cuts are passed over without a render.
+    most_chars = (model.n_ctx - reserve) * model.tokenizer.max_token_chars
+    chars = [len(m["content"]) if isinstance(m.get("content"), str) else 0 for m in turns]
+    low = next((j for j, c in enumerate(cuts) if sum(chars[c:]) <= most_chars), len(cuts) - 1)
+    high = len(cuts) - 1  # the newest turn alone is kept whether it fits or not
+    fitted: dict[int, list[int]] = {}
+
+    def prompt(j: int) -> list[int]:
+        if j not in fitted:
+            text = model.render_chat(system + turns[cuts[j] :])
+            fitted[j] = model.tokenize(text, parse_special=True)
+        return fitted[j]
+
+    while low < high:
+        middle = (low + high) // 2
+        if model.n_ctx - len(prompt(middle)) >= reserve:
+            high = middle
+        else:
+            low = middle + 1
+    return FittedChat(prompt(low), turns[: cuts[low]])
+
+
+def _turn_starts(turns: Sequence[dict[str, Any]]) -> list[int]:
+    """Where each turn starts: the first message, then each user message after it."""
+    return [0, *(i for i, m in enumerate(turns) if i > 0 and m["role"] == "user")]
 
 
 class ChatSession:

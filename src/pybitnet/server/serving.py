@@ -61,11 +61,8 @@ class Serving:
         self.scheduler = scheduler
         self.config = config
         self._prompts = ThreadPoolExecutor(PROMPT_THREADS, thread_name_prefix="pybitnet-prompt")
-        # A token stands for at most this many characters (its bytes; a byte token for one),
-        # so a text longer than n_ctx times it cannot fit, whatever its tokens.
-        tokenizer = model.tokenizer
-        longest = max(len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size))
-        self._max_prompt_chars = model.n_ctx * max(longest, 1)
+        # A text longer than this cannot fit, whatever its tokens.
+        self._max_prompt_chars = model.n_ctx * model.tokenizer.max_token_chars
 
     def close(self) -> None:
         """Drops the prompts not yet started (the server is stopping)."""

@@ -17,6 +17,7 @@ matched first, over the whole text, as llama.cpp's `tokenizer_st_partition` does
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -192,6 +193,12 @@ class Tokenizer:
         if self._add_space_prefix and pieces and pieces[0].startswith(b" "):
             pieces[0] = pieces[0][1:]
         return b"".join(pieces).decode("utf-8", errors="replace")
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token stands for (its bytes; at least 1), so a text longer
+        than n times this cannot be n tokens or fewer."""
+        return max(1, max(map(len, self._pieces), default=1))
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes token `token_id` stands for (special tokens: their text)."""
