@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
-from pybitnet.errors import ModelError
+from pybitnet.errors import ModelError, shown
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,6 @@ ROPE_SCALING_TYPES = ("none", "linear")
 DEFAULT_MAX_CTX = 8192
 
 
-def short_repr(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str
@@ -112,7 +107,7 @@ class ModelConfig:
         if n_ctx is None:
             return min(self.context_length, DEFAULT_MAX_CTX)
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, Integral) or n_ctx < 1:
-            raise ModelError(f"n_ctx must be a positive integer, got {short_repr(n_ctx)}")
+            raise ModelError(f"n_ctx must be a positive integer, got {shown(n_ctx)}")
         return min(int(n_ctx), self.context_length)
 
     @classmethod
@@ -120,7 +115,7 @@ class ModelConfig:
         arch = metadata.get("general.architecture")
         if not isinstance(arch, str) or arch not in ARCHITECTURES:
             raise ModelError(
-                f"{source}: general.architecture = {short_repr(arch)} is not supported; "
+                f"{source}: general.architecture = {shown(arch)} is not supported; "
                 f"pybitnet runs {', '.join(sorted(ARCHITECTURES))}"
             )
         spec = ARCHITECTURES[arch]
@@ -137,7 +132,7 @@ class ModelConfig:
                 return default
             field = FIELDS[key]
             if not field.accepts(value):
-                raise fail(key, f"= {short_repr(value)} must be {field.describe()}")
+                raise fail(key, f"= {shown(value)} must be {field.describe()}")
             return field.kind(value)
 
         dim = get("embedding_length")
@@ -164,7 +159,7 @@ class ModelConfig:
             )
         scaling = metadata.get(f"{arch}.rope.scaling.type", "none")
         if not isinstance(scaling, str) or scaling not in ROPE_SCALING_TYPES:
-            raise fail("rope.scaling.type", f"= {short_repr(scaling)} is not supported")
+            raise fail("rope.scaling.type", f"= {shown(scaling)} is not supported")
         factor = get("rope.scaling.factor", 1.0)
         if factor not in (0.0, 1.0):
             raise fail("rope.scaling.factor", f"= {factor:g}: RoPE scaling is not supported")
