@@ -55,7 +55,10 @@ def read_vocabulary(
         values = metadata.get(key)
         if values is None:
             return np.full(n, default, dtype)
-        array = np.asarray(values if isinstance(values, np.ndarray) else [])
+        try:
+            array = np.asarray(values)
+        except ValueError:  # an array of arrays of different lengths
+            array = np.asarray([])
         if array.ndim != 1 or array.size < n or not np.issubdtype(array.dtype, np.number):
             raise fail(key, f"has {array.size} values of type {array.dtype} for {n} tokens")
         return array[:n].astype(dtype)
