@@ -7,7 +7,6 @@ The broken files are a small synthetic model rewritten with one defect each.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,9 +14,10 @@ import numpy as np
 import pytest
 
 import pybitnet
+from helpers.gguf_edit import rewrite
 from pybitnet.convert.synthetic import make_model
 from pybitnet.errors import ModelError
-from pybitnet.gguf import TensorSpec, open_gguf, write_gguf
+from pybitnet.gguf import TensorSpec
 
 SHAPE = dict(vocab=300, dim=128, layers=2, heads=4, kv_heads=2, ffn=256, ctx=32)
 
@@ -25,22 +25,6 @@ SHAPE = dict(vocab=300, dim=128, layers=2, heads=4, kv_heads=2, ffn=256, ctx=32)
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model(tmp_path_factory.mktemp("good") / "good.gguf", **SHAPE)
-
-
-def rewrite(
-    src: Path,
-    dst: Path,
-    metadata: Callable[[dict], None] = lambda md: None,
-    tensors: Callable[[list[TensorSpec]], None] = lambda ts: None,
-) -> Path:
-    """A copy of ``src`` after ``metadata`` and ``tensors`` edited its key/values and tensors."""
-    f = open_gguf(src)
-    md = dict(f.metadata)
-    specs = [TensorSpec(n, i.shape, i.wtype, f.tensor_bytes(n)) for n, i in f.tensors.items()]
-    metadata(md)
-    tensors(specs)
-    write_gguf(dst, md, specs, types={k: t for k, t in f.metadata_types.items() if k in md})
-    return dst
 
 
 def assert_names(error: pytest.ExceptionInfo, *parts: str) -> None:
