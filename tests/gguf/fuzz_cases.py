@@ -255,7 +255,7 @@ class Summary:
     def line(self) -> str:
         return (
             f"{self.target}: {self.cases} cases in {self.cpu_seconds:.1f} s of CPU (slowest "
-            f"{self.slowest * 1000:.0f} ms, at most {self.most_allocated / 2**20:.1f} MiB "
+            f"{self.slowest * 1000:.0f} ms, at most {self.most_allocated / 1024:.0f} KiB "
             f"allocated by a case), {self.outcomes['ok']} ok, {len(self.outcomes) - 1} "
             "distinct refusals"
         )
