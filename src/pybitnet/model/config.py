@@ -42,9 +42,10 @@ class Field:
 
     def describe(self) -> str:
         if self.kind is int:
-            if self.high == math.inf:
-                return "a positive integer" if self.low == 1 else f"an integer >= {self.low}"
-            return f"an integer from {self.low} to {self.high}"
+            unbounded = self.high == math.inf  # (integer fields start at 1)
+            return (
+                "a positive integer" if unbounded else f"an integer from {self.low} to {self.high}"
+            )
         return f"a finite number from {self.low:g} to {self.high:g}"
 
     def accepts(self, value: Any) -> bool:
