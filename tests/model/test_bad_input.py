@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import pybitnet
-from helpers.gguf_edit import rewrite
+from helpers.gguf_files import rewrite
 from pybitnet.convert.synthetic import make_model
 from pybitnet.errors import ModelError
 from pybitnet.gguf import TensorSpec

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 import pybitnet
-from helpers.gguf_edit import rewrite
+from helpers.gguf_files import rewrite
 from pybitnet.cli import app
 from pybitnet.convert.synthetic import make_model
 from pybitnet.errors import PyBitnetError

@@ -1,4 +1,4 @@
-"""A GGUF file rewritten with its metadata or tensors edited (for the bad-input tests)."""
+"""Model files made for a test: a GGUF rewritten with other metadata."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ def rewrite(
     tensors: Callable[[list[TensorSpec]], None] = lambda ts: None,
 ) -> Path:
     """A copy of ``src`` after ``metadata`` and ``tensors`` edited its key/values and tensors.
-    Keys keep their GGUF types unless their value was replaced (a numpy scalar or array then
-    gives its own type)."""
+    A key keeps its GGUF type unless its value was replaced (a numpy scalar or array then
+    gives its own type: a hostile value may be of any type)."""
     f = open_gguf(src)
     md = dict(f.metadata)
     specs = [TensorSpec(n, i.shape, i.wtype, f.tensor_bytes(n)) for n, i in f.tensors.items()]
     metadata(md)
     tensors(specs)
-    types = {k: t for k, t in f.metadata_types.items() if k in md and md[k] is f.metadata[k]}
-    write_gguf(dst, md, specs, types=types)
+    kept = {k: t for k, t in f.metadata_types.items() if k in md and md[k] is f.metadata[k]}
+    write_gguf(dst, md, specs, types=kept)
     return dst
