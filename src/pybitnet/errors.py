@@ -1,5 +1,14 @@
 """The exceptions pybitnet raises for bad input: each names the file, the field and the value."""
 
+from typing import Any
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value from an untrusted file as an error message shows it: its repr on one line, cut
+    to ``limit`` characters (a metadata value can be a megabyte string or a 100k-item array)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class PyBitnetError(ValueError):
     """Base class of every error pybitnet raises for bad input."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from pybitnet import decode
 from pybitnet.chat import fit_conversation, render_chat, template_for
@@ -54,9 +55,23 @@ class Model:
                 f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens but "
                 f"token_embd.weight has only {self.config.vocab_size} rows"
             )
-        self.n_ctx = min(n_ctx or self.config.context_length, self.config.context_length)
+        self.n_ctx = self.config.context(n_ctx)
         self.engine = Engine(self.weights, output_head=output_head)
+        self._check_kv_fits()
         self.load_seconds = time.perf_counter() - started
+
+    def _check_kv_fits(self) -> None:
+        """A sequence's KV cache is allocated for the whole context (its pages are touched as
+        it fills): one the machine could never hold is refused now, not at the first long
+        generation."""
+        kv_bytes = self.engine.kv_bytes_per_token() * self.n_ctx
+        memory = psutil.virtual_memory().total
+        if kv_bytes > memory:
+            raise ModelError(
+                f"{self.path}: a context of {self.n_ctx} tokens needs {kv_bytes / 2**30:.1f} GiB "
+                f"of KV cache, more than this machine's {memory / 2**30:.1f} GiB of memory; "
+                "ask for a smaller context (--ctx, n_ctx)"
+            )
 
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False):
         return self.tokenizer.encode(text, add_bos=add_bos, parse_special=parse_special)

@@ -84,7 +84,7 @@ def lockstep(weights: Weights, ids: list[int]) -> list[OpDiff]:
     engine, ref = Engine(weights), ReferenceModel(weights)
     n = len(ids)
     positions = np.arange(n)
-    cos, sin = engine._cos[positions], engine._sin[positions]
+    cos, sin = engine.rope_angles(positions)
     cache = engine.new_cache(n)
     diffs = []
     h = ref._dense_weight(weights.token_embd)[ids]

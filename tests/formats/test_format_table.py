@@ -18,7 +18,7 @@ def test_the_cpp_table_is_the_python_table():
 
 @pytest.mark.parametrize("t", formats.TYPES.values(), ids=lambda t: t.name)
 def test_each_codec_module_agrees_with_its_row(t):
-    assert callable(t.codec.quantize) and callable(t.codec.dequantize)
+    assert callable(t.codec.quantize) and callable(t.codec.dequantize) and callable(t.codec.floats)
     if t.ternary:
         assert callable(t.codec.unpack) and callable(t.codec.scales)
     assert getattr(t.codec, "BLOCK", t.block_size) == t.block_size

@@ -54,11 +54,14 @@ def test_vocab_size_key_wins_over_token_count():
     [
         (metadata("gpt2"), "general.architecture = 'gpt2' is not supported"),
         ({"general.architecture": "bitnet"}, "missing metadata key bitnet.embedding_length"),
-        (metadata(embedding_length=0), "bitnet.embedding_length = 0 must be a positive integer"),
+        (
+            metadata(embedding_length=0),
+            "bitnet.embedding_length = 0 must be an integer from 1 to 1048576",
+        ),
         (metadata(embedding_length=66), "not a multiple of bitnet.attention.head_count = 4"),
         (metadata(**{"attention.head_count_kv": 3}), "head_count_kv = 3"),
         (metadata(**{"rope.dimension_count": 15}), "rope.dimension_count = 15"),
-        (metadata(block_count="2"), "bitnet.block_count = '2' must be a positive integer"),
+        (metadata(block_count="2"), "bitnet.block_count = '2' must be an integer from 1 to 4096"),
     ],
 )
 def test_bad_metadata_is_named(md, message):

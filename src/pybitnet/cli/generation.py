@@ -183,7 +183,8 @@ def serve(
     ctx: Annotated[
         int | None,
         typer.Option(
-            callback=within(1), help="Tokens of context per sequence (default: the model's)."
+            callback=within(1),
+            help="Tokens of context per sequence (default: the model's, at most 8192).",
         ),
     ] = None,
     cors_origin: Annotated[

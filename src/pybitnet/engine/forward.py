@@ -116,12 +116,15 @@ class Engine:
             self.output = Linear([weights.output], tier, int8=True)
         else:
             self.output = self.token_embd if tied else Linear([weights.output], tier)
-        # RoPE angles per position, as the reference computes them (float64), stored float32.
         half = c.rope_dim // 2
-        freqs = c.rope_theta ** (-2.0 * np.arange(half) / c.rope_dim)
-        angles = np.arange(c.context_length)[:, None] * freqs
-        self._cos = np.cos(angles).astype(np.float32)
-        self._sin = np.sin(angles).astype(np.float32)
+        self._freqs = c.rope_theta ** (-2.0 * np.arange(half) / c.rope_dim)
+
+    def rope_angles(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cos, sin) float32 (n, rope_dim / 2) of the positions' angles, computed in float64
+        as the reference does. Computed per call, not tabled: a table would be sized by the
+        file's context_length (2^31 claimed = 16 GiB), and this is a few microseconds a step."""
+        angles = np.asarray(positions, np.int64)[:, None] * self._freqs
+        return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
     def new_cache(self, n_ctx: int | None = None) -> EngineCache:
         return EngineCache(self.config, n_ctx)
@@ -171,7 +174,7 @@ class Engine:
         positions = np.concatenate(
             [np.arange(s, s + seq.size) for s, seq in zip(starts, ids, strict=True)]
         )
-        cos, sin = self._cos[positions], self._sin[positions]
+        cos, sin = self.rope_angles(positions)
         seqs = [
             (cache, start, seq.size) for cache, start, seq in zip(caches, starts, ids, strict=True)
         ]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pybitnet import formats, kernels
-from pybitnet.errors import ModelError
+from pybitnet.errors import ModelError, PyBitnetError
 from pybitnet.model.weights import Tensor
 
 
@@ -31,7 +31,10 @@ class Linear:
         self.cols = cols.pop()
         if all(t.wtype.ternary for t in tensors) and len(types) == 1 and not int8:
             self.kernel = kernels.get("bitlinear", tier)
-            self.prepared = [self.kernel.prepare_packed(*_packed(tensors, self.cols))]
+            try:
+                self.prepared = [self.kernel.prepare_packed(*_packed(tensors, self.cols))]
+            except PyBitnetError as exc:  # e.g. an invalid code: say which tensors it is in
+                raise ModelError(f"{', '.join(self.names)}: {exc}") from None
             self.scales = [1.0]  # folded into the ternary scales
             bounds = np.cumsum([0, *self.rows]).tolist()
             self._parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# The bits of +inf of each float kind the formats store: a value is NaN or infinite when its
+# bits without the sign are at least these (formats.check_finite reads the raw bits, so no
+# float conversion and no temporaries the size of the tensor).
+F32_INF, F16_INF, BF16_INF = 0x7F800000, 0x7C00, 0x7F80
+
 
 def as_blocks(data: np.ndarray, type_size: int) -> np.ndarray:
     """The tensor's bytes as one row per block: (n_blocks, type_size)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pybitnet.formats._blocks import BF16_INF
+
 
 def quantize(values: np.ndarray) -> np.ndarray:
     bits = np.ascontiguousarray(values, dtype="<f4").view("<u4").reshape(-1)
@@ -20,3 +22,7 @@ def quantize(values: np.ndarray) -> np.ndarray:
 
 def dequantize(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return (data.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
+
+
+def floats(data: np.ndarray) -> tuple[str, np.ndarray, int]:
+    return "value", data.view("<u2"), BF16_INF

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pybitnet.formats._blocks import F16_INF
+
 
 def quantize(values: np.ndarray) -> np.ndarray:
     return values.astype("<f2").view(np.uint8).reshape(-1)
@@ -15,3 +17,7 @@ def quantize(values: np.ndarray) -> np.ndarray:
 
 def dequantize(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return data.view("<f2").astype(np.float32).reshape(shape)
+
+
+def floats(data: np.ndarray) -> tuple[str, np.ndarray, int]:
+    return "value", data.view("<u2"), F16_INF

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from pybitnet.errors import FormatError
-from pybitnet.formats._blocks import first_code3_byte
+from pybitnet.formats._blocks import F32_INF, first_code3_byte
 
 BLOCK = 128
 TAIL_BYTES = 32
@@ -99,3 +99,7 @@ def scales(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     n_packed = math.prod(shape) // 4
     scale = data[n_packed : n_packed + 4].view("<f4")[0]
     return np.full((math.prod(shape[:-1]), 1), scale, np.float32)
+
+
+def floats(data: np.ndarray) -> tuple[str, np.ndarray, int]:
+    return "scale", data[-TAIL_BYTES:][:4].view("<u4"), F32_INF

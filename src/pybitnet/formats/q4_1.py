@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from pybitnet.formats._blocks import (
+    F16_INF,
     as_blocks,
     f16_to_f32,
     f32_to_f16_bytes,
@@ -40,3 +41,7 @@ def dequantize(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     d, m = f16_to_f32(blocks[:, 0:2]), f16_to_f32(blocks[:, 2:4])
     q = unpack_nibbles(blocks[:, 4:]).astype(np.float32)
     return (d * q + m).reshape(shape)
+
+
+def floats(data: np.ndarray) -> tuple[str, np.ndarray, int]:
+    return "block scale d or minimum m", as_blocks(data, TYPE_SIZE)[:, 0:4].view("<u2"), F16_INF

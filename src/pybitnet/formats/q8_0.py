@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from pybitnet.formats._blocks import (
+    F16_INF,
     as_blocks,
     f16_to_f32,
     f32_to_f16_bytes,
@@ -35,3 +36,7 @@ def dequantize(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     d = f16_to_f32(blocks[:, :2])
     q = blocks[:, 2:].view(np.int8).astype(np.float32)
     return (q * d).reshape(shape)
+
+
+def floats(data: np.ndarray) -> tuple[str, np.ndarray, int]:
+    return "block scale d", as_blocks(data, TYPE_SIZE)[:, 0:2].view("<u2"), F16_INF

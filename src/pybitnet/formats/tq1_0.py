@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from pybitnet.formats._blocks import as_blocks, f16_to_f32, f32_to_f16_bytes, ternary_codes
+from pybitnet.formats._blocks import F16_INF, as_blocks, f16_to_f32, f32_to_f16_bytes, ternary_codes
 
 BLOCK = 256
 TYPE_SIZE = 54
@@ -68,3 +68,7 @@ def scales(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Each block's d as float32 (rows, ne0 / 256), without decoding the codes."""
     d = f16_to_f32(as_blocks(data, TYPE_SIZE)[:, 52:])
     return d.reshape(math.prod(shape[:-1]), shape[-1] // BLOCK)
+
+
+def floats(data: np.ndarray) -> tuple[str, np.ndarray, int]:
+    return "block scale d", as_blocks(data, TYPE_SIZE)[:, 52:54].view("<u2"), F16_INF

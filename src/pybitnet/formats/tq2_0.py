@@ -18,6 +18,7 @@ import numpy as np
 
 from pybitnet.errors import FormatError
 from pybitnet.formats._blocks import (
+    F16_INF,
     as_blocks,
     f16_to_f32,
     f32_to_f16_bytes,
@@ -65,3 +66,7 @@ def scales(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Each block's d as float32 (rows, ne0 / 256), without decoding the codes."""
     d = f16_to_f32(as_blocks(data, TYPE_SIZE)[:, 64:])
     return d.reshape(math.prod(shape[:-1]), shape[-1] // BLOCK)
+
+
+def floats(data: np.ndarray) -> tuple[str, np.ndarray, int]:
+    return "block scale d", as_blocks(data, TYPE_SIZE)[:, 64:66].view("<u2"), F16_INF

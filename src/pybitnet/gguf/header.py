@@ -236,7 +236,8 @@ class HeaderParser:
         arch = self.metadata.get("general.architecture")
         if arch is not None and not isinstance(arch, str):
             vtype = self.metadata_types["general.architecture"].name
-            self.fail("metadata key 'general.architecture'", f"must be a string, got {vtype}")
+            got = f"an array of {vtype}" if isinstance(arch, list | np.ndarray) else vtype
+            self.fail("metadata key 'general.architecture'", f"must be a string, got {got}")
 
     # -- tensors ------------------------------------------------------------------------------
 

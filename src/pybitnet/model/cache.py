@@ -13,10 +13,11 @@ from pybitnet.model.config import ModelConfig
 
 
 class CacheSpan:
-    """What every KV cache keeps besides its arrays: room for n_ctx positions, `length` filled."""
+    """What every KV cache keeps besides its arrays: room for n_ctx positions (the effective
+    context, ModelConfig.context), `length` filled."""
 
     def __init__(self, config: ModelConfig, n_ctx: int | None = None) -> None:
-        self.n_ctx = min(n_ctx or config.context_length, config.context_length)
+        self.n_ctx = config.context(n_ctx)
         self.length = 0
 
     def reserve(self, n: int) -> None:

@@ -1,16 +1,20 @@
 """Model hyperparameters, read from GGUF metadata (docs/SPEC.md §1).
 
 An architecture variant (relu² vs SiLU, sub-norms or not, RoPE pairing) is a field of the
-config, not a class of its own.
+config, not a class of its own. Every `<arch>.*` key is read through one table (FIELDS) that
+gives its type and its range: a file is untrusted, and a value of the wrong type or out of
+range is refused with the file, the key and the value, never used.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any
 
-from pybitnet.errors import ModelError
+from pybitnet.errors import ModelError, shown
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,58 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 
 
 @dataclass(frozen=True)
+class Field:
+    """One `<arch>.<key>` metadata value: an int or a float within [low, high]."""
+
+    kind: type  # int or float (an integer value is a valid float; a bool is neither)
+    low: float
+    high: float
+
+    def describe(self) -> str:
+        if self.kind is int:
+            unbounded = self.high == math.inf  # (integer fields start at 1)
+            return (
+                "a positive integer" if unbounded else f"an integer from {self.low} to {self.high}"
+            )
+        return f"a finite number from {self.low:g} to {self.high:g}"
+
+    def accepts(self, value: Any) -> bool:
+        integral = isinstance(value, Integral) and not isinstance(value, bool)
+        number = integral or (self.kind is float and isinstance(value, Real))
+        return number and self.low <= value <= self.high  # NaN compares False: refused
+
+
+# Wide enough for any real model (the largest: dims of 16k-64k, 128 layers, 256k-token
+# vocabularies), narrow enough that no product of them is absurd. context_length has no upper
+# bound: what a run allocates follows the effective context (ModelConfig.context), not the claim.
+FIELDS: dict[str, Field] = {
+    "context_length": Field(int, 1, math.inf),
+    "embedding_length": Field(int, 1, 1 << 20),
+    "block_count": Field(int, 1, 1 << 12),
+    "feed_forward_length": Field(int, 1, 1 << 20),
+    "attention.head_count": Field(int, 1, 1 << 12),
+    "attention.head_count_kv": Field(int, 1, 1 << 12),
+    "attention.key_length": Field(int, 1, 1 << 16),
+    "attention.value_length": Field(int, 1, 1 << 16),
+    "rope.dimension_count": Field(int, 1, 1 << 16),
+    "vocab_size": Field(int, 1, 1 << 24),
+    # eps 0 is allowed (llama2c checkpoints use 1e-20 and less); past 0.1 it flattens the norm
+    "attention.layer_norm_rms_epsilon": Field(float, 0.0, 0.1),
+    # below 1 the "frequencies" grow with the dimension; real models use 1e4 .. 1e8
+    "rope.freq_base": Field(float, 1.0, 1e9),
+    "rope.scaling.factor": Field(float, 0.0, 1e6),  # 0 and 1: none (llama.cpp reads 0 so)
+}
+# RoPE scaling is not implemented: a file may name a type only if its factor leaves positions
+# as they are (llama.cpp's default type is "linear", with factor 1).
+ROPE_SCALING_TYPES = ("none", "linear")
+
+# Without a requested context, a run gets the file's context_length up to this many positions
+# (llama.cpp's default --ctx-size is 4096): a file may claim 2^31 positions, and the KV caches
+# and the server's KV budget are sized by the effective context.
+DEFAULT_MAX_CTX = 8192
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     arch: str
     vocab_size: int
@@ -38,7 +94,7 @@ class ModelConfig:
     n_kv_heads: int
     head_dim: int
     ffn_dim: int
-    context_length: int
+    context_length: int  # what the file claims; runs use context(n_ctx)
     rope_theta: float
     rope_dim: int
     rms_eps: float
@@ -46,67 +102,83 @@ class ModelConfig:
     sub_norms: bool
     rope_neox: bool
 
+    def context(self, n_ctx: int | None = None) -> int:
+        """The effective context: n_ctx (at most context_length), or without it context_length
+        up to DEFAULT_MAX_CTX. Every size that grows with the context is derived from this."""
+        if n_ctx is None:
+            return min(self.context_length, DEFAULT_MAX_CTX)
+        if isinstance(n_ctx, bool) or not isinstance(n_ctx, Integral) or n_ctx < 1:
+            raise ModelError(f"n_ctx must be a positive integer, got {shown(n_ctx)}")
+        return min(int(n_ctx), self.context_length)
+
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], source: str = "<metadata>") -> ModelConfig:
         arch = metadata.get("general.architecture")
-        if arch not in ARCHITECTURES:
+        if not isinstance(arch, str) or arch not in ARCHITECTURES:
             raise ModelError(
-                f"{source}: general.architecture = {arch!r} is not supported; "
+                f"{source}: general.architecture = {shown(arch)} is not supported; "
                 f"pybitnet runs {', '.join(sorted(ARCHITECTURES))}"
             )
         spec = ARCHITECTURES[arch]
 
+        def fail(key: str, problem: str) -> ModelError:
+            return ModelError(f"{source}: {arch}.{key} {problem}")
+
         def get(key: str, default: Any = None) -> Any:
-            value = metadata.get(f"{arch}.{key}", default)
+            """The checked value of `<arch>.<key>`; ``default`` when absent (None: required)."""
+            value = metadata.get(f"{arch}.{key}")
             if value is None:
-                raise ModelError(f"{source}: missing metadata key {arch}.{key}")
-            return value
+                if default is None:
+                    raise ModelError(f"{source}: missing metadata key {arch}.{key}")
+                return default
+            field = FIELDS[key]
+            if not field.accepts(value):
+                raise fail(key, f"= {shown(value)} must be {field.describe()}")
+            return field.kind(value)
 
-        def positive_int(key: str, default: Any = None) -> int:
-            value = get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ModelError(f"{source}: {arch}.{key} = {value!r} must be a positive integer")
-            return value
-
-        dim = positive_int("embedding_length")
-        n_heads = positive_int("attention.head_count")
-        n_kv_heads = positive_int("attention.head_count_kv", n_heads)
+        dim = get("embedding_length")
+        n_heads = get("attention.head_count")
+        n_kv_heads = get("attention.head_count_kv", n_heads)
         if dim % n_heads:
-            raise ModelError(
-                f"{source}: {arch}.embedding_length = {dim} is not a multiple of "
-                f"{arch}.attention.head_count = {n_heads}"
+            raise fail(
+                "embedding_length",
+                f"= {dim} is not a multiple of {arch}.attention.head_count = {n_heads}",
             )
         if n_heads % n_kv_heads:
-            raise ModelError(
-                f"{source}: {arch}.attention.head_count = {n_heads} is not a multiple of "
-                f"{arch}.attention.head_count_kv = {n_kv_heads}"
+            raise fail(
+                "attention.head_count",
+                f"= {n_heads} is not a multiple of {arch}.attention.head_count_kv = {n_kv_heads}",
             )
-        head_dim = positive_int("attention.key_length", dim // n_heads)
-        rope_dim = positive_int("rope.dimension_count", head_dim)
+        head_dim = get("attention.key_length", dim // n_heads)
+        if get("attention.value_length", head_dim) != head_dim:
+            raise fail("attention.value_length", f"must equal the key length {head_dim}")
+        rope_dim = get("rope.dimension_count", head_dim)
         if rope_dim > head_dim or rope_dim % 2:
-            raise ModelError(
-                f"{source}: {arch}.rope.dimension_count = {rope_dim} must be even and at most "
-                f"the head size {head_dim}"
+            raise fail(
+                "rope.dimension_count",
+                f"= {rope_dim} must be even and at most the head size {head_dim}",
             )
+        scaling = metadata.get(f"{arch}.rope.scaling.type", "none")
+        if not isinstance(scaling, str) or scaling not in ROPE_SCALING_TYPES:
+            raise fail("rope.scaling.type", f"= {shown(scaling)} is not supported")
+        factor = get("rope.scaling.factor", 1.0)
+        if factor not in (0.0, 1.0):
+            raise fail("rope.scaling.factor", f"= {factor:g}: RoPE scaling is not supported")
         tokens = metadata.get("tokenizer.ggml.tokens")
-        vocab_size = positive_int("vocab_size", len(tokens) if tokens is not None else None)
-        eps = float(get("attention.layer_norm_rms_epsilon"))
-        theta = float(get("rope.freq_base", 10000.0))
-        if not eps >= 0 or not theta > 0:
-            raise ModelError(f"{source}: rms epsilon {eps} or rope.freq_base {theta} is invalid")
+        n_tokens = len(tokens) if isinstance(tokens, list | tuple) and tokens else None
         return cls(
             arch=arch,
-            vocab_size=vocab_size,
+            vocab_size=get("vocab_size", n_tokens),
             dim=dim,
-            n_layers=positive_int("block_count"),
+            n_layers=get("block_count"),
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
             head_dim=head_dim,
-            ffn_dim=positive_int("feed_forward_length"),
-            context_length=positive_int("context_length"),
-            rope_theta=theta,
+            ffn_dim=get("feed_forward_length"),
+            context_length=get("context_length"),
+            rope_theta=get("rope.freq_base", 10000.0),
             rope_dim=rope_dim,
-            rms_eps=eps,
+            rms_eps=get("attention.layer_norm_rms_epsilon"),
             activation=spec.activation,
             sub_norms=spec.sub_norms,
             rope_neox=spec.rope_neox,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pybitnet import formats
-from pybitnet.errors import ModelError
+from pybitnet.errors import FormatError, ModelError
 from pybitnet.formats import WeightType
 from pybitnet.gguf import GGUFFile
 from pybitnet.model.config import ModelConfig
@@ -71,11 +71,13 @@ class Weights:
             scale_name = name.removesuffix(".weight") + ".scale"
             if scale_name in f.tensors:
                 _check_shape(f, scale_name, f.tensors[scale_name].shape, (1,))
+                _finite_bytes(f, scale_name)
                 scale = float(f.dequantize(scale_name)[0])
-            return Tensor(name, info.wtype, info.shape, f.tensor_bytes(name), scale)
+            return Tensor(name, info.wtype, info.shape, _finite_bytes(f, name), scale)
 
         def vector(name: str, size: int) -> np.ndarray:
             _check_shape(f, name, _tensor_info(f, name).shape, (size,))
+            _finite_bytes(f, name)
             return f.dequantize(name)
 
         def sub_norm(name: str, size: int) -> np.ndarray | None:
@@ -115,6 +117,17 @@ def _tensor_info(f: GGUFFile, name: str):
     if info is None:
         raise ModelError(f"{f.path}: tensor {name} is missing")
     return info
+
+
+def _finite_bytes(f: GGUFFile, name: str) -> np.ndarray:
+    """The tensor's bytes, once every float it stores is known to be finite: the native kernels
+    would turn a NaN scale or an infinite norm weight into plausible-looking text."""
+    info, data = f.tensors[name], f.tensor_bytes(name)
+    try:
+        formats.check_finite(info.wtype, data, info.shape)
+    except FormatError as exc:
+        raise ModelError(f"{f.path}: tensor {name}: {exc}") from None
+    return data
 
 
 def _check_shape(f: GGUFFile, name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:

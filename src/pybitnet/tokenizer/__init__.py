@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 
-from pybitnet.errors import TokenizerError
+from pybitnet.errors import TokenizerError, shown
 from pybitnet.tokenizer.bpe import byte_level_bytes, gpt2_bpe
 from pybitnet.tokenizer.spm import ScoredBPE
 from pybitnet.tokenizer.stream import StreamDecoder
@@ -92,15 +92,23 @@ class Tokenizer:
             return TokenizerError(f"{source}: {key} {problem}")
 
         kind = metadata.get("tokenizer.ggml.model")
-        if kind not in ("gpt2", "llama"):
-            raise fail("tokenizer.ggml.model", f"= {kind!r}: pybitnet reads 'gpt2' and 'llama'")
+        if not isinstance(kind, str) or kind not in ("gpt2", "llama"):
+            raise fail(
+                "tokenizer.ggml.model", f"= {shown(kind)}: pybitnet reads 'gpt2' and 'llama'"
+            )
         spm = kind == "llama"
         tokens, token_types, scores = read_vocabulary(metadata, spm, fail)
         bpe, add_bos_default = (None, True) if spm else gpt2_bpe(metadata, tokens, source, fail)
         bos_id, eos_id, eog_ids = special_ids(metadata, tokens, spm, fail)
         token_types[list(eog_ids)] = CONTROL  # as llama.cpp does, whatever the file says
 
-        add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", add_bos_default))
+        def flag(key: str, default: bool) -> bool:
+            value = metadata.get(f"tokenizer.ggml.{key}", default)
+            if not isinstance(value, bool):
+                raise fail(f"tokenizer.ggml.{key}", f"= {shown(value)} must be a bool")
+            return value
+
+        add_bos = flag("add_bos_token", add_bos_default)
         if add_bos and bos_id is None:
             raise fail("tokenizer.ggml.add_bos_token", "is true but there is no BOS token")
         template = metadata.get("tokenizer.chat_template")
@@ -114,8 +122,8 @@ class Tokenizer:
             eos_id=eos_id,
             eog_ids=eog_ids,
             add_bos=add_bos,
-            add_eos=bool(metadata.get("tokenizer.ggml.add_eos_token", False)),
-            add_space_prefix=bool(metadata.get("tokenizer.ggml.add_space_prefix", spm)),
+            add_eos=flag("add_eos_token", False),
+            add_space_prefix=flag("add_space_prefix", spm),
             chat_template=template if isinstance(template, str) else None,
         )
 

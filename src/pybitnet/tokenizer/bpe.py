@@ -14,6 +14,7 @@ from typing import Any
 from tokenizers import Regex, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+from pybitnet.errors import shown
 from pybitnet.tokenizer.vocabulary import Fail
 
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -67,9 +68,9 @@ def gpt2_bpe(
             stacklevel=3,
         )
         pre = "default"
-    if pre not in PRE_TOKENIZERS:
+    if not isinstance(pre, str) or pre not in PRE_TOKENIZERS:
         known = ", ".join(sorted(PRE_TOKENIZERS))
-        raise fail("tokenizer.ggml.pre", f"= {pre!r} is not supported (known: {known})")
+        raise fail("tokenizer.ggml.pre", f"= {shown(pre)} is not supported (known: {known})")
     regexes, ignore_merges, add_bos = PRE_TOKENIZERS[pre]
     merges = _merges(metadata.get("tokenizer.ggml.merges"), tokens, fail)
     vocab = {text: i for i, text in enumerate(tokens)}
@@ -91,6 +92,6 @@ def _merges(raw: Any, tokens: list[str], fail: Fail) -> list[tuple[str, str]]:
         cut = merge.find(" ", 1) if isinstance(merge, str) else -1
         left, right = merge[:cut], merge[cut + 1 :]
         if cut < 0 or left not in vocab or right not in vocab or left + right not in vocab:
-            raise fail(f"tokenizer.ggml.merges[{i}]", f"= {merge!r} does not join two tokens")
+            raise fail(f"tokenizer.ggml.merges[{i}]", f"= {shown(merge)} does not join two tokens")
         pairs.append((left, right))
     return pairs

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pybitnet.errors import TokenizerError
+from pybitnet.errors import TokenizerError, shown
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
 UNDEFINED, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = range(7)
@@ -49,13 +49,16 @@ def read_vocabulary(
     if len(set(tokens)) != n:
         seen: set[str] = set()
         duplicate = next(t for t in tokens if t in seen or seen.add(t))
-        raise fail("tokenizer.ggml.tokens", f"holds {duplicate!r} twice")
+        raise fail("tokenizer.ggml.tokens", f"holds {shown(duplicate)} twice")
 
     def per_token(key: str, default: float, dtype: type) -> np.ndarray:
         values = metadata.get(key)
         if values is None:
             return np.full(n, default, dtype)
-        array = np.asarray(values)
+        try:
+            array = np.asarray(values)
+        except ValueError:  # an array of arrays of different lengths
+            array = np.asarray([])
         if array.ndim != 1 or array.size < n or not np.issubdtype(array.dtype, np.number):
             raise fail(key, f"has {array.size} values of type {array.dtype} for {n} tokens")
         return array[:n].astype(dtype)
@@ -67,7 +70,7 @@ def read_vocabulary(
     for i in np.flatnonzero(token_types == BYTE) if spm else ():
         if not re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", tokens[i]):
             raise fail(
-                f"tokenizer.ggml.tokens[{i}]", f"= {tokens[i]!r} is a byte token, not <0xNN>"
+                f"tokenizer.ggml.tokens[{i}]", f"= {shown(tokens[i])} is a byte token, not <0xNN>"
             )
     return tokens, token_types, per_token("tokenizer.ggml.scores", 0.0, np.float32)
 
@@ -84,7 +87,7 @@ def special_ids(
         if value is None:
             return default if default is not None and default < n else None
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise fail(f"tokenizer.ggml.{key}", f"= {value!r} is not a token id")
+            raise fail(f"tokenizer.ggml.{key}", f"= {shown(value)} is not a token id")
         if not 0 <= value < n:
             raise fail(f"tokenizer.ggml.{key}", f"= {value} is outside the vocabulary ({n})")
         return int(value)
