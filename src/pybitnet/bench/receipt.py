@@ -237,7 +237,8 @@ def validate_receipt(doc: Any, source: str = "receipt") -> None:
     error = next(_validator().iter_errors(doc), None)
     if error is not None:
         field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-        message = error.message if len(error.message) <= 300 else error.message[:300] + "..."
+        message = error.message  # the value's repr, then what is wrong with it: keep both
+        message = message if len(message) <= 300 else f"{message[:200]}...{message[-100:]}"
         raise BenchError(f"{source}: field ${field}: {message}")
     try:  # the pattern checks the form; this checks that it is a real date and time
         dt.datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00"))
