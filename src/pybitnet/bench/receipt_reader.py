@@ -28,13 +28,7 @@ MAX_DEPTH = 32
 def read_receipt_json(path: str | Path) -> Any:
     """Read a receipt file's JSON without validating it (verify reports the schema's verdict),
     refusing a file too large or too deeply nested before parsing it."""
-    try:
-        with Path(path).open("rb") as f:
-            data = f.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise BenchError(f"{path}: cannot read the receipt: {exc}") from None
-    if len(data) > MAX_BYTES:
-        raise BenchError(f"{path}: the receipt is larger than {MAX_BYTES:,} bytes")
+    data = _read_at_most(path, MAX_BYTES)
     _check_structure(path, data)
     try:
         doc = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
@@ -47,6 +41,22 @@ def read_receipt_json(path: str | Path) -> Any:
     if _SURROGATE_ESCAPE.search(data):  # only a pair of \uD800-\uDFFF escapes is a character
         _check_characters(path, doc)
     return doc
+
+
+def _read_at_most(path: str | Path, limit: int) -> bytes:
+    """The file's bytes, read a MiB at a time (a single read of `limit` bytes would allocate
+    them all, however small the file), refused once they pass `limit`."""
+    chunks, size = [], 0
+    try:
+        with Path(path).open("rb") as f:
+            while chunk := f.read(2**20):
+                size += len(chunk)
+                if size > limit:
+                    raise BenchError(f"{path}: the receipt is larger than {limit:,} bytes")
+                chunks.append(chunk)
+    except OSError as exc:
+        raise BenchError(f"{path}: cannot read the receipt: {exc}") from None
+    return b"".join(chunks)
 
 
 def _refuse_constant(name: str) -> None:
