@@ -179,6 +179,12 @@ CASES = {
         gate_message=None,
         replay=True,
     ),
+    "an empty prompt under --replay": Case(
+        altered((("workload", "prompt_ids"), [[]]), doc=replayable),
+        r"\$\.workload\.prompt_ids\[0\]: \[\] should be non-empty",
+        gate_message=None,
+        replay=True,
+    ),
     "generated_tokens of 2**20 under --replay": Case(
         altered((("workload", "generated_tokens"), 2**20), doc=replayable),
         r"workload\.generated_tokens = 1,048,576 make 1,048,608 token positions, more than "
