@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 import typer
 
-from pybitnet.bench import gate, receipt_reader, verify  # noqa: F401  (imported before tracing, not by it)
+from pybitnet.bench import gate, verify  # noqa: F401  (imported before tracing, not by it)
 from pybitnet.bench import receipt as rc
+from pybitnet.bench.receipt_reader import MAX_BYTES
 from pybitnet.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,7 +159,7 @@ CASES = {
         2,
     ),
     "a file of 32 MiB and one byte": Case(
-        raw(b" " * (receipt_reader.MAX_BYTES + 1)), "the receipt is larger than 33,554,432 bytes", 2
+        raw(b" " * (MAX_BYTES + 1)), "the receipt is larger than 33,554,432 bytes", 2
     ),
     "3 million values": Case(
         raw(b"[" + b"0," * 3_000_000 + b"0]"), "holds about 3,000,001 values", 2
