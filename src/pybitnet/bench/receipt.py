@@ -6,6 +6,12 @@ raw samples: the run builders here use it, and verify recomputes with it.
 
 A receipt holds several runs, like llama-bench rows (pp128 and tg128 at 1 and 2 threads). Each
 run keeps its raw samples, one value per repetition for each metric, and their summaries.
+
+A receipt comes from anyone, so reading one is bounded before anything depends on its contents:
+receipt_reader.read_receipt_json refuses a file too large, with too many values or nested too
+deep before parsing it, and `validate_receipt` checks the schema, whose every number, array,
+string and object is bounded, before anything else reads it. `load_receipt` does both: it is
+how verify, gate and report read a receipt.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
@@ -20,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 
+from pybitnet.bench.receipt_reader import ReceiptValidator, read_receipt_json
 from pybitnet.errors import BenchError
 from pybitnet.sampling import SamplerConfig
 
@@ -132,7 +138,7 @@ def codec_run(
 ) -> dict[str, Any]:
     """A quantize or dequantize benchmark of format `fmt` (pybitnet.formats, numpy): per
     repetition, the wall time of converting the elements of a tensor of `shape`."""
-    elements = int(np.prod(shape))
+    elements = math.prod(shape)  # exact: a numpy product would wrap around
     fields = {"name": name, "kind": "codec", "threads": threads, "format": fmt}
     fields |= {"direction": direction, "shape": [int(n) for n in shape], "elements": elements}
     return _run(fields, {"ms": ms, "elements_per_second": _per_second(elements, ms)})
@@ -217,11 +223,14 @@ def utc_now() -> str:
 
 
 def validate_receipt(doc: Any, source: str = "receipt") -> None:
-    """Raise BenchError naming the source, the field and the problem unless `doc` is a receipt."""
-    error = best_match(Draft202012Validator(schema()).iter_errors(doc))
+    """Raise BenchError naming the source, the field and the problem unless `doc` is a receipt.
+    The first error is reported: the schema puts each bound before the keywords that look inside
+    a value, so a value far too large is refused before anything iterates over it."""
+    error = next(_validator().iter_errors(doc), None)
     if error is not None:
         field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-        message = error.message if len(error.message) <= 300 else error.message[:300] + "..."
+        message = error.message  # the value's repr, then what is wrong with it: keep both
+        message = message if len(message) <= 300 else f"{message[:200]}...{message[-100:]}"
         raise BenchError(f"{source}: field ${field}: {message}")
     try:  # the pattern checks the form; this checks that it is a real date and time
         dt.datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00"))
@@ -230,24 +239,10 @@ def validate_receipt(doc: Any, source: str = "receipt") -> None:
 
 
 def load_receipt(path: str | Path) -> dict[str, Any]:
-    """Read and validate a receipt file."""
+    """Read a receipt file within receipt_reader's bounds, and validate it: what verify, gate
+    and report read receipts with."""
     doc = read_receipt_json(path)
     validate_receipt(doc, str(path))
-    return doc
-
-
-def read_receipt_json(path: str | Path) -> Any:
-    """Read a receipt file's JSON without validating it (verify reports the schema's verdict)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BenchError(f"{path}: cannot read the receipt: {exc}") from None
-    try:
-        doc = json.loads(text, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as exc:
-        raise BenchError(f"{path}: not JSON: {exc}") from None
-    except ValueError as exc:
-        raise BenchError(f"{path}: {exc}") from None
     return doc
 
 
@@ -287,5 +282,6 @@ def _samples(what: str, values: Sequence[float]) -> np.ndarray:
     return x
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number a receipt may hold")
+@cache
+def _validator() -> ReceiptValidator:
+    return ReceiptValidator(schema())

@@ -59,7 +59,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from pybitnet.bench import verify_files, verify_kernels, verify_runs
-from pybitnet.bench.receipt import read_receipt_json, validate_receipt
+from pybitnet.bench.receipt import validate_receipt
+from pybitnet.bench.receipt_reader import read_receipt_json
 from pybitnet.bench.verify_common import Context, Result, Verdict
 from pybitnet.bench.verify_files import replay_workload
 from pybitnet.engine.forward import bitlinear_calls_per_pass

@@ -13,6 +13,11 @@ from pybitnet.bench.verify_common import Context, Result, Verdict, outcome
 from pybitnet.errors import PyBitnetError
 from pybitnet.sampling import SamplerConfig
 
+# The most token positions (prompt ids and generated ids, over the batch) a replay runs: a
+# receipt asks for its workload again, and the schema's bounds alone would allow 2**30. A 2B
+# model at batch 32 with 2048 prompt and 2048 generated tokens is 131,072.
+REPLAY_MAX_POSITIONS = 2**17
+
 
 def replay_workload(
     doc: dict[str, Any], model_path: str | Path
@@ -53,8 +58,18 @@ def check_replay(ctx: Context) -> Result:
         return Verdict.FAIL, f"cannot replay: {model.path} is not present"
     if model.mismatch is not None:
         return Verdict.FAIL, f"cannot replay: {model.mismatch}"
-    if "prompt_ids" not in ctx.doc["workload"]:
+    workload = ctx.doc["workload"]
+    if "prompt_ids" not in workload:
         return Verdict.FAIL, "cannot replay: the receipt records no workload.prompt_ids"
+    prompts, generated = workload["prompt_ids"], workload["generated_tokens"]
+    prompt_ids = sum(len(p) for p in prompts)
+    if prompt_ids + len(prompts) * generated > REPLAY_MAX_POSITIONS:
+        return Verdict.FAIL, (
+            f"cannot replay: workload.prompt_ids ({len(prompts)} prompts, {prompt_ids:,} ids) "
+            f"and workload.generated_tokens = {generated:,} make "
+            f"{prompt_ids + len(prompts) * generated:,} token positions, more than the "
+            f"{REPLAY_MAX_POSITIONS:,} a replay runs"
+        )
     try:
         ids, kernel_ids = replay_workload(ctx.doc, model.path)
     except (PyBitnetError, ImportError) as exc:

@@ -93,8 +93,8 @@ def check_token_counts(ctx: Context) -> Result:
         return Verdict.SKIP, "a kernels receipt generates no tokens"
     w, ids = ctx.doc["workload"], ctx.doc["outputs"]["token_ids"]
     problems = []
-    lengths = [len(row) for row in ids]
-    if lengths != [w["generated_tokens"]] * w["batch"]:
+    lengths = [len(row) for row in ids]  # compared with the workload's, never built from it
+    if not _all_equal(lengths, w["batch"], w["generated_tokens"]):
         problems.append(
             f"outputs.token_ids holds sequences of {lengths} ids; the workload generated "
             f"batch={w['batch']} sequences of generated_tokens={w['generated_tokens']}"
@@ -105,7 +105,9 @@ def check_token_counts(ctx: Context) -> Result:
             f"{token_ids_sha256(ids)}"
         )
     prompts = w.get("prompt_ids")
-    if prompts is not None and [len(p) for p in prompts] != [w["prompt_tokens"]] * w["batch"]:
+    if prompts is not None and not _all_equal(
+        [len(p) for p in prompts], w["batch"], w["prompt_tokens"]
+    ):
         problems.append(
             f"workload.prompt_ids holds prompts of {[len(p) for p in prompts]} ids; the workload "
             f"has batch={w['batch']} prompts of prompt_tokens={w['prompt_tokens']}"
@@ -118,6 +120,11 @@ def check_token_counts(ctx: Context) -> Result:
         if run["kind"] == "decode" and run["n_tokens"] != generated
     ]
     return outcome(problems, f"{sum(lengths)} generated ids agree with the workload and runs")
+
+
+def _all_equal(lengths: list[int], count: int, length: int) -> bool:
+    """Whether there are `count` lengths, each `length`."""
+    return len(lengths) == count and all(n == length for n in lengths)
 
 
 def check_vocabulary(ctx: Context) -> Result:
