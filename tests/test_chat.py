@@ -18,7 +18,7 @@ from pybitnet.chat import (
     render_chat,
     template_for,
 )
-from pybitnet.errors import ModelError, SamplingError, TemplateError
+from pybitnet.errors import ContextError, ModelError, SamplingError, TemplateError
 from pybitnet.generate import Completion, Model
 from pybitnet.tokenizer import Tokenizer
 
@@ -189,10 +189,14 @@ def test_a_long_history_costs_a_few_renders(tiny: Model, monkeypatch) -> None:
 def test_a_history_that_fits_is_kept_whole(tiny: Model) -> None:
     assert fit_conversation(tiny, long_history(1)).dropped == []
     # Only the newest message left and still too long: nothing more to drop, generation says so.
-    huge = [{"role": "user", "content": "story " * 600}]
-    assert fit_conversation(tiny, huge).dropped == []
-    with pytest.raises(ModelError, match="context holds 512"):
-        tiny.chat(huge)
+    long = [{"role": "user", "content": "story " * 300}]
+    assert fit_conversation(tiny, long).dropped == []
+    with pytest.raises(ContextError, match="context holds 512"):
+        tiny.chat(long)
+    # So long that its characters alone say so: refused before it is rendered and tokenized.
+    huge = [{"role": "user", "content": "story " * 10_000}]
+    with pytest.raises(ContextError, match="newest turn have 60000 characters, more than a con"):
+        fit_conversation(tiny, huge)
 
 
 def test_a_reply_budget_is_the_rest_of_the_context(tiny: Model) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pybitnet.chat_template import DEFAULT_LIMITS, Limits, render_template
+from pybitnet.errors import ContextError
 from pybitnet.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -94,10 +95,17 @@ def fit_conversation(
     cuts = _turn_starts(turns)
     # A token stands for at most max_token_chars characters, so a history with more text than
     # the context could hold in them cannot fit: such cuts are passed over without a render.
-    most_chars = (model.n_ctx - reserve) * model.tokenizer.max_token_chars
-    chars = [len(m["content"]) if isinstance(m.get("content"), str) else 0 for m in turns]
-    low = next((j for j, c in enumerate(cuts) if sum(chars[c:]) <= most_chars), len(cuts) - 1)
+    per_token = model.tokenizer.max_token_chars
+    chars = [_text_chars(m) for m in turns]
+    kept_chars = [sum(_text_chars(m) for m in system) + sum(chars[c:]) for c in cuts]
     high = len(cuts) - 1  # the newest turn alone is kept whether it fits or not
+    if kept_chars[high] > model.n_ctx * per_token:  # not worth a render to find out
+        raise ContextError(
+            f"the system prompt and the newest turn have {kept_chars[high]} characters, more "
+            f"than a context of {model.n_ctx} tokens can hold"
+        )
+    most = (model.n_ctx - reserve) * per_token
+    low = next((j for j, n in enumerate(kept_chars) if n <= most), high)
     fitted: dict[int, list[int]] = {}
 
     def prompt(j: int) -> list[int]:
@@ -113,6 +121,12 @@ def fit_conversation(
         else:
             low = middle + 1
     return FittedChat(prompt(low), turns[: cuts[low]])
+
+
+def _text_chars(message: dict[str, Any]) -> int:
+    """The characters of a message's text (none counted for other kinds of content)."""
+    content = message.get("content")
+    return len(content) if isinstance(content, str) else 0
 
 
 def _turn_starts(turns: Sequence[dict[str, Any]]) -> list[int]:

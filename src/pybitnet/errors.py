@@ -26,6 +26,10 @@ class ModelError(PyBitnetError):
     """A model's metadata or tensors do not describe a model pybitnet can run."""
 
 
+class ContextError(ModelError):
+    """A prompt cannot fit the model's context."""
+
+
 class SamplingError(PyBitnetError):
     """A sampling parameter, a logits vector or a stop string is invalid."""
 

@@ -17,7 +17,7 @@ from pybitnet import decode
 from pybitnet.chat import fit_conversation, render_chat, template_for
 from pybitnet.data import default_model_path
 from pybitnet.engine import Engine
-from pybitnet.errors import ModelError
+from pybitnet.errors import ContextError, ModelError
 from pybitnet.gguf import open_gguf
 from pybitnet.model import ModelConfig, Weights
 from pybitnet.sampling import SamplerConfig
@@ -185,7 +185,7 @@ class Model:
         if not ids:
             raise ModelError(f"{self.path}: the prompt is empty and the model adds no BOS token")
         if len(ids) >= self.n_ctx:
-            raise ModelError(
+            raise ContextError(
                 f"{self.path}: the prompt has {len(ids)} tokens; the context holds {self.n_ctx}, "
                 "so there is no room to generate"
             )

@@ -26,6 +26,7 @@ from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from pybitnet.chat import fit_conversation
+from pybitnet.errors import ContextError
 from pybitnet.generate import Model
 from pybitnet.sampling import SamplerConfig
 from pybitnet.server.config import FINAL_WORDS_SECONDS, ServerConfig
@@ -74,7 +75,15 @@ class Serving:
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Answer:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         max_tokens = body.max_completion_tokens or body.max_tokens
-        fitted = await self._off_loop(fit_conversation, self.model, messages, max_tokens)
+        try:
+            fitted = await self._off_loop(fit_conversation, self.model, messages, max_tokens)
+        except ContextError as exc:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {self.model.n_ctx} tokens; {exc}.",
+                code="context_length_exceeded",
+                param="messages",
+            ) from None
         gen = self._generation(body, fitted.prompt, max_tokens)
         answer = await self._answer(request, body, gen, Reply.chat_completion(self.model_id))
         if not fitted.dropped:
