@@ -35,7 +35,7 @@ from pybitnet.engine.forward import PREFILL_CHUNK
 from pybitnet.errors import SamplingError
 from pybitnet.model.config import ModelConfig
 from pybitnet.sampling import Sampler, SamplerConfig, StopStrings
-from pybitnet.speculative import MAX_DRAFT_TOKENS, prompt_lookup
+from pybitnet.speculative import MAX_DRAFT_TOKENS, PromptLookup
 from pybitnet.tokenizer import StreamDecoder, Tokenizer
 
 __all__ = ["PREFILL_CHUNK", "ForwardPass", "Generation", "prefill", "run", "step"]
@@ -98,7 +98,7 @@ class Generation:
         self.pending = list(prompt_ids)  # tokens not yet in the cache
         self.history = list(prompt_ids)  # what the repetition penalty looks back over
         self.token_ids: list[int] = []  # generated, end-of-generation id excluded
-        self.draft_tokens = draft_tokens
+        self.drafter = PromptLookup(draft_tokens)
         self.drafts: list[int] = []  # fed after the last sampled token, to be verified
         self.drafted = self.accepted = self.steps = 0
         self.finish_reason: str | None = None if max_tokens > 0 else "length"
@@ -126,13 +126,14 @@ class Generation:
         rejected = len(self.drafts) - verified
         if rejected:
             self.cache.truncate(self.cache.length - rejected)
+        self.drafter.verified(len(self.drafts), verified)
         self.drafted += len(self.drafts)
         self.accepted += verified
         self.steps += 1
         if self.finished:
             self.drafts = []
         else:
-            self.drafts = prompt_lookup(self.history, self._draft_room())
+            self.drafts = self.drafter.draft(self.history, self._draft_room())
             self.pending = [token, *self.drafts]
         return text
 
@@ -152,10 +153,10 @@ class Generation:
     def _draft_room(self) -> int:
         """Tokens worth drafting now: a pass of 1 + k tokens yields k + 1 at most, and must fit
         the cache."""
-        if not self.draft_tokens:
+        if not self.drafter.limit:
             return 0
         left = self.max_tokens - len(self.token_ids)
-        return min(self.draft_tokens, left - 1, self.cache.n_ctx - self.cache.length - 1)
+        return min(left - 1, self.cache.n_ctx - self.cache.length - 1)
 
     def _finish(self, reason: str) -> str:
         self.finish_reason = reason

@@ -15,7 +15,27 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 NGRAM_MAX = 3  # the longest suffix looked up; longer ones rarely change the match
-MAX_DRAFT_TOKENS = 32  # drafted tokens a step at most: a verifying pass stays far below a chunk
+# Drafted tokens a step at most: a pass of up to 16 rows (csrc/float_tiles.h's kStreamRows) sums
+# each row of a dense matmul in the order a pass of one row does; more rows take other tiles.
+MAX_DRAFT_TOKENS = 15
+
+
+class PromptLookup:
+    """Drafts by prompt lookup, as many tokens as the last verification suggests will hold:
+    after a miss one more than were accepted, after a full hit twice as many, at most `limit`.
+    A pass costs more with each row (about 2x for 8 drafts on a small model), so a sequence
+    whose drafts keep missing drafts one token a step, and one that copies drafts many."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = self.length = limit
+
+    def draft(self, ids: Sequence[int], room: int) -> list[int]:
+        """The next draft for the sequence ids, of `room` tokens at most."""
+        return prompt_lookup(ids, min(self.length, room))
+
+    def verified(self, drafted: int, accepted: int) -> None:
+        if drafted:
+            self.length = min(self.limit, 2 * drafted if accepted == drafted else accepted + 1)
 
 
 def prompt_lookup(ids: Sequence[int], max_tokens: int) -> list[int]:
