@@ -20,8 +20,9 @@ by prompt lookup (speculative.py), and the step returns the logits of every posi
 sequence samples each row in turn, as it would one step at a time, and keeps going while the
 token it drew is the draft the next row was computed after; the keys and values of the drafts
 after the first miss are dropped (the cache's length set back). Every row's logits are the ones a
-one-token pass gives (the kernels treat each row alone, bit for bit), and each token takes one
-draw of the same seeded sampler, so the ids are those of plain decoding, greedy or sampled.
+one-token pass gives (the kernels treat each row alone, bit for bit, but for an F16 matrix: see
+docs/SPEC.md §5), and each token takes one draw of the same seeded sampler, so the ids are those
+of plain decoding, greedy or sampled.
 """
 
 from __future__ import annotations
