@@ -170,7 +170,8 @@ def step(forward: ForwardPass, batch: Sequence[Generation]) -> list[np.ndarray |
     """One forward pass over the batch (every sequence unfinished, with tokens to feed). Returns,
     for each sequence, the logits (rows, vocab) that predict its next tokens: one row, or one
     more per draft it fed; None while its prompt is still being prefilled."""
-    # Drafts need the logits of every position; without them the output layer reads one a sequence.
+    # Drafts need the logits of every position (a prefill chunk beside them then gets all its
+    # rows' too: output-layer work a batch that drafts could skip); else one a sequence.
     last_only = not any(gen.drafts for gen in batch)
     rows = forward.forward_batch([(gen.feed(), gen.cache) for gen in batch], last_only=last_only)
     return [
