@@ -179,10 +179,10 @@ def test_ids_past_the_tokenizer_are_never_sampled(model):
     gen = decode.Generation(
         [1], None, tokenizer=model.tokenizer, sampling=SAMPLERS["greedy"], max_tokens=2
     )
-    gen.advance(logits)
+    gen.advance(logits[None])
     assert gen.token_ids == [7]
     ids_only = decode.Generation(
         [1], None, tokenizer=None, sampling=SAMPLERS["greedy"], max_tokens=2
     )
-    ids_only.advance(logits)
+    ids_only.advance(logits[None])
     assert ids_only.token_ids == [vocab + 50]  # without a tokenizer every row is an id

@@ -34,6 +34,10 @@ class Completion:
     # Wall-clock milliseconds: the prompt's prefill, then sampling every generated token.
     prompt_ms: float = 0.0
     generation_ms: float = 0.0
+    # Speculative decoding (draft_tokens > 0): tokens drafted and accepted, passes that sampled.
+    drafted: int = 0
+    accepted: int = 0
+    steps: int = 0
 
 
 class Model:
@@ -106,10 +110,17 @@ class Model:
         max_tokens: int = 128,
         stop: Sequence[str] = (),
         parse_special: bool = False,
+        draft_tokens: int = 0,
         **sampling: Any,
     ) -> Completion:
+        """The continuation of the prompt. ``draft_tokens=k`` decodes speculatively: up to k
+        tokens drafted a step by prompt lookup, verified in one pass (decode.py); the ids are
+        the same as without."""
         result = Completion()
-        for _ in self._pieces(prompt, result, max_tokens, stop, parse_special, sampling):
+        pieces = self._pieces(
+            prompt, result, max_tokens, stop, parse_special, draft_tokens, sampling
+        )
+        for _ in pieces:
             pass
         return result
 
@@ -121,12 +132,15 @@ class Model:
         stop: Sequence[str] = (),
         parse_special: bool = False,
         result: Completion | None = None,
+        draft_tokens: int = 0,
         **sampling: Any,
     ) -> Iterator[str]:
         """Yields the continuation's text piece by piece (never half a UTF-8 character);
         ``result`` receives the ids, finish_reason and timings as they come."""
         result = Completion() if result is None else result
-        yield from self._pieces(prompt, result, max_tokens, stop, parse_special, sampling)
+        yield from self._pieces(
+            prompt, result, max_tokens, stop, parse_special, draft_tokens, sampling
+        )
 
     def generate(self, prompt: str | Sequence[int], **options: Any) -> str:
         return self.complete(prompt, **options).text
@@ -149,6 +163,7 @@ class Model:
         *,
         max_tokens: int | None = None,
         stop: Sequence[str] = (),
+        draft_tokens: int = 0,
         **sampling: Any,
     ) -> Iterator[str]:
         """Streams the reply to the messages that fit the context (`chat.fit_conversation`:
@@ -157,7 +172,9 @@ class Model:
         result = Completion() if result is None else result
         fitted = fit_conversation(self, messages, max_tokens)
         result.dropped = fitted.dropped
-        yield from self._pieces(fitted.prompt, result, max_tokens, stop, True, sampling)
+        yield from self._pieces(
+            fitted.prompt, result, max_tokens, stop, True, draft_tokens, sampling
+        )
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         """The prompt of a conversation, rendered within chat_template.Limits' bounds; a failure
@@ -175,6 +192,7 @@ class Model:
         max_tokens: int | None,
         stop: Sequence[str],
         parse_special: bool,
+        draft_tokens: int,
         sampling: dict[str, Any],
     ) -> Iterator[str]:
         ids = (
@@ -200,6 +218,7 @@ class Model:
             sampling=SamplerConfig(**sampling),
             max_tokens=min(max_tokens, room),
             stop=stop,
+            draft_tokens=draft_tokens,
         )
         result.prompt_tokens = len(ids)  # the request is valid: generation starts
         result.token_ids = gen.token_ids  # filled as the loop runs
@@ -219,6 +238,7 @@ class Model:
                 result.text += text
                 yield text
         result.generation_ms = 1e3 * (time.perf_counter() - started)
+        result.drafted, result.accepted, result.steps = gen.drafted, gen.accepted, gen.steps
 
 
 def load(

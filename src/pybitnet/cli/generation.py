@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     from pybitnet.chat import ChatSession
 
 
+def _check_draft_tokens(value: int) -> int:
+    from pybitnet.speculative import MAX_DRAFT_TOKENS  # numpy: imported when `run` runs only
+
+    return within(0, MAX_DRAFT_TOKENS)(value)
+
+
 def run(
     prompt: Annotated[
         str | None,
@@ -50,6 +56,15 @@ def run(
     stop: StopOption = None,
     threads: ThreadsOption = None,
     output_head: OutputHeadOption = None,
+    draft_tokens: Annotated[
+        int,
+        typer.Option(
+            callback=_check_draft_tokens,
+            help="Speculative decoding: draft up to this many tokens a step by looking the last "
+            "ones up in the prompt and text so far, verified in one pass; the same output, faster "
+            "on text that copies its prompt (0: off).",
+        ),
+    ] = 0,
     json_output: JsonFlag = False,
     profile: Annotated[
         bool, flag("--profile", "Print each kernel's calls and time to stderr.")
@@ -77,6 +92,7 @@ def run(
         min_p=min_p,
         repeat_penalty=repeat_penalty,
         seed=seed,
+        draft_tokens=draft_tokens,
     )
     pieces, done, timings = timed_pieces(m, prompt, options, load_s)
     start = time.perf_counter()
@@ -86,6 +102,7 @@ def run(
                 pass
             figures = timings().as_dict()
             report = dict(model=str(m.path), prompt=prompt, seed=seed, **vars(done))
+            report["tokens_per_step"] = len(done.token_ids) / done.steps if done.steps else 0.0
             print(json.dumps({**report, "timings": figures}, ensure_ascii=False))
         else:
             write_streamed(pieces)

@@ -29,6 +29,13 @@ class CacheSpan:
     def reset(self) -> None:
         self.length = 0
 
+    def truncate(self, length: int) -> None:
+        """Forgets the positions from `length` on (drafts the model rejected): attention reads
+        only the first `length` positions, and the next tokens overwrite the rest."""
+        if not 0 <= length <= self.length:
+            raise ModelError(f"cannot truncate a cache of {self.length} positions to {length}")
+        self.length = length
+
 
 class ReferenceCache(CacheSpan):
     """The float64 reference's keys and values of every layer for the positions seen so far."""
