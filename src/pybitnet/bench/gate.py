@@ -33,6 +33,7 @@ reading in gate_config.py, the terminal, Markdown and check-run forms in gate_ou
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,18 @@ from typing import Any
 import numpy as np
 
 from pybitnet.bench.gate_config import GateConfig, Slo, load_gate_config
-from pybitnet.bench.gate_output import print_report, to_check_run, to_markdown, write_report
-from pybitnet.bench.gate_stats import Comparison, Verdict, compare_metric, compare_paired_metric
+from pybitnet.bench.gate_output import (
+    print_report,
+    to_check_run,
+    to_markdown,
+    write_report,
+)
+from pybitnet.bench.gate_stats import (
+    Comparison,
+    Verdict,
+    compare_metric,
+    compare_paired_metric,
+)
 from pybitnet.bench.receipt import load_receipt
 from pybitnet.errors import BenchError
 
@@ -134,9 +145,13 @@ def compare_pairs(
     """Compare pairs of validated receipts (baseline, current) measured interleaved, each metric
     pair by pair. Raises BenchError when any two are not comparable."""
     config = config or GateConfig()
+    order = _check_interleaved(pairs)
     first_base, first_cur = pairs[0]
     for base, cur in pairs:
-        for other in (first_base, cur):  # every receipt measures the first one's workload
+        for other in (
+            first_base,
+            cur,
+        ):  # every receipt measures the first one's workload
             _check_comparable(other, base)
     runs = [(_runs_by_key(base), _runs_by_key(cur)) for base, cur in pairs]
     comparisons = [
@@ -146,7 +161,7 @@ def compare_pairs(
     ]
     currents = [cur for _, cur in pairs]
     slo_checks, slo_notes = _check_slos(_pooled(currents), config.slos)
-    notes = _notes(first_base, first_cur) + [_identity_note(first_base, first_cur)]
+    notes = _notes(first_base, first_cur) + [_identity_note(first_base, first_cur, order)]
     return GateReport(comparisons, slo_checks, notes + slo_notes, pairs=len(pairs))
 
 
@@ -203,10 +218,34 @@ def _notes(baseline: dict[str, Any], current: dict[str, Any]) -> list[Note]:
     return notes
 
 
-def _identity_note(baseline: dict[str, Any], current: dict[str, Any]) -> Note:
-    """What the pairs compare: the commits the receipts were measured with (tool.git_commit)."""
+def _check_interleaved(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    """Refuse pairs that were not measured one after the other, each pair's two receipts next to
+    each other in time (created_at), so that no pair spans another's; return the order measured,
+    B for baseline and C for current ("BCCB...")."""
+    times = [(_created_at(base), _created_at(cur)) for base, cur in pairs]
+    for k in range(len(times) - 1):
+        if max(times[k]) >= min(times[k + 1]):
+            stamps = [f"{b['created_at']}, {c['created_at']}" for b, c in pairs[k : k + 2]]
+            raise BenchError(
+                f"cannot compare pairs {k + 1} and {k + 2}: their receipts were not measured "
+                f"one pair after the other (created_at {stamps[0]} then {stamps[1]}); "
+                "give the pairs in the order measured"
+            )
+    return "".join("BC" if base < cur else "CB" for base, cur in times)
+
+
+def _created_at(receipt: dict[str, Any]) -> dt.datetime:
+    return dt.datetime.fromisoformat(receipt["created_at"])
+
+
+def _identity_note(baseline: dict[str, Any], current: dict[str, Any], order: str) -> Note:
+    """What the pairs compare: the commits the receipts were measured with (tool.git_commit),
+    and the order they were measured in."""
     base, cur = (doc["tool"]["git_commit"] or "unknown" for doc in (baseline, current))
-    return Note(Verdict.PASS, f"baseline: commit {base}; current: commit {cur}")
+    return Note(
+        Verdict.PASS,
+        f"baseline (B): commit {base}; current (C): commit {cur}; measured in the order {order}",
+    )
 
 
 def _pooled(receipts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -228,7 +267,11 @@ def _check_comparable(baseline: dict[str, Any], current: dict[str, Any]) -> None
     # The number of repetitions may differ: it changes the confidence, not what is measured.
     for key in sorted((baseline["workload"].keys() | current["workload"].keys()) - {"repetitions"}):
         pairs.append(
-            (f"workload.{key}", baseline["workload"].get(key), current["workload"].get(key))
+            (
+                f"workload.{key}",
+                baseline["workload"].get(key),
+                current["workload"].get(key),
+            )
         )
     base_runs, cur_runs = _runs_by_key(baseline), _runs_by_key(current)
     for key in base_runs.keys() & cur_runs.keys():

@@ -17,10 +17,11 @@ the distribution). With MIN_PAIRS pairs, every pair must be worse than the thres
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binom, mannwhitneyu
+from scipy.stats import mannwhitneyu
 
 from pybitnet.bench.gate_config import GateConfig
 
@@ -179,15 +180,20 @@ def compare_paired_metric(
 
 def sign_test_p(count: int, n: int) -> float:
     """One-sided sign test: P(at least `count` of `n` fair coin flips land one way)."""
-    return float(binom.sf(count - 1, n, 0.5))
+    return 1 - _coin_cdf(count - 1, n)
+
+
+def _coin_cdf(k: int, n: int) -> float:
+    """P(at most k of n fair coin flips land one way), exactly (n is a few dozen at most)."""
+    return sum(math.comb(n, i) for i in range(k + 1)) / 2**n
 
 
 def median_interval(x: np.ndarray) -> tuple[float, float]:
     """Distribution-free interval of the median (order statistics), at least CONFIDENCE where
     the sample allows it, else the whole range."""
     ordered, tail = np.sort(x), (1 - CONFIDENCE) / 2
-    k = 0  # values left out on each side: P(the median lies beyond) = binom.cdf(k - 1, n, 0.5)
-    while k < (x.size - 1) // 2 and binom.cdf(k, x.size, 0.5) <= tail:
+    k = 0  # values left out on each side: P(the median lies beyond) = _coin_cdf(k - 1, n)
+    while k < (x.size - 1) // 2 and _coin_cdf(k, x.size) <= tail:
         k += 1
     return float(ordered[k]), float(ordered[-1 - k])
 
