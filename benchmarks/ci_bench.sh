@@ -44,7 +44,7 @@ else
   fi
   tree="$out/base-tree"
   trap 'git worktree remove --force "$tree" >/dev/null 2>&1 || true' EXIT
-  git worktree add --detach -f "$tree" "$rev" >/dev/null
+  git worktree add -q --detach -f "$tree" "$rev"
   echo "ci_bench: building the base revision $rev into $tree/.site"
   # Installed inside its worktree, so that its receipts name its commit (tool.git_commit).
   "$python" -m pip install -q --no-deps --target "$tree/.site" "$tree"

@@ -451,3 +451,20 @@ def test_the_bootstrap_memory_does_not_grow_with_the_sample():
         tracemalloc.stop()
     assert peak < 40e6, peak
     assert low < 0 < high
+
+
+def test_a_run_on_another_kernel_is_compared_and_noted(make_kernel_receipt):
+    base, slower = make_kernel_receipt(0), make_kernel_receipt(1, speed=0.5)
+    slower["runs"][0]["kernel_id"] = "bitlinear_scalar"  # a tier lost: what the gate is for
+    report = g.compare_receipts(base, slower)
+    assert report.verdict == g.Verdict.FAIL
+    assert "ran kernel bitlinear_scalar (baseline: i2s_gemv)" in report.notes[0].text
+
+
+def test_slos_over_pairs_are_checked_on_the_pooled_current_samples(make_receipt):
+    pairs = interleaved_pairs(make_receipt, 6)
+    medians = [np.median(r["samples"]["tokens_per_second"]) for _, c in pairs for r in c["runs"]]
+    slo = g.Slo("decode_tokens_per_second_min", "decode", "tokens_per_second", "min", 1e9)
+    report = g.compare_pairs(pairs, GateConfig(slos=(slo,)))
+    assert [s.verdict for s in report.slo_checks] == [g.Verdict.FAIL, g.Verdict.FAIL]
+    assert min(medians) <= report.slo_checks[0].value <= max(medians)
