@@ -147,11 +147,8 @@ def compare_pairs(
     config = config or GateConfig()
     order = _check_interleaved(pairs)
     first_base, first_cur = pairs[0]
-    for base, cur in pairs:
-        for other in (
-            first_base,
-            cur,
-        ):  # every receipt measures the first one's workload
+    for base, cur in pairs:  # every receipt measures the first one's workload
+        for other in (first_base, cur):
             _check_comparable(other, base)
     runs = [(_runs_by_key(base), _runs_by_key(cur)) for base, cur in pairs]
     comparisons = [
