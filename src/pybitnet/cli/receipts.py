@@ -24,9 +24,8 @@ def gate(
     receipts: Annotated[
         list[Path],
         typer.Argument(
-            metavar="BASELINE CURRENT [BASELINE CURRENT]...",
-            help="Receipts in pairs, the one to compare against first: one pair is compared "
-            "from its samples; several, measured interleaved, pair by pair (a sign test).",
+            help="Receipts in pairs, BASELINE CURRENT [BASELINE CURRENT]...: one pair is "
+            "compared from its samples; several, measured interleaved, pair by pair (a sign test).",
         ),
     ],
     config: Annotated[Path | None, typer.Option(help="TOML file of thresholds and SLOs.")] = None,
