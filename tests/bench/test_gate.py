@@ -10,22 +10,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from helpers.gate import LATENCY, TAILS, THROUGHPUT, run_cli, verdicts
 from pybitnet.bench import gate as g
 from pybitnet.bench.receipt import write_receipt
-from pybitnet.cli import main
 from pybitnet.errors import BenchError
-
-THROUGHPUT = {"tokens_per_second", "elements_per_second"}
-LATENCY = {"ttft_ms", "itl_p50_ms"}
-TAILS = {"itl_p90_ms", "itl_p99_ms"}  # reported, never gated
-
-
-def verdicts(report: g.GateReport) -> dict[str, set[g.Verdict]]:
-    """The verdicts of each metric, over every run."""
-    out: dict[str, set[g.Verdict]] = {}
-    for c in report.comparisons:
-        out.setdefault(c.metric, set()).add(c.verdict)
-    return out
 
 
 def test_a_clear_slowdown_fails_every_time_metric_and_leaves_memory_alone(make_receipt):
@@ -247,13 +235,6 @@ def receipt_files(tmp_path, make_receipt):
     return files
 
 
-def run_cli(monkeypatch, *args: object) -> int:
-    monkeypatch.setattr(sys, "argv", ["pybitnet", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code
-
-
 @pytest.mark.parametrize(("current", "code"), [("same", 0), ("slower", 1), ("faster", 3)])
 def test_cli_exit_codes(monkeypatch, receipt_files, current, code):
     assert run_cli(monkeypatch, "gate", receipt_files["base"], receipt_files[current]) == code
@@ -307,3 +288,11 @@ def test_terminal_report_shows_names_literally(make_receipt):
     text = console.export_text()
     assert "pp[bold]32" in text and "FAIL: whole interval more than 5% worse" in text
     assert "FAIL: 8 regressed" in text
+
+
+def test_a_run_on_another_kernel_is_compared_and_noted(make_kernel_receipt):
+    base, slower = make_kernel_receipt(0), make_kernel_receipt(1, speed=0.5)
+    slower["runs"][0]["kernel_id"] = "bitlinear_scalar"  # a tier lost: what the gate is for
+    report = g.compare_receipts(base, slower)
+    assert report.verdict == g.Verdict.FAIL
+    assert "ran kernel bitlinear_scalar (baseline: i2s_gemv)" in report.notes[0].text

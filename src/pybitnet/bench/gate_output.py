@@ -12,7 +12,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pybitnet.bench.gate_stats import CONFIDENCE, RESAMPLES, Comparison, Verdict
+from pybitnet.bench.gate_stats import (
+    ALPHA,
+    CONFIDENCE,
+    REPORTED_ONLY,
+    RESAMPLES,
+    Comparison,
+    Verdict,
+)
 from pybitnet.bench.tables import markdown_table
 from pybitnet.errors import BenchError
 
@@ -120,9 +127,23 @@ def _title(report: GateReport) -> str:
 
 
 def _summary(report: GateReport) -> str:
+    tails = ", ".join(sorted(REPORTED_ONLY))
+    gated = (
+        f"Gated: every metric but {tails}, reported only: a tail over a few dozen gaps measures "
+        "the machine's other work."
+    )
+    if not report.pairs:
+        return (
+            f"{_title(report)}. Change = current / baseline median - 1, with a {CONFIDENCE:.0%} "
+            f"bootstrap interval ({RESAMPLES} resamples); p = two-sided Mann-Whitney U. {gated}"
+        )
     return (
-        f"{_title(report)}. Change = current / baseline median - 1, with a {CONFIDENCE:.0%} "
-        f"bootstrap interval ({RESAMPLES} resamples); p = two-sided Mann-Whitney U."
+        f"{_title(report)}. {report.pairs} pairs of receipts measured interleaved in this job; "
+        "change = the median over pairs of current / baseline (each receipt's median) - 1, "
+        f"with a distribution-free interval of at least {CONFIDENCE:.0%} (order statistics); "
+        "p = one-sided sign test that the pairs are worse (or better) than the threshold. "
+        f"A metric FAILs at p <= {ALPHA:.2g}: its false-alarm rate is at most {ALPHA:.2g} "
+        f"whenever its true slowdown is within the threshold. {gated}"
     )
 
 

@@ -21,18 +21,23 @@ ReceiptOption = Annotated[
 
 
 def gate(
-    baseline: Annotated[Path, typer.Argument(help="The receipt to compare against.")],
-    current: Annotated[Path, typer.Argument(help="The receipt to judge.")],
+    receipts: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Receipts in pairs, BASELINE CURRENT [BASELINE CURRENT]...: one pair is "
+            "compared from its samples; several, measured interleaved, pair by pair (a sign test).",
+        ),
+    ],
     config: Annotated[Path | None, typer.Option(help="TOML file of thresholds and SLOs.")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Also write Markdown here.")] = None,
     json_path: Annotated[
         Path | None, typer.Option("--json-file", help="Also write a CI check run (JSON) here.")
     ] = None,
 ) -> None:
-    """Compare two receipts; exit 0 pass, 1 fail, 3 attention, 2 bad input."""
+    """Compare receipts; exit 0 pass, 1 fail, 3 attention, 2 bad input."""
     from pybitnet.bench.gate import print_report, run_gate, write_report
 
-    report = run_gate(baseline, current, config)
+    report = run_gate(receipts, config)
     print_report(report)
     write_report(report, markdown, json_path)
     raise typer.Exit(report.exit_code)
