@@ -59,16 +59,18 @@ inline void decode_q5_k(const uint8_t *b, int j, float *out) {
 // Elements 32j .. 32j + 31 of a Q6_K super-block b: 128 bytes of low nibbles, 64 of high bit
 // pairs, 16 int8 scales (one a 16 elements), f16 d. Element 128h + 32k + l: the nibble of
 // ql[64h + 32 (k % 2) + l] (high for k >= 2), bit pair k of qh[32h + l].
-inline void decode_q6_k(const uint8_t *b, int j, float *out) {
-    const int h = j / 4, k = j % 4;
+inline void decode_q6_k(const uint8_t *b, int j, float *__restrict out) {
+    const int h = j / 4, k = j % 4, low_shift = 4 * (k / 2), high_shift = 2 * k;
     const uint8_t *ql = b + 64 * h + 32 * (k % 2), *qh = b + 128 + 32 * h;
     const int8_t *sc = reinterpret_cast<const int8_t *>(b + 192);
-    const float d = f16_at(b + 208);
-    const float scale[2] = {d * static_cast<float>(sc[2 * j]), d * static_cast<float>(sc[2 * j + 1])};
-    for (int l = 0; l < 32; ++l) {
-        const int q = ((ql[l] >> (4 * (k / 2))) & 15) | (((qh[l] >> (2 * k)) & 3) << 4);
-        out[l] = scale[l / 16] * static_cast<float>(q - 32);
-    }
+    const float d = f16_at(b + 208), scale0 = d * sc[2 * j], scale1 = d * sc[2 * j + 1];
+    // The codes as bytes first, then one scale a 16 elements: loops of fixed length, which the
+    // compiler widens to whole vectors (a scale chosen per element kept it to 4 lanes).
+    uint8_t q[32];
+    for (int l = 0; l < 32; ++l)
+        q[l] = static_cast<uint8_t>(((ql[l] >> low_shift) & 15) | (((qh[l] >> high_shift) & 3) << 4));
+    for (int l = 0; l < 16; ++l) out[l] = scale0 * static_cast<float>(q[l] - 32);
+    for (int l = 16; l < 32; ++l) out[l] = scale1 * static_cast<float>(q[l] - 32);
 }
 
 // Columns 32c .. 32c + 31 of row r of w as floats (zeros past the row's end).
