@@ -10,6 +10,8 @@ rounding may pick another scale in rare near-ties.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from pybitnet.formats._blocks import f16_to_f32, f32_to_f16_bytes
@@ -17,6 +19,19 @@ from pybitnet.formats._blocks import f16_to_f32, f32_to_f16_bytes
 F32 = np.float32
 QK_K = 256
 GROUP_MAX_EPS = F32(1e-15)  # a sub-block with max|x| below this is all zeros
+_CHUNK = 1 << 12  # super-blocks quantized at once: the temporaries stay a few MB
+
+
+def quantize_superblocks(
+    values: np.ndarray, type_size: int, quantize_blocks: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``values`` as 256-element super-blocks through ``quantize_blocks`` ((B, 256) float32 ->
+    (B, type_size) bytes), a chunk at a time, as one 1-D uint8 array."""
+    blocks = values.reshape(-1, QK_K)
+    # divisions by zero and overflows are the reference's too; their results are masked or kept
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        parts = [quantize_blocks(blocks[i : i + _CHUNK]) for i in range(0, len(blocks), _CHUNK)]
+    return np.concatenate(parts or [np.zeros((0, type_size), np.uint8)]).reshape(-1)
 
 
 def nearest_int(x: np.ndarray) -> np.ndarray:

@@ -16,11 +16,15 @@ from __future__ import annotations
 import numpy as np
 
 from pybitnet.formats._blocks import F16_INF, as_blocks
-from pybitnet.formats._kquants import QK_K, dequantize_scale_min, quantize_scale_min
+from pybitnet.formats._kquants import (
+    QK_K,
+    dequantize_scale_min,
+    quantize_scale_min,
+    quantize_superblocks,
+)
 
 BLOCK = QK_K
 TYPE_SIZE = 176
-_CHUNK = 1 << 12  # super-blocks quantized at once: the temporaries stay a few MB
 _BITS = np.arange(8, dtype=np.uint8)[:, None]  # sub-block k's high bits: bit k of qh
 
 
@@ -34,11 +38,7 @@ def _quantize_blocks(blocks: np.ndarray) -> np.ndarray:
 
 
 def quantize(values: np.ndarray) -> np.ndarray:
-    blocks = values.reshape(-1, BLOCK)
-    # divisions by zero and overflows are the reference's too; their results are masked or kept
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        parts = [_quantize_blocks(blocks[i : i + _CHUNK]) for i in range(0, len(blocks), _CHUNK)]
-    return np.concatenate(parts or [np.zeros((0, TYPE_SIZE), np.uint8)]).reshape(-1)
+    return quantize_superblocks(values, TYPE_SIZE, _quantize_blocks)
 
 
 def dequantize(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
