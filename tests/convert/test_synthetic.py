@@ -159,7 +159,7 @@ def test_a_larger_vocabulary_extends_the_peers_with_a_chat_format(tmp_path: Path
     [
         (dict(preset="7b"), "unknown preset '7b'"),
         (dict(arch="gpt2"), "unknown architecture 'gpt2'"),
-        (dict(weight_type="Q5_K"), "unknown weight type"),
+        (dict(weight_type="Q3_K"), "unknown weight type"),
         (dict(embd_type="I2_S"), "token_embd cannot be I2_S"),
         (dict(weight_type="TQ2_0"), r"blk\.0\.attn_q\.weight \[128, 128\].*256"),
         (dict(heads=3), "heads 3"),

@@ -58,7 +58,10 @@ def test_the_report_covers_every_ternary_path_and_head(report):
     assert [(r.path, r.compute.split(" ")[0], r.output_head) for r in report.paths] == [
         (path, compute, h)
         for path in acc.TERNARY_PATHS
-        for compute, h in (("reference", head), ("engine", head), ("engine", "q8"))
+        for compute, h in (
+            ("reference", head),
+            *(("engine", h) for h in (head, "q8", "q6_k", "q4_k")),
+        )
     ]
     tokens = model.tokenize(TEXT)
     assert report.text_tokens == len(tokens)
@@ -76,19 +79,29 @@ def test_reference_rows_show_no_difference_on_identical_weights(report):
         assert r.kernels == []
 
 
+# (cosine_min, rel_error, top1, |ppl_change|) bounds of the engine rows by output head: a few
+# times what the embedded model shows (the K-quant heads: about 0.9975 / 0.015 for q6_k, 0.93 /
+# 0.07 for q4_k, whose 4 bits move the logits of a 256-wide model visibly)
+HEAD_BOUNDS = {"q6_k": (0.99, 0.04, 0.95, 0.02), "q4_k": (0.85, 0.15, 0.9, 0.05)}
+
+
 def test_engine_rows_are_the_engines_and_close_to_the_reference(report):
     tier = kernels.selected_tier()
     for r in rows(report, "engine"):
         assert r.compute == f"engine ({tier})"
         dense = "linear_int8" if r.output_head == "q8" else f"linear_{r.output_head.lower()}"
         assert {f"bitlinear_{tier}", f"{dense}_{tier}"} <= set(r.kernels), r.kernels
-        assert r.cosine_min > 0.999 and r.top1 >= 0.95, r
-        assert 0 < r.rel_error < 0.05, r
-        assert abs(r.ppl_change) < 0.02 and r.ppl == pytest.approx(report.reference_ppl, 0.02)
-    # the head as stored is closer to the reference than the int8 one
+        cos_min, rel_error, top1, ppl_change = HEAD_BOUNDS.get(
+            r.output_head, (0.999, 0.05, 0.95, 0.02)
+        )
+        assert r.cosine_min > cos_min and r.top1 >= top1, r
+        assert 0 < r.rel_error < rel_error, r
+        assert abs(r.ppl_change) < ppl_change
+    # the head as stored is the closest to the reference; 6 bits are closer than 4
     for path in acc.TERNARY_PATHS:
-        stored, q8 = (r for r in rows(report, "engine") if r.path == path)
-        assert stored.rel_error < q8.rel_error
+        stored, q8, q6_k, q4_k = (r for r in rows(report, "engine") if r.path == path)
+        assert stored.rel_error < min(q8.rel_error, q6_k.rel_error)
+        assert q6_k.rel_error < q4_k.rel_error
 
 
 def test_engine_perplexity_is_what_the_model_api_computes(report):
@@ -98,7 +111,7 @@ def test_engine_perplexity_is_what_the_model_api_computes(report):
     bos = model.tokenizer.bos_id if model.tokenizer.add_bos else None
     ppl = perplexity(model.logits, model.tokenize(TEXT), N_CTX, bos).ppl
     for r in rows(report, "engine"):
-        if r.output_head != "q8":
+        if r.output_head not in ("q8", "q6_k", "q4_k"):
             assert r.ppl == pytest.approx(ppl, rel=1e-4), r.path
 
 
@@ -107,7 +120,7 @@ def test_the_json_is_the_report(report, tmp_path):
     acc.write_json(report, path)
     doc = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(name))
     assert doc == json.loads(json.dumps(dataclasses.asdict(report)))
-    assert len(doc["paths"]) == 9
+    assert len(doc["paths"]) == 3 * 5  # per path: the reference and the engine with 4 heads
     assert all(math.isfinite(row[k]) for row in doc["paths"] for k in ("ppl", "rel_error"))
 
 

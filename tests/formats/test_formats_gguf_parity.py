@@ -1,5 +1,7 @@
 """F32 .. TQ2_0 against the gguf package (gguf.quants), the reference kept with llama.cpp:
-quantize must give the same bytes and dequantize the same float32 bits."""
+quantize must give the same bytes and dequantize the same float32 bits. The gguf package
+dequantizes the K-quants but does not quantize them: their quantizers are held to llama.cpp's
+in test_formats_kquants.py."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ pytestmark = [
 ]
 
 BLOCK_TYPES = ["Q8_0", "Q4_0", "Q4_1", "TQ1_0", "TQ2_0"]
+K_TYPES = ["Q4_K", "Q5_K", "Q6_K"]  # dequantize only
 FLOAT_TYPES = ["F32", "F16", "BF16"]
 KINDS = ["normal", "zeros", "equal", "halves", "ternary", "extremes", "tiny"]
 EXAMPLES = settings(
@@ -131,7 +134,7 @@ def test_float_types_match_gguf_on_any_float32(data: st.DataObject, name: str) -
     check_quantize(name, bits.view(np.float32))
 
 
-@pytest.mark.parametrize("name", BLOCK_TYPES + FLOAT_TYPES)
+@pytest.mark.parametrize("name", BLOCK_TYPES + K_TYPES + FLOAT_TYPES)
 @EXAMPLES
 @given(data=st.data())
 def test_dequantize_matches_gguf_on_random_bytes(data: st.DataObject, name: str) -> None:
@@ -145,6 +148,14 @@ def test_dequantize_matches_gguf_on_random_bytes(data: st.DataObject, name: str)
 def test_dequantize_of_quantized_matches_gguf(data: st.DataObject, name: str, kind: str) -> None:
     values = data.draw(tensors(name, kind))
     check_dequantize(name, gguf_quantize(name, values), values.shape)
+
+
+@pytest.mark.parametrize("name", K_TYPES)
+@EXAMPLES
+@given(data=st.data(), kind=st.sampled_from(KINDS))
+def test_dequantize_of_our_k_quants_matches_gguf(data: st.DataObject, name: str, kind: str) -> None:
+    values = data.draw(tensors(name, kind))
+    check_dequantize(name, formats.quantize(name, values), values.shape)
 
 
 @settings(max_examples=30, deadline=None)

@@ -279,9 +279,9 @@ BAD_FILES = {
     "ne 0": (_tensors_file(("w", (4, 0), 0, 0)), r"'w': ne\[1\] = 0 is not between 1"),
     "ne huge": (_tensors_file(("w", (2**63, 1), 0, 0)), r"ne\[0\] = 9223372036854775808"),
     "product huge": (_tensors_file(("w", (2**62, 2**62, 2**62, 2**62), 0, 0)), "past the end"),
-    "type Q4_K": (
-        _tensors_file(("w", (256,), 12, 0)),
-        r"type 12 \(Q4_K in ggml\) is not supported",
+    "type Q3_K": (
+        _tensors_file(("w", (256,), 11, 0)),
+        r"type 11 \(Q3_K in ggml\) is not supported",
     ),
     "type 37": (_tensors_file(("w", (128,), 37, 0)), "type 37 is I8_S in bitnet.cpp.*ambiguous"),
     "type 38": (_tensors_file(("w", (128,), 38, 0)), "type 38 is TL1 in bitnet.cpp.*ambiguous"),

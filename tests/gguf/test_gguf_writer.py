@@ -237,7 +237,7 @@ BAD_TENSORS = [
     ([TensorSpec("\udc80", (4,), "F32", F32_4)], "the name is not encodable as UTF-8"),
     ([TensorSpec("w", (1, 1, 1, 1, 4), "F32", F32_4)], "at most 4 dimensions"),
     ([TensorSpec("w", (0, 4), "F32", F32_4)], "of size >= 1"),
-    ([TensorSpec("w", (4,), "Q5_K", F32_4)], "unknown weight type 'Q5_K'"),
+    ([TensorSpec("w", (4,), "Q3_K", F32_4)], "unknown weight type 'Q3_K'"),
     ([TensorSpec("w", (4,), "Q8_0", F32_4)], "Q8_0 needs rows that are a multiple of 32"),
     ([TensorSpec("w", (4,), "F32", np.zeros(15, np.uint8))], "takes 16 bytes, but the data has 15"),
     (

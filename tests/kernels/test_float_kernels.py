@@ -13,8 +13,17 @@ TIERS = [*NATIVE_TIERS, "numpy"]
 # (rows, cols): rows not whole tiles of 4, columns not whole 32-chunks or 512-panels
 SHAPES = [(1, 32), (5, 64), (37, 96), (70, 608), (130, 1056)]
 RAGGED_COLS = [(3, 1), (9, 33), (17, 100)]  # float formats only: any row length
+# K-quants: rows of 1, 2, 3 and 5 super-blocks of 256 (not whole 512-panels either)
+SUPER_BLOCK_SHAPES = [(1, 256), (5, 512), (37, 768), (130, 1280)]
 # n <= 16: weights streamed once (4-row blocks, remainders 1-3); n = 17: the panel path
 BATCHES = [1, 2, 3, 5, 8, 9, 16, 17]
+
+
+def shapes_for(wtype):
+    block = formats.weight_type(wtype).block_size
+    if block == 1:
+        return SHAPES + RAGGED_COLS
+    return SHAPES if block == 32 else SUPER_BLOCK_SHAPES
 
 
 def dense_matrix(rng, wtype, rows, cols):
@@ -31,8 +40,7 @@ def float64_tolerance(x, w):
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("wtype", DENSE_FORMATS)
 def test_dense_linear_matches_float64_of_dequantized_weights(tier, wtype, rng):
-    ragged = RAGGED_COLS if formats.weight_type(wtype).block_size == 1 else []
-    for rows, cols in SHAPES + ragged:
+    for rows, cols in shapes_for(wtype):
         data, w = dense_matrix(rng, wtype, rows, cols)
         kernel = kernels.get(f"linear_{wtype.lower()}", tier)
         prepared = kernel.prepare(data, (rows, cols))
@@ -47,7 +55,7 @@ def test_dense_linear_matches_float64_of_dequantized_weights(tier, wtype, rng):
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("wtype", DENSE_FORMATS)
 def test_embedding_rows_equal_dequantize(tier, wtype, rng):
-    rows, cols = 50, 96
+    rows, cols = 50, int(np.lcm(96, formats.weight_type(wtype).block_size))
     data, w = dense_matrix(rng, wtype, rows, cols)
     prepared = kernels.get(f"linear_{wtype.lower()}", tier).prepare(data, (rows, cols))
     ids = np.array([3, 0, 49, 3, 17])

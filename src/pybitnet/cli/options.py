@@ -52,8 +52,13 @@ def _cap_threads(threads: int | None) -> int | None:
 
 
 def _check_output_head(head: str | None) -> str | None:
-    if head not in (None, "q8"):
-        fail("--output-head", f"expected q8, got {head!r}")
+    from pybitnet.engine.forward import OUTPUT_HEADS  # the engine only when a command loads one
+
+    if head not in OUTPUT_HEADS:
+        fail(
+            "--output-head",
+            f"expected one of {', '.join(filter(None, OUTPUT_HEADS))}, got {head!r}",
+        )
     return head
 
 
@@ -66,8 +71,8 @@ OutputHeadOption = Annotated[
     typer.Option(
         "--output-head",
         callback=_check_output_head,
-        help="q8: hold the output layer as int8 rows (faster decode; `pybitnet accuracy` "
-        "measures the cost).",
+        help="q8: hold the output layer as int8 rows; q6_k, q4_k: requantize it to that "
+        "format at load (faster decode; `pybitnet accuracy` measures the cost).",
     ),
 ]
 

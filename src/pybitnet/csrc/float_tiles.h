@@ -5,6 +5,7 @@
 //   (unaligned), add, sub, mul, div, max,
 //   fmadd(a, b, c) = a * b + c, hsum, hmax, exp (|error| of a few ulp; inputs clamped to
 //   [-87.3, 88]), load_f16(p) (N float16 values), half(h) (one float16 value).
+// Dense rows are decoded by dense_decode.h, one 32-column chunk at a time.
 // No standard-library templates here (see tiers.h).
 // Uses C library functions only (sqrtf, expf, memcpy), included by the tier unit.
 // One file, long because every tier compiles the same kernels from it with its own vector type:
@@ -14,78 +15,7 @@ constexpr int R = kTileRows;
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// A Q block is one decoded chunk (formats.h holds the sizes; constants, so that no function of
-// formats.h is compiled into a tier unit).
-static_assert(format_of(kQ8_0).block_size == kDenseChunk);
-constexpr int64_t kQ8_0Bytes = format_of(kQ8_0).type_size;
-constexpr int64_t kQ4_0Bytes = format_of(kQ4_0).type_size;
-constexpr int64_t kQ4_1Bytes = format_of(kQ4_1).type_size;
-
-// ---- dense matrices (docs/SPEC.md §2 layouts, decoded as gguf.quants.dequantize does) ----
-
-// Columns 32c .. 32c + 31 of row r of w as floats (zeros past the row's end).
-inline void decode_chunk(const DenseView &w, int64_t r, int64_t c, float *out) {
-    const uint8_t *row = w.data + r * w.row_bytes;
-    const int64_t k0 = int64_t{kDenseChunk} * c;
-    const int64_t live = min64(kDenseChunk, w.cols - k0);
-    switch (w.fmt) {
-    case kF32: {
-        const float *src = reinterpret_cast<const float *>(row) + k0;
-        for (int64_t i = 0; i < kDenseChunk; ++i) out[i] = i < live ? src[i] : 0.0f;
-        break;
-    }
-    case kF16: {
-        const uint16_t *src = reinterpret_cast<const uint16_t *>(row) + k0;
-        if (live == kDenseChunk) {
-            for (int i = 0; i < kDenseChunk; i += Vf::N) Vf::store(out + i, Vf::load_f16(src + i));
-        } else {
-            for (int64_t i = 0; i < kDenseChunk; ++i) out[i] = i < live ? Vf::half(src[i]) : 0.0f;
-        }
-        break;
-    }
-    case kBF16: {  // the high half of a float32
-        const uint16_t *src = reinterpret_cast<const uint16_t *>(row) + k0;
-        for (int64_t i = 0; i < kDenseChunk; ++i) {
-            const uint32_t bits = i < live ? static_cast<uint32_t>(src[i]) << 16 : 0u;
-            memcpy(out + i, &bits, sizeof bits);
-        }
-        break;
-    }
-    case kQ8_0: {  // f16 d, 32 int8; q * d
-        const uint8_t *b = row + kQ8_0Bytes * c;
-        uint16_t h;
-        memcpy(&h, b, 2);
-        const float d = Vf::half(h);
-        const int8_t *q = reinterpret_cast<const int8_t *>(b + 2);
-        for (int i = 0; i < 32; ++i) out[i] = static_cast<float>(q[i]) * d;
-        break;
-    }
-    case kQ4_0: {  // f16 d, 16 bytes (low nibbles 0..15, high 16..31); (q - 8) * d
-        const uint8_t *b = row + kQ4_0Bytes * c;
-        uint16_t h;
-        memcpy(&h, b, 2);
-        const float d = Vf::half(h);
-        for (int i = 0; i < 16; ++i) {
-            out[i] = static_cast<float>((b[2 + i] & 15) - 8) * d;
-            out[i + 16] = static_cast<float>((b[2 + i] >> 4) - 8) * d;
-        }
-        break;
-    }
-    case kQ4_1: {  // f16 d, f16 m, 16 bytes as Q4_0; q * d + m
-        const uint8_t *b = row + kQ4_1Bytes * c;
-        uint16_t h[2];
-        memcpy(h, b, 4);
-        const float d = Vf::half(h[0]), m = Vf::half(h[1]);
-        for (int i = 0; i < 16; ++i) {
-            out[i] = static_cast<float>(b[4 + i] & 15) * d + m;
-            out[i + 16] = static_cast<float>(b[4 + i] >> 4) * d + m;
-        }
-        break;
-    }
-    default:
-        for (int i = 0; i < kDenseChunk; ++i) out[i] = NAN;  // DenseMatrix takes dense formats only
-    }
-}
+#include "dense_decode.h"
 
 void dense_rows(const DenseView &w, const int64_t *ids, int64_t n, float *out) {
     float buf[kDenseChunk];

@@ -12,6 +12,9 @@ enum Format : int {
     kQ4_0 = 2,
     kQ4_1 = 3,
     kQ8_0 = 8,
+    kQ4_K = 12,
+    kQ5_K = 13,
+    kQ6_K = 14,
     kBF16 = 30,
     kTQ1_0 = 34,
     kTQ2_0 = 35,
@@ -29,7 +32,9 @@ struct FormatTraits {
 constexpr FormatTraits kFormats[] = {
     {"F32", kF32, 1, 4, false},        {"F16", kF16, 1, 2, false},
     {"Q4_0", kQ4_0, 32, 18, false},    {"Q4_1", kQ4_1, 32, 20, false},
-    {"Q8_0", kQ8_0, 32, 34, false},    {"BF16", kBF16, 1, 2, false},
+    {"Q8_0", kQ8_0, 32, 34, false},    {"Q4_K", kQ4_K, 256, 144, false},
+    {"Q5_K", kQ5_K, 256, 176, false},  {"Q6_K", kQ6_K, 256, 210, false},
+    {"BF16", kBF16, 1, 2, false},
     {"TQ1_0", kTQ1_0, 256, 54, true},  {"TQ2_0", kTQ2_0, 256, 66, true},
     {"I2_S", kI2_S, 128, 32, true},
 };
@@ -50,6 +55,12 @@ static_assert(format_of(kF32).type_size == 4 && format_of(kF16).type_size == 2 &
 static_assert(format_of(kQ8_0).type_size == 2 + 32, "Q8_0: f16 d, 32 int8");
 static_assert(format_of(kQ4_0).type_size == 2 + 32 / 2, "Q4_0: f16 d, 32 nibbles");
 static_assert(format_of(kQ4_1).type_size == 4 + 32 / 2, "Q4_1: f16 d, f16 m, 32 nibbles");
+static_assert(format_of(kQ4_K).type_size == 2 + 2 + 12 + 256 / 2,
+              "Q4_K: f16 d, f16 dmin, 8 6-bit scales and mins, 256 nibbles");
+static_assert(format_of(kQ5_K).type_size == 2 + 2 + 12 + 256 / 8 + 256 / 2,
+              "Q5_K: as Q4_K, and 1 high bit an element");
+static_assert(format_of(kQ6_K).type_size == 256 / 2 + 256 / 4 + 16 + 2,
+              "Q6_K: nibbles, 2 high bits an element, 16 int8 scales, f16 d");
 static_assert(format_of(kTQ2_0).type_size == 256 / 4 + 2, "TQ2_0: 4 codes a byte, f16 d");
 static_assert(format_of(kTQ1_0).type_size == 240 / 5 + 16 / 4 + 2,
               "TQ1_0: 5 trits a byte for 240 elements, 4 a byte for 16, f16 d");

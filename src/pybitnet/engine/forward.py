@@ -12,14 +12,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from pybitnet import kernels
-from pybitnet.engine.layers import Linear
+from pybitnet.engine.layers import Linear, requantize_problem, requantized
 from pybitnet.errors import ModelError
 from pybitnet.kernels.layout import KEY_BLOCK
 from pybitnet.model.cache import CacheSpan
 from pybitnet.model.config import ModelConfig
 from pybitnet.model.weights import Weights
 
-OUTPUT_HEADS = (None, "q8")
+# The output layer as stored (None), as int8 rows ("q8"), or requantized at load to a K-quant
+# (the format's name): fewer bytes read per decoded token, at a cost `pybitnet accuracy` measures.
+OUTPUT_HEADS = (None, "q8", "q6_k", "q4_k")
 PREFILL_CHUNK = 128  # tokens per forward pass of a long prompt (Engine.forward)
 # A block's linear layers: each stacks the tensors that read one input into one Linear (one
 # BitLinear call when they are ternary). Engine builds its blocks from this table, and
@@ -30,6 +32,16 @@ BLOCK_LINEARS = {
     "gate_up": ("ffn_gate", "ffn_up"),
     "ffn_down": ("ffn_down",),
 }
+
+
+def output_head_problem(weights: Weights, output_head: str | None) -> str | None:
+    """Why the model's output layer cannot be held as ``output_head``, or None."""
+    if output_head not in OUTPUT_HEADS:
+        return f"output_head must be one of {OUTPUT_HEADS}, got {output_head!r}"
+    if output_head in (None, "q8"):  # as stored, or int8 rows: any dense layer
+        return None
+    problem = requantize_problem(weights.output, output_head)
+    return problem and f"output head {output_head}: {problem}"
 
 
 def bitlinear_calls_per_pass(ternary_tensors: int) -> tuple[int, int]:
@@ -80,12 +92,14 @@ class Engine:
 
     Ternary weights are repacked once, here; float and Q-format weights are read in place from
     the file's memory map. ``output_head="q8"`` quantizes the output layer to int8 per row
-    (half the bytes of F16 per decoded token, at a small accuracy cost).
+    (half the bytes of F16 per decoded token, at a small accuracy cost); "q6_k" and "q4_k"
+    requantize it to that format (0.41 and 0.28 of F16's bytes; rows of whole 256-blocks).
     """
 
     def __init__(self, weights: Weights, *, output_head: str | None = None) -> None:
-        if output_head not in OUTPUT_HEADS:
-            raise ModelError(f"output_head must be one of {OUTPUT_HEADS}, got {output_head!r}")
+        problem = output_head_problem(weights, output_head)
+        if problem:
+            raise ModelError(problem)
         c = self.config = weights.config
         self.tier = tier = kernels.selected_tier()
         self._rmsnorm = kernels.get("rmsnorm", tier)
@@ -114,6 +128,8 @@ class Engine:
         tied = weights.output is embd
         if output_head == "q8":
             self.output = Linear([weights.output], tier, int8=True)
+        elif output_head is not None:
+            self.output = Linear([requantized(weights.output, output_head)], tier)
         else:
             self.output = self.token_embd if tied else Linear([weights.output], tier)
         half = c.rope_dim // 2

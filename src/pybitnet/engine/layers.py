@@ -68,6 +68,38 @@ class Linear:
         return outs
 
 
+def requantize_problem(t: Tensor, wtype: str) -> str | None:
+    """Why ``t`` cannot be requantized to ``wtype`` (its rows must be whole blocks of it; a
+    ternary tensor is smaller already), or None."""
+    target = formats.weight_type(wtype)
+    if t.wtype.ternary:
+        return f"{t.name} is ternary ({t.wtype.name}), smaller than {target.name} already"
+    if t.shape[1] % target.block_size:
+        return (
+            f"{t.name} has rows of {t.shape[1]} elements, not whole {target.block_size}-element "
+            f"blocks of {target.name}"
+        )
+    return None
+
+
+def requantized(t: Tensor, wtype: str) -> Tensor:
+    """``t``'s values (its ``.scale`` applied) stored in ``wtype``: a smaller output head, made
+    at load a few MB of rows at a time. Raises ModelError when requantize_problem says why not."""
+    problem = requantize_problem(t, wtype)
+    if problem:
+        raise ModelError(f"output head {wtype}: {problem}")
+    rows, cols = t.shape
+    row_bytes = formats.tensor_nbytes(t.wtype, cols, cols)
+    step = max(1, (1 << 20) // cols)
+    parts = []
+    for r in range(0, rows, step):
+        n = min(step, rows - r)
+        chunk = t.data[r * row_bytes : (r + n) * row_bytes]
+        values = formats.dequantize(t.wtype, chunk, (n, cols)) * np.float32(t.scale)
+        parts.append(formats.quantize(wtype, values))
+    return Tensor(t.name, formats.weight_type(wtype), t.shape, np.concatenate(parts))
+
+
 def _dense_op(t: Tensor) -> str:
     if t.wtype.name not in kernels.registry.DENSE_FORMATS:
         raise ModelError(f"tensor {t.name}: no linear kernel reads {t.wtype.name}")

@@ -9,11 +9,11 @@ shape or scales is skipped with a note. After writing, every ternary tensor of t
 dequantized and compared with the model's: `weights_identical` is that check, not an assumption.
 
 On each file the float64 reference (docs/SPEC.md numerics) and the engine (the selected tier,
-with the output layer as stored and as int8 rows, "q8") run the llama-perplexity procedure over a
-text. Every row compares the logits at every position of every chunk with a float64 reference:
-engine rows with the reference on the same file; reference rows with the reference on the model's
-own file, which with identical weights must give a cosine of 1 and an error of 0 (a check of the
-re-encoding and of the comparison itself).
+with each output head: as stored, int8 rows "q8", requantized "q6_k" and "q4_k") run the
+llama-perplexity procedure over a text. Every row compares the logits at every position of
+every chunk with a float64 reference: engine rows with the reference on the same file; reference
+rows with the reference on the model's own file, which with identical weights must give a
+cosine of 1 and an error of 0 (a check of the re-encoding and of the comparison itself).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pybitnet.convert.synthetic import make_model
 from pybitnet.data import default_model_path
 from pybitnet.decode import ForwardPass
 from pybitnet.engine import Engine
-from pybitnet.engine.forward import OUTPUT_HEADS
+from pybitnet.engine.forward import OUTPUT_HEADS, output_head_problem
 from pybitnet.errors import FormatError, ModelError
 from pybitnet.eval.perplexity import PerplexityResult, chunk_bos, perplexity
 from pybitnet.eval.reencode import reencode, same_weights
@@ -79,7 +79,7 @@ class PathAccuracy:
 
     path: str  # the ternary weight format
     compute: str  # "reference (float64)" or "engine (<tier>)"
-    output_head: str  # the output layer as stored (its type), or "q8" (int8 rows)
+    output_head: str  # the output layer as stored (its type), "q8" (int8 rows), "q6_k", "q4_k"
     compared_with: str  # which reference run the figures are relative to
     weights_identical: bool  # the format holds exactly the model's weights (checked)
     kernels: list[str]  # the registry's kernel ids that ran (the reference uses none)
@@ -102,7 +102,7 @@ class AccuracyReport:
     positions: int  # logit rows compared per path
     reference_ppl: float  # the float64 reference on the model's own file
     paths: list[PathAccuracy]
-    skipped: list[str]  # one note per path that was not measured, saying why
+    skipped: list[str]  # one note per path or output head that was not measured, saying why
 
 
 def measure_accuracy(
@@ -151,6 +151,11 @@ def _measure(
     step("float64 reference on the model file")
     baseline = run(ReferenceModel(source.weights))
     rows, skipped = [], []
+    heads = []
+    for head in OUTPUT_HEADS:
+        problem = output_head_problem(source.weights, head)
+        heads += [] if problem else [head]
+        skipped += [problem] if problem else []
     for fmt in map(formats.weight_type, TERNARY_PATHS):
         target = workdir / f"{fmt.name.lower()}.gguf"
         step(f"{fmt.name}: re-encoding the weights")
@@ -161,7 +166,7 @@ def _measure(
             continue
         m = Model(target, n_ctx=n_ctx)
         identical = same_weights(source.file, m.file, ternary)
-        rows += _path_rows(m, fmt.name, identical, run, baseline, step)
+        rows += _path_rows(m, fmt.name, identical, heads, run, baseline, step)
         m.file.close()
         del m
         target.unlink()  # one re-encoded model on disk at a time
@@ -197,6 +202,7 @@ def _path_rows(
     m: Model,
     path: str,
     weights_identical: bool,
+    heads: Sequence[str | None],
     run: Callable[[ForwardPass], tuple[PerplexityResult, list[np.ndarray]]],
     baseline: tuple[PerplexityResult, list[np.ndarray]],
     step: Callable[[str], None],
@@ -217,7 +223,7 @@ def _path_rows(
             ppl_change=ppl.ppl / baseline[0].ppl - 1,
         )
     ]
-    for head in OUTPUT_HEADS:
+    for head in heads:
         label = head or m.weights.output.wtype.name
         step(f"{path}: engine, output head {label}")
         with kernels.profile() as prof:
@@ -302,10 +308,9 @@ def print_report(report: AccuracyReport, console: Console | None = None) -> None
         f"Over {report.positions} logit rows. reference: float64 numpy on the re-encoded file, "
         "against the same on the model file (cosine 1, error 0 when the weights are the same). "
         f"engine: the {report.kernel_tier} kernels ({', '.join(linear) or 'none'}), against the "
-        "float64 reference on the same file. head: the output layer as stored, or q8 (int8 "
-        "rows). Same weights as the model file (dequantized and compared): "
-        + ", ".join(f"{path} {verdict}" for path, verdict in same.items())
-        + "."
+        "float64 reference on the same file. head: the output layer as stored, q8 (int8 rows), "
+        "or requantized at load (q6_k, q4_k). Same weights as the model file (dequantized and "
+        "compared): " + ", ".join(f"{path} {verdict}" for path, verdict in same.items()) + "."
     )
     for note in report.skipped:
         console.print(f"Not measured: {escape(note)}")

@@ -21,7 +21,20 @@ from types import ModuleType
 import numpy as np
 
 from pybitnet.errors import FormatError
-from pybitnet.formats import bf16, f16, f32, i2_s, q4_0, q4_1, q8_0, tq1_0, tq2_0
+from pybitnet.formats import (
+    bf16,
+    f16,
+    f32,
+    i2_s,
+    q4_0,
+    q4_1,
+    q4_k,
+    q5_k,
+    q6_k,
+    q8_0,
+    tq1_0,
+    tq2_0,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,10 @@ TYPES: dict[int, WeightType] = {
         WeightType("Q4_0", 2, 32, 18, False, 2, q4_0),
         WeightType("Q4_1", 3, 32, 20, False, 3, q4_1),
         WeightType("Q8_0", 8, 32, 34, False, 7, q8_0),
+        # K-quants: 256-element super-blocks; file types Q4_K_S, Q5_K_S, Q6_K
+        WeightType("Q4_K", 12, 256, 144, False, 14, q4_k),
+        WeightType("Q5_K", 13, 256, 176, False, 16, q5_k),
+        WeightType("Q6_K", 14, 256, 210, False, 18, q6_k),
         WeightType("BF16", 30, 1, 2, False, 32, bf16),
         WeightType("TQ1_0", 34, 256, 54, True, 36, tq1_0),
         WeightType("TQ2_0", 35, 256, 66, True, 37, tq2_0),
