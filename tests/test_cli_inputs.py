@@ -24,6 +24,8 @@ CASES = [
     (["serve", "--api-key", ""], {}, 2, "--api-key: the key is empty"),
     (["serve"], {"PYBITNET_API_KEY": ""}, 2, "PYBITNET_API_KEY: the variable is set but empty"),
     (["serve", "--max-batch", "0"], {}, 2, "'--max-batch': 0 is out of range"),
+    (["serve", "--draft-tokens", "-1"], {}, 2,
+     "'--draft-tokens': -1 is out of range: it must be from 0 to 15"),
     (["run", "x", "--threads", "100000", "--max-tokens", "1"], {}, 0,
      "--threads 100000: this machine has {cores} cores; using {cores}"),
     (["run", "x", "--threads", "0"], {}, 2, "'--threads': 0 is out of range"),

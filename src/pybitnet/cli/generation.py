@@ -209,6 +209,14 @@ def serve(
     ] = None,
     threads: ThreadsOption = None,
     output_head: OutputHeadOption = None,
+    draft_tokens: Annotated[
+        int,
+        typer.Option(
+            callback=_check_draft_tokens,
+            help="Speculative decoding for requests that do not set draft_tokens: draft up to "
+            "this many tokens a step by prompt lookup (0: off).",
+        ),
+    ] = 0,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, with a chat page at /."""
     from pybitnet.errors import PyBitnetError
@@ -224,7 +232,13 @@ def serve(
         if ctx is not None and ctx > m.config.context_length:
             fail("--ctx", f"{ctx} is more than the {m.config.context_length} tokens of context "
                           f"{m.path.name} was trained for")  # fmt: skip
-        config = ServerConfig(max_batch, max_queue, api_key, cors_origins=tuple(cors_origin or ()))
+        config = ServerConfig(
+            max_batch,
+            max_queue,
+            api_key,
+            cors_origins=tuple(cors_origin or ()),
+            draft_tokens=draft_tokens,
+        )
         serve_model(m, sock, config)
 
 
