@@ -30,6 +30,8 @@ CASES = [
      "--threads 100000: this machine has {cores} cores; using {cores}"),
     (["run", "x", "--threads", "0"], {}, 2, "'--threads': 0 is out of range"),
     (["run", "x", "--max-tokens", "0"], {}, 2, "'--max-tokens': 0 is out of range"),
+    (["bench", "--draft-tokens", "16"], {}, 2,
+     "'--draft-tokens': 16 is out of range: it must be from 0 to 15"),
     (["run", "x", "--draft-tokens", "16"], {}, 2,
      "'--draft-tokens': 16 is out of range: it must be from 0 to 15"),
     (["run", "x", "--top-p", "2"], {}, 2,
