@@ -126,7 +126,7 @@ def timed_decode(
     prefilled together, then `steps` decode steps of one token per sequence."""
     with kernels.profile() as prof:
         start = time.perf_counter()
-        ids, _, gaps, _ = decode_once(engine, prompts, steps, sampling)
+        ids, _, gaps, *_ = decode_once(engine, prompts, steps, sampling)
         seconds = time.perf_counter() - start
     return len(prompts) * steps / (sum(gaps) / 1e3), time_shares(prof, seconds), ids
 

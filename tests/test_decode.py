@@ -186,3 +186,30 @@ def test_ids_past_the_tokenizer_are_never_sampled(model):
     )
     ids_only.advance(logits[None])
     assert ids_only.token_ids == [vocab + 50]  # without a tokenizer every row is an id
+
+
+@pytest.mark.parametrize("forward", ["engine", "reference"])
+def test_forward_batch_computes_the_logits_of_the_rows_asked_for(model, forward):
+    """Per sequence, the logits of its last `rows` positions: those of the whole pass (the
+    output layer then skips the rest: a neighbour's prefill chunk beside a drafting sequence)."""
+    from pybitnet.model.reference import ReferenceModel
+
+    fwd = model.engine if forward == "engine" else ReferenceModel(model.weights)
+    prompts = [model.tokenizer.encode(p) for p in (PROMPT, *OTHERS[:2])]
+    wanted = [1, 3, len(prompts[2])]
+
+    def logits(rows):
+        items = [(p, fwd.new_cache(len(p))) for p in prompts]
+        return fwd.forward_batch(items, rows=rows)
+
+    every = logits(None)
+    for row, all_rows, n in zip(logits(wanted), every, wanted, strict=True):
+        assert row.shape == (n, all_rows.shape[1])
+        np.testing.assert_allclose(row, all_rows[-n:], rtol=1e-5, atol=1e-5)
+
+
+def test_forward_batch_refuses_rows_a_sequence_does_not_have(model):
+    items = [([1, 2, 3], model.engine.new_cache(8))]
+    with pytest.raises(pybitnet.errors.ModelError, match=r"rows \[4\] must be 1 to"):
+        model.engine.forward_batch(items, rows=[4])
+    assert items[0][1].length == 0  # refused before the cache changed

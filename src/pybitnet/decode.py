@@ -55,7 +55,7 @@ class ForwardPass(Protocol):
     ) -> np.ndarray: ...
 
     def forward_batch(
-        self, items: Sequence[tuple[Sequence[int], Any]], *, last_only: bool = False
+        self, items: Sequence[tuple[Sequence[int], Any]], *, rows: Sequence[int] | None = None
     ) -> list[np.ndarray]: ...
 
 
@@ -170,14 +170,10 @@ def step(forward: ForwardPass, batch: Sequence[Generation]) -> list[np.ndarray |
     """One forward pass over the batch (every sequence unfinished, with tokens to feed). Returns,
     for each sequence, the logits (rows, vocab) that predict its next tokens: one row, or one
     more per draft it fed; None while its prompt is still being prefilled."""
-    # Drafts need the logits of every position (a prefill chunk beside them then gets all its
-    # rows' too: output-layer work a batch that drafts could skip); else one a sequence.
-    last_only = not any(gen.drafts for gen in batch)
-    rows = forward.forward_batch([(gen.feed(), gen.cache) for gen in batch], last_only=last_only)
-    return [
-        row[-1 - len(gen.drafts) :] if not gen.pending else None
-        for gen, row in zip(batch, rows, strict=True)
-    ]
+    # The output layer runs on the rows sampled from only: a sequence's last, and its drafts'.
+    items = [(gen.feed(), gen.cache) for gen in batch]
+    logits = forward.forward_batch(items, rows=[1 + len(gen.drafts) for gen in batch])
+    return [row if not gen.pending else None for gen, row in zip(batch, logits, strict=True)]
 
 
 def prefill(forward: ForwardPass, batch: Sequence[Generation]) -> list[np.ndarray]:

@@ -129,8 +129,8 @@ class Unregistered:
     def new_cache(self, n_ctx: int | None = None):
         return self.reference.new_cache(n_ctx)
 
-    def forward_batch(self, items, *, last_only: bool = False):
-        return [self.reference.forward(t, c, last_only=last_only) for t, c in items]
+    def forward_batch(self, items, *, rows=None):
+        return self.reference.forward_batch(items, rows=rows)
 
 
 def test_a_forward_pass_outside_the_registry_is_refused():

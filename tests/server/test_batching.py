@@ -52,13 +52,13 @@ class _Forward(Engine):
     def forward(self, tokens, cache, *, last_only=False):
         raise AssertionError("the scheduler must use forward_batch when the model has it")
 
-    def forward_batch(self, items, *, last_only=False):
+    def forward_batch(self, items, *, rows=None):
         assert self.go.wait(10), "the test never let the first step run"
         if self.fault is not None:
             raise self.fault
         self.batches.append([len(tokens) for tokens, _ in items])
         time.sleep(self.step_seconds)
-        return super().forward_batch(items, last_only=last_only)
+        return super().forward_batch(items, rows=rows)
 
 
 def _with_engine(model: Model, engine: Engine) -> Model:

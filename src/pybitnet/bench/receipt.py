@@ -94,10 +94,12 @@ def decode_run(
     ttft_ms: Sequence[float],
     inter_token_ms: Sequence[Sequence[float]],
     peak_rss_mb: Sequence[float],
+    drafting: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """A decode run: per repetition, the wall time of generating n_tokens tokens, the time to the
     first token, and every gap between consecutive tokens (summarised per repetition as the
-    p50/p90/p99 inter-token latencies)."""
+    p50/p90/p99 inter-token latencies); with `drafting` (speculative decoding), its counts and
+    the tokens a step gave (n_tokens / steps)."""
     if len(inter_token_ms) == 0:
         raise BenchError(f"run {name!r}: inter_token_ms is empty")
     itl = np.array([percentiles(gaps, ITL_PERCENTILES) for gaps in inter_token_ms])
@@ -110,7 +112,20 @@ def decode_run(
     }
     fields = {"name": name, "kind": "decode", "threads": threads, "n_tokens": n_tokens}
     fields["inter_token_ms"] = [[float(v) for v in gaps] for gaps in inter_token_ms]
+    if drafting is not None:
+        fields["drafting"] = drafting
+        samples["tokens_per_step"] = n_tokens / _samples("steps", drafting["steps"])
     return _run(fields, samples)
+
+
+def drafting(drafted: Sequence[int], accepted: Sequence[int], steps: Sequence[int]) -> dict:
+    """A decode run's speculative-decoding counts, one per repetition: drafts fed, drafts
+    accepted and decode steps, summed over the batch's sequences."""
+    return {
+        "drafted": [int(n) for n in drafted],
+        "accepted": [int(n) for n in accepted],
+        "steps": [int(n) for n in steps],
+    }
 
 
 def kernel_run(
@@ -156,7 +171,9 @@ def rebuild_run(run: dict[str, Any]) -> dict[str, Any]:
         return codec_run(run["name"], run["threads"], *fields)
     if run["kind"] == "decode":
         fields = (samples["ms"], samples["ttft_ms"], run["inter_token_ms"], samples["peak_rss_mb"])
-        return decode_run(run["name"], run["threads"], run["n_tokens"], *fields)
+        return decode_run(
+            run["name"], run["threads"], run["n_tokens"], *fields, run.get("drafting")
+        )
     ttft = samples.get("ttft_ms")
     fields = (samples["ms"], samples["peak_rss_mb"], ttft)
     return prefill_run(run["name"], run["threads"], run["n_tokens"], *fields)
@@ -170,9 +187,11 @@ def generation_workload(
     warmup: int,
     sampler: SamplerConfig,
     prompt_ids: Sequence[Sequence[int]] | None = None,
+    draft_tokens: int = 0,
 ) -> dict[str, Any]:
     """The workload of a generation receipt; the sampler's seed becomes workload.seed.
-    `prompt_ids` (one list per sequence) make the receipt replayable by `verify --replay`."""
+    `prompt_ids` (one list per sequence) make the receipt replayable by `verify --replay`;
+    draft_tokens is recorded when drafting (absent: plain decoding, as in older receipts)."""
     if sampler.seed is None:
         raise BenchError("a benchmark workload needs a fixed sampler seed, got seed=None")
     params = {
@@ -192,6 +211,8 @@ def generation_workload(
         "seed": sampler.seed,
         "sampler": params,
     }
+    if draft_tokens:
+        workload["draft_tokens"] = draft_tokens
     if prompt_ids is not None:
         rows = [[int(t) for t in row] for row in prompt_ids]
         if len(rows) != batch or any(len(row) != prompt_tokens for row in rows):

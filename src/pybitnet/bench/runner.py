@@ -9,6 +9,9 @@ Runs, for each thread count, like llama-bench rows, on the one token loop (decod
   the sum of the N inter-token gaps, so tok/s = N / ms = 1000 / mean gap is llama-bench's tg<N>
   figure (N forward passes of one token), free of the prompt. The outputs are the first N
   tokens: what generating N tokens from the prompt returns, so `verify --replay` can redo them.
+With --draft-tokens K (speculative decoding, one sequence) a step may give several tokens, each
+an equal share of its time (the gaps still sum to ms); the run records per repetition the drafts
+fed, those accepted and the decode steps (tokens = steps + accepted). The ids are plain decoding's.
 With a batch of B (-b), each run has B prompts (drawn one after the other from the seeded
 generator), run together: each prefill step is one pass over a chunk of every prompt, each
 decode step one pass of B tokens, one per sequence. n_tokens and tok/s count the tokens of all B
@@ -46,6 +49,7 @@ from pybitnet.errors import BenchError
 from pybitnet.generate import Model
 from pybitnet.kernels.registry import NATIVE_TIERS
 from pybitnet.sampling import SamplerConfig
+from pybitnet.speculative import MAX_DRAFT_TOKENS
 
 # Called before each repetition with a description of it ("pp128 t=2 rep 3/5").
 Step = Callable[[str], None]
@@ -62,6 +66,7 @@ class Workload:
     threads: tuple[int, ...] = (1,)  # -t
     batch: int = 1  # -b
     seed: int = 0
+    draft_tokens: int = 0  # --draft-tokens; 0: plain decoding
 
     def __post_init__(self) -> None:
         check_at_least(
@@ -75,6 +80,13 @@ class Workload:
             ("batch (-b)", self.batch, 1),
             ("seed", self.seed, 0),
         )
+        if not 0 <= self.draft_tokens <= MAX_DRAFT_TOKENS:
+            raise BenchError(
+                f"--draft-tokens must be from 0 to {MAX_DRAFT_TOKENS}, got {self.draft_tokens}"
+            )
+        if self.draft_tokens and self.batch > 1:
+            # A batch shares each step's time, but its sequences draw different token counts.
+            raise BenchError(f"--draft-tokens measures one sequence (-b 1), got -b {self.batch}")
 
     @property
     def steps(self) -> int:
@@ -95,6 +107,7 @@ class Workload:
             self.warmup,
             self.sampler,
             prompt_ids=prompts,
+            draft_tokens=self.draft_tokens,
         )
 
 
@@ -133,13 +146,20 @@ def run_bench(model: Model, workload: Workload, step: Step | None = None) -> dic
                     step,
                     counters,
                     lambda: decode_once(
-                        model.engine, tg_prompts, workload.generate, workload.sampler
+                        model.engine,
+                        tg_prompts,
+                        workload.generate,
+                        workload.sampler,
+                        workload.draft_tokens,
                     ),
                 )
-                ids, ttft, gaps, rss = zip(*samples, strict=True)
+                ids, ttft, gaps, rss, drafts = zip(*samples, strict=True)
                 ms = [float(np.sum(g)) for g in gaps]
                 name, n = f"tg{workload.generate}", batch * workload.generate
-                runs.append(rc.decode_run(name, threads, n, ms, ttft, gaps, rss))
+                drafting = (
+                    rc.drafting(*zip(*drafts, strict=True)) if workload.draft_tokens else None
+                )
+                runs.append(rc.decode_run(name, threads, n, ms, ttft, gaps, rss, drafting))
                 token_ids += ids
     finally:
         kernels.set_threads(threads_before)
@@ -209,29 +229,48 @@ def prefill_once(
 
 
 def decode_once(
-    engine: decode.ForwardPass, prompts: list[list[int]], n: int, sampler: SamplerConfig
-) -> tuple[list[list[int]], float, list[float], float]:
+    engine: decode.ForwardPass,
+    prompts: list[list[int]],
+    n: int,
+    sampler: SamplerConfig,
+    draft_tokens: int = 0,
+) -> tuple[list[list[int]], float, list[float], float, tuple[int, int, int]]:
     """One tg repetition, as the bench and `verify --replay` run it: (the first n ids generated
-    for each prompt, time to first token ms, the n inter-token gaps ms, peak RSS MB). The prompts
-    are prefilled together and each one's first token sampled, then n decode steps, each one
-    pass of one token per sequence and a sample; generation never stops early."""
-    batch = _generations(engine, prompts, n + 1, sampler)
-    stamps = np.empty(n + 1, np.int64)
+    for each prompt, time to first token ms, the n inter-token gaps ms, peak RSS MB, and the
+    drafts fed, drafts accepted and decode steps of all sequences). The prompts are prefilled
+    together and each one's first token sampled, then decode steps, each one pass of one token
+    per sequence (and its drafts) and a sample, until n more; generation never stops early."""
+    batch = _generations(engine, prompts, n + 1, sampler, draft_tokens)
+    stamps, counts = [], []  # each step's end, and the tokens it gave (the same to each sequence)
     with PeakRss() as rss:
         start = time.perf_counter_ns()
         logits = decode.prefill(engine, batch)
-        for i in range(n + 1):
-            if i:
-                logits = decode.step(engine, batch)
+        while True:
+            before = len(batch[0].token_ids)
             for gen, row in zip(batch, logits, strict=True):
                 gen.advance(row)
-            stamps[i] = time.perf_counter_ns()
-    gaps = (np.diff(stamps) / 1e6).tolist()
-    return [gen.token_ids[:n] for gen in batch], (stamps[0] - start) / 1e6, gaps, rss.mb
+            stamps.append(time.perf_counter_ns())
+            counts.append(len(batch[0].token_ids) - before)
+            if batch[0].finished:
+                break
+            logits = decode.step(engine, batch)
+    gaps = [
+        gap / count / 1e6
+        for gap, count in zip(np.diff(stamps).tolist(), counts[1:], strict=True)
+        for _ in range(count)
+    ]
+    # steps - 1: the first sample came from the prefill's pass, no decode step.
+    counted = [(g.drafted, g.accepted, g.steps - 1) for g in batch]
+    drafts = tuple(map(sum, zip(*counted, strict=True)))
+    return [gen.token_ids[:n] for gen in batch], (stamps[0] - start) / 1e6, gaps, rss.mb, drafts
 
 
 def _generations(
-    engine: decode.ForwardPass, prompts: list[list[int]], max_tokens: int, sampler: SamplerConfig
+    engine: decode.ForwardPass,
+    prompts: list[list[int]],
+    max_tokens: int,
+    sampler: SamplerConfig,
+    draft_tokens: int = 0,
 ) -> list[decode.Generation]:
     """The token loop's sequences for a batch of prompts, each with its own cache and sampler;
     ids only (no text), end-of-generation ids generated like any other (llama-bench's rule)."""
@@ -243,6 +282,7 @@ def _generations(
             sampling=sampler,
             max_tokens=max_tokens,
             stop_at_eog=False,
+            draft_tokens=draft_tokens,
         )
         for p in prompts
     ]
@@ -317,6 +357,12 @@ def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
             f"{s['peak_rss_mb']['median']:.1f}",
         )
     console.print(table)
+    for run in (r for r in doc["runs"] if "drafting" in r):
+        accepted, drafted = (sum(run["drafting"][k]) for k in ("accepted", "drafted"))
+        console.print(f"{run['name']} at {run['threads']} threads, drafting up to "
+                      f"{doc['workload']['draft_tokens']} tokens a step: {accepted} of {drafted} "
+                      f"drafts accepted, {run['summary']['tokens_per_step']['median']:.2f} tokens "
+                      "a step (median).")  # fmt: skip
     det = "yes" if doc["deterministic"] else "NO: repetitions generated different ids"
     console.print(
         "t/s: mean ± sd over the repetitions (all sequences of the batch); TTFT, ITL "

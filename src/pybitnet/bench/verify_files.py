@@ -23,8 +23,9 @@ def replay_workload(
     doc: dict[str, Any], model_path: str | Path
 ) -> tuple[list[list[int]], set[str]]:
     """Generate from the receipt's prompts as the bench did (its decode repetition: the prompts
-    decoded together as one batch, the sampler and seed of the workload, generated_tokens ids,
-    never stopping early); return the ids and the ids of the kernels that ran."""
+    decoded together as one batch, the sampler and seed of the workload, its drafting if any,
+    generated_tokens ids, never stopping early); return the ids and the ids of the kernels that
+    ran."""
     # the model stack, needed only here
     from pybitnet.bench.runner import decode_once
     from pybitnet.generate import load
@@ -34,7 +35,11 @@ def replay_workload(
     sampler = SamplerConfig(**workload["sampler"], seed=workload["seed"])
     with kernels.profile() as prof:
         ids = decode_once(
-            model.engine, workload["prompt_ids"], workload["generated_tokens"], sampler
+            model.engine,
+            workload["prompt_ids"],
+            workload["generated_tokens"],
+            sampler,
+            workload.get("draft_tokens", 0),
         )[0]
     return ids, {k["id"] for k in prof.stats()}
 

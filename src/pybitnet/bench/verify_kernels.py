@@ -117,20 +117,25 @@ def _generation_calls(doc: dict[str, Any]) -> list[str]:
 def _forward_passes(doc: dict[str, Any]) -> int:
     """The forward passes of the timed repetitions, as the token loop makes them (decode.py): a
     prompt of P tokens is prefilled in ceil(P / PREFILL_CHUNK) passes, every prompt of the batch
-    in the same passes; a decode repetition then makes generated_tokens steps of one pass."""
+    in the same passes; a decode repetition then makes generated_tokens steps of one pass, or
+    with drafting (one sequence) the steps its run records."""
     w = doc["workload"]
     batch = max(w["batch"], 1)
 
     def prefill(prompt_tokens: int) -> int:
         return -(-prompt_tokens // PREFILL_CHUNK)
 
-    per_repetition = sum(
-        prefill(run["n_tokens"] // batch)
+    def decode_steps(run: dict[str, Any]) -> int:
+        if "drafting" in run:
+            return sum(run["drafting"]["steps"])
+        return w["repetitions"] * w["generated_tokens"]
+
+    return sum(
+        w["repetitions"] * prefill(run["n_tokens"] // batch)
         if run["kind"] == "prefill"
-        else prefill(w["prompt_tokens"]) + w["generated_tokens"]
+        else w["repetitions"] * prefill(w["prompt_tokens"]) + decode_steps(run)
         for run in doc["runs"]
     )
-    return w["repetitions"] * per_repetition
 
 
 def _kernel_run_calls(doc: dict[str, Any]) -> list[str]:

@@ -119,7 +119,38 @@ def check_token_counts(ctx: Context) -> Result:
         for run in ctx.doc["runs"]
         if run["kind"] == "decode" and run["n_tokens"] != generated
     ]
+    problems += _drafting_problems(ctx.doc)
     return outcome(problems, f"{sum(lengths)} generated ids agree with the workload and runs")
+
+
+def _drafting_problems(doc: dict[str, Any]) -> list[str]:
+    """Whether each decode run's drafting counts are those of the workload's drafting: present
+    exactly when it drafted, one per repetition, accepted <= drafted <= draft_tokens x steps,
+    and every token either a step's own or an accepted draft (n_tokens = steps + accepted)."""
+    w, problems = doc["workload"], []
+    limit = w.get("draft_tokens", 0)
+    for run in doc["runs"]:
+        if run["kind"] != "decode":
+            continue
+        where = f"run {run['name']!r} at {run['threads']} threads"
+        counts = run.get("drafting")
+        if (counts is None) != (limit == 0):
+            problems.append(f"{where}: drafting is {'absent' if counts is None else 'present'}, "
+                            f"workload.draft_tokens is {w.get('draft_tokens')}")  # fmt: skip
+            continue
+        if counts is None:
+            continue
+        rows = list(zip(counts["drafted"], counts["accepted"], counts["steps"], strict=False))
+        if not _all_equal([len(v) for v in counts.values()], 3, w["repetitions"]):
+            problems.append(f"{where}: drafting holds {[len(v) for v in counts.values()]} counts, "
+                            f"{w['repetitions']} repetitions")  # fmt: skip
+        problems += [
+            f"{where}: repetition {i}: drafted {d}, accepted {a}, steps {s} break accepted <= "
+            f"drafted <= draft_tokens x steps or n_tokens {run['n_tokens']} = steps + accepted"
+            for i, (d, a, s) in enumerate(rows)
+            if not (a <= d <= limit * s and s + a == run["n_tokens"])
+        ]
+    return problems
 
 
 def _all_equal(lengths: list[int], count: int, length: int) -> bool:

@@ -21,6 +21,7 @@ from pybitnet.cli.options import (
     ThreadsOption,
     TopKOption,
     TopPOption,
+    check_draft_tokens,
     fail,
     flag,
     read_prompt,
@@ -29,12 +30,6 @@ from pybitnet.cli.options import (
 
 if TYPE_CHECKING:
     from pybitnet.chat import ChatSession
-
-
-def _check_draft_tokens(value: int) -> int:
-    from pybitnet.speculative import MAX_DRAFT_TOKENS  # numpy: imported when `run` runs only
-
-    return within(0, MAX_DRAFT_TOKENS)(value)
 
 
 def run(
@@ -59,7 +54,7 @@ def run(
     draft_tokens: Annotated[
         int,
         typer.Option(
-            callback=_check_draft_tokens,
+            callback=check_draft_tokens,
             help="Speculative decoding: draft up to this many tokens a step by looking the last "
             "ones up in the prompt and text so far, verified in one pass; the same output, faster "
             "on text that copies its prompt (0: off).",
@@ -209,6 +204,14 @@ def serve(
     ] = None,
     threads: ThreadsOption = None,
     output_head: OutputHeadOption = None,
+    draft_tokens: Annotated[
+        int,
+        typer.Option(
+            callback=check_draft_tokens,
+            help="Speculative decoding for requests that do not set draft_tokens: draft up to "
+            "this many tokens a step by prompt lookup (0: off).",
+        ),
+    ] = 0,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, with a chat page at /."""
     from pybitnet.errors import PyBitnetError
@@ -224,7 +227,13 @@ def serve(
         if ctx is not None and ctx > m.config.context_length:
             fail("--ctx", f"{ctx} is more than the {m.config.context_length} tokens of context "
                           f"{m.path.name} was trained for")  # fmt: skip
-        config = ServerConfig(max_batch, max_queue, api_key, cors_origins=tuple(cors_origin or ()))
+        config = ServerConfig(
+            max_batch,
+            max_queue,
+            api_key,
+            cors_origins=tuple(cors_origin or ()),
+            draft_tokens=draft_tokens,
+        )
         serve_model(m, sock, config)
 
 

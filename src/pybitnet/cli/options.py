@@ -41,6 +41,13 @@ def within(low: float, high: float | None = None) -> Callable[[Any], Any]:
     return check
 
 
+def check_draft_tokens(value: int) -> int:
+    """The --draft-tokens callback of run, serve and bench: 0 to MAX_DRAFT_TOKENS."""
+    from pybitnet.speculative import MAX_DRAFT_TOKENS  # numpy: imported when a command runs only
+
+    return within(0, MAX_DRAFT_TOKENS)(value)
+
+
 def _cap_threads(threads: int | None) -> int | None:
     cores = os.cpu_count() or 1
     within(1)(threads)

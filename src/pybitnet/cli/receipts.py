@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from pybitnet.cli.console import progress, status
-from pybitnet.cli.options import Command, JsonFileOption, PlainHelp, flag
+from pybitnet.cli.options import Command, JsonFileOption, PlainHelp, check_draft_tokens, flag
 
 ThreadCountsOption = Annotated[
     str | None, typer.Option("-t", help="Thread counts (default: all cores).")
@@ -97,6 +97,14 @@ def bench(
     threads: ThreadCountsOption = None,
     batch: Annotated[int, typer.Option("-b", help="Sequences decoded together.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the random prompts and the sampler.")] = 0,
+    draft_tokens: Annotated[
+        int,
+        typer.Option(
+            callback=check_draft_tokens,
+            help="Decode (tg) with speculative decoding, drafting up to this many tokens a step "
+            "by prompt lookup (with -b 1); the receipt records drafts, acceptances and steps.",
+        ),
+    ] = 0,
     json_path: ReceiptOption = None,
 ) -> None:
     """Benchmark prefill (pp) and decode (tg) of a model; the embedded one by default."""
@@ -109,7 +117,14 @@ def bench(
     if model is not None and preset is not None:
         raise typer.BadParameter("give --model or --preset, not both", param_hint="--preset")
     workload = Workload(
-        _ints(prompt, "-p"), generate, reps, warmup, _thread_counts(threads), batch, seed
+        _ints(prompt, "-p"),
+        generate,
+        reps,
+        warmup,
+        _thread_counts(threads),
+        batch,
+        seed,
+        draft_tokens,
     )
     with status("loading the model") as stage:
         if preset is not None:  # made once, into the cache: say so, it takes a while

@@ -163,7 +163,8 @@ class Engine:
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
         self._check(ids, cache)  # before any chunk changes the cache
         chunks = [ids[i : i + PREFILL_CHUNK] for i in range(0, ids.size, PREFILL_CHUNK)]
-        logits = [self.forward_batch([(chunk, cache)], last_only=last_only)[0] for chunk in chunks]
+        rows = [1] if last_only else None
+        logits = [self.forward_batch([(chunk, cache)], rows=rows)[0] for chunk in chunks]
         return logits[-1] if last_only or len(logits) == 1 else np.concatenate(logits)
 
     def _check(self, ids: np.ndarray, cache: EngineCache) -> None:
@@ -173,19 +174,28 @@ class Engine:
         cache.reserve(ids.size)
 
     def forward_batch(
-        self, items: Sequence[tuple[Sequence[int], EngineCache]], *, last_only: bool = False
+        self,
+        items: Sequence[tuple[Sequence[int], EngineCache]],
+        *,
+        rows: Sequence[int] | None = None,
     ) -> list[np.ndarray]:
         """forward() for several sequences (each its own cache) in one pass: every linear layer
         is one kernel call over all their tokens, so the weights are read once per step, and so
-        is each layer's attention."""
+        is each layer's attention. ``rows``: per sequence, the logits of how many of its last
+        positions to compute (1 to its tokens; None: all), so the output layer, the largest
+        matrix of a small model, skips the positions nobody samples from."""
         c = self.config
         ids = [np.asarray(tokens, dtype=np.int64).reshape(-1) for tokens, _ in items]
         caches = [cache for _, cache in items]
         if len({id(cache) for cache in caches}) != len(caches):
             raise ModelError("forward_batch: each sequence needs its own cache")
+        sizes = [seq.size for seq in ids]
+        rows = sizes if rows is None else list(rows)
+        if len(rows) != len(ids) or not all(1 <= r <= s for r, s in zip(rows, sizes, strict=True)):
+            raise ModelError(f"forward_batch: rows {rows} must be 1 to each sequence's {sizes}")
         for seq, cache in zip(ids, caches, strict=True):
             self._check(seq, cache)
-        spans = np.cumsum([0, *(seq.size for seq in ids)])
+        spans = np.cumsum([0, *sizes])
         starts = [cache.length for cache in caches]
         positions = np.concatenate(
             [np.arange(s, s + seq.size) for s, seq in zip(starts, ids, strict=True)]
@@ -216,9 +226,10 @@ class Engine:
             h = h + blk.ffn_down(m)[0]
         for seq, cache in zip(ids, caches, strict=True):
             cache.length += seq.size
-        if last_only:
-            h = np.ascontiguousarray(h[spans[1:] - 1])
-            spans = np.arange(len(ids) + 1)
+        if rows != sizes:
+            ends = zip(spans[1:], rows, strict=True)
+            h = h[np.concatenate([np.arange(end - r, end) for end, r in ends])]
+            spans = np.cumsum([0, *rows])
         logits = self.output(self.rmsnorm(h, self.output_norm))[0]
         return [logits[spans[i] : spans[i + 1]] for i in range(len(ids))]
 

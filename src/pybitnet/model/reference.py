@@ -33,6 +33,10 @@ class ReferenceModel:
     ) -> np.ndarray:
         """Logits (len(tokens), vocab) for tokens at positions cache.length onwards
         (``last_only``: only the last position's, (1, vocab))."""
+        return self._forward(tokens, cache, 1 if last_only else len(tokens))
+
+    def _forward(self, tokens: Sequence[int], cache: ReferenceCache, rows: int) -> np.ndarray:
+        """The logits of the last `rows` positions of tokens."""
         c, w = self.config, self.weights
         n = len(tokens)
         ids = np.asarray(tokens, dtype=np.int64)
@@ -62,15 +66,20 @@ class ReferenceModel:
                 m = rmsnorm(m, blk.ffn_sub_norm, c.rms_eps)
             h = h + self.linear(m, blk.ffn_down)
         cache.length += n
-        if last_only:
-            h = h[-1:]
-        return self.linear(rmsnorm(h, w.output_norm, c.rms_eps), w.output)
+        return self.linear(rmsnorm(h[n - rows :], w.output_norm, c.rms_eps), w.output)
 
     def forward_batch(
-        self, items: Sequence[tuple[Sequence[int], ReferenceCache]], *, last_only: bool = False
+        self,
+        items: Sequence[tuple[Sequence[int], ReferenceCache]],
+        *,
+        rows: Sequence[int] | None = None,
     ) -> list[np.ndarray]:
-        """forward() for several sequences, one after the other (the engine runs them as one)."""
-        return [self.forward(tokens, cache, last_only=last_only) for tokens, cache in items]
+        """forward() for several sequences, one after the other (the engine runs them as one);
+        ``rows``: per sequence, the logits of how many of its last positions (None: all)."""
+        rows = [len(tokens) for tokens, _ in items] if rows is None else rows
+        return [
+            self._forward(tokens, cache, r) for (tokens, cache), r in zip(items, rows, strict=True)
+        ]
 
     def linear(self, x: np.ndarray, w: Tensor) -> np.ndarray:
         """x (n, in) -> (n, out): BitLinear for ternary weights, a plain float layer otherwise."""

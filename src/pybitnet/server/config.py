@@ -26,6 +26,7 @@ class ServerConfig:
     body_timeout: float = 30.0  # seconds a request body may take to arrive (408 after)
     cors_origins: tuple[str, ...] = ()  # none: CORS off
     shutdown_timeout: float = 10.0  # seconds to finish in-flight requests after SIGTERM
+    draft_tokens: int = 0  # speculative decoding for requests that do not ask (0: off)
 
 
 def kv_budget_tokens(model: Model, config: ServerConfig) -> int:

@@ -39,7 +39,8 @@ class Metrics(StepObserver):
         )
         self.itl = Histogram(
             "pybitnet_inter_token_latency_seconds",
-            "Between consecutive generated tokens of one sequence",
+            "Between consecutive generated tokens of one sequence (0 for the tokens after the "
+            "first of a step that verified drafts: they arrive together)",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -59,9 +60,12 @@ class Metrics(StepObserver):
     def prompt_done(self, tokens: int) -> None:
         self.prompt_tokens.inc(tokens)
 
-    def token(self, first: bool, seconds: float) -> None:
-        self.generated_tokens.inc()
+    def tokens(self, count: int, first: bool, seconds: float) -> None:
+        self.generated_tokens.inc(count)
         (self.ttft if first else self.itl).observe(seconds)
+        # A step's other tokens (verified drafts) reach the client with its first one.
+        for _ in range(count - 1):
+            self.itl.observe(0.0)
 
     def step(self, batch_size: int) -> None:
         self.batch_size.observe(batch_size)

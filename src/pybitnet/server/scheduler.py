@@ -83,6 +83,7 @@ class Generation(decode.Generation):
         max_tokens: int,
         sampling: SamplerConfig,
         stop: Sequence[str] = (),
+        draft_tokens: int = 0,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         super().__init__(
@@ -92,6 +93,7 @@ class Generation(decode.Generation):
             sampling=sampling,
             max_tokens=max_tokens,
             stop=stop,
+            draft_tokens=draft_tokens,
         )
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = False
@@ -116,8 +118,10 @@ class StepObserver:
     def prompt_done(self, tokens: int) -> None:
         """A prompt of this many tokens is in the cache."""
 
-    def token(self, first: bool, seconds: float) -> None:
-        """A token was generated, `seconds` after the request came (first) or the last token."""
+    def tokens(self, count: int, first: bool, seconds: float) -> None:
+        """A step generated `count` tokens (several: drafts it verified), which reach the client
+        together: the first `seconds` after the request came (first) or after the sequence's
+        last token, the others 0 s after it."""
 
     def step(self, batch_size: int) -> None:
         """A forward step ran over this many sequences."""
@@ -290,7 +294,7 @@ class Scheduler:
             gen.send(Failed("the client closed the request", CLIENT_CLOSED))
 
     def _advance(self, gen: Generation, logits: np.ndarray) -> None:
-        """The sequence's next token, its text to the client and its end when it ends. Every
+        """The sequence's next tokens, their text to the client and its end when it ends. Every
         fault of one sequence (sampling, its text, stop strings, its events) fails that request
         alone: the batch and the thread go on."""
         try:
@@ -304,9 +308,9 @@ class Scheduler:
         if before == 0:
             self._observer.prompt_done(len(gen.prompt_ids))
         text = gen.advance(logits)
-        if len(gen.token_ids) > before:  # a token came, not an end-of-generation id
+        if len(gen.token_ids) > before:  # tokens came, not only an end-of-generation id
             now = time.perf_counter()
-            self._observer.token(before == 0, now - gen.last_token_at)
+            self._observer.tokens(len(gen.token_ids) - before, before == 0, now - gen.last_token_at)
             gen.last_token_at = now
         if text:
             gen.send(Piece(text))

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from pybitnet.sampling import MAX_STOP_CHARS
+from pybitnet.speculative import MAX_DRAFT_TOKENS
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 
@@ -148,6 +149,8 @@ class GenerationParams(Strict):
     stream_options: StreamOptions | None = None
     n: int = 1
     logprobs: bool | int | None = None
+    # pybitnet's extension: speculative decoding for this request (None: the server's default).
+    draft_tokens: Annotated[int, Field(ge=0, le=MAX_DRAFT_TOKENS)] | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -148,6 +148,9 @@ class Serving:
             max_tokens=min(max_tokens or room, room),
             sampling=SamplerConfig(**chosen),
             stop=body.stop_strings(),
+            draft_tokens=(
+                self.config.draft_tokens if body.draft_tokens is None else body.draft_tokens
+            ),
             loop=asyncio.get_running_loop(),
         )
 
