@@ -55,6 +55,14 @@ def stream_until_first_token(url: str, max_tokens: int):
     return response, lines
 
 
+def wait_for_active(url: str, n: int, seconds: float = 30) -> None:
+    """Waits until n sequences are in the server's batch (its gauge says so)."""
+    deadline = time.monotonic() + seconds
+    while f"pybitnet_active_sequences {float(n)}" not in httpx.get(f"{url}/metrics").text:
+        assert time.monotonic() < deadline, f"{n} sequences never were in the batch"
+        time.sleep(0.05)
+
+
 def refused(url: str) -> bool:
     try:
         return httpx.post(f"{url}/v1/completions", json={"prompt": "a"}).status_code == 503
@@ -107,6 +115,7 @@ def test_requests_still_running_after_the_timeout_end_with_an_error():
         )
         waiting.start()
         response, lines = stream_until_first_token(url, 500)
+        wait_for_active(url, 2)  # the plain request too is in the batch (a busy machine may lag)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         rest = list(lines)
