@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -143,12 +144,18 @@ def test_renders_from_many_threads_each_get_their_own_text() -> None:
 def test_an_interrupted_render_does_not_answer_the_next_one() -> None:
     """Ctrl+C while a render runs: its late reply must not be taken for the next render's."""
     assert render_chat(CHATML, MESSAGES) == RENDERED  # the renderer runs: this render waits
+    # interrupt_main does nothing unless Python handles SIGINT, which an earlier test of the
+    # same process may have changed (the whole suite failed so, and a 60 s render ran out).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.2, _thread.interrupt_main)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        # Loops that do nothing, with time enough for the interrupt on a busy machine.
-        render_chat(CASES[1][1], MESSAGES, limits=dataclasses.replace(LIMITS, seconds=60))
-    timer.join()
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            # Loops that do nothing, with time enough for the interrupt on a busy machine.
+            render_chat(CASES[1][1], MESSAGES, limits=dataclasses.replace(LIMITS, seconds=60))
+    finally:
+        timer.join()
+        signal.signal(signal.SIGINT, previous)
     assert render_chat(CHATML, MESSAGES) == RENDERED
 
 
