@@ -9,6 +9,7 @@ import json
 import pytest
 
 import pybitnet
+from helpers.chat_history import story_history as long_history
 from helpers.tokenizer_files import FIXTURES, SPM_FIXTURE, goldens, smollm2_path, tokenizer_metadata
 from pybitnet.chat import (
     CHATML,
@@ -137,17 +138,6 @@ def test_chat_session_keeps_the_history_until_reset() -> None:
 @pytest.fixture(scope="module")
 def tiny() -> Model:
     return pybitnet.load()
-
-
-def long_history(n_turns: int) -> list[dict[str, str]]:
-    story = "Once upon a time there was a little cat named Tom who liked to play. " * 4
-    messages = [{"role": "system", "content": "You tell stories."}]
-    for i in range(n_turns):
-        messages += [
-            {"role": "user", "content": f"Tell me story {i}."},
-            {"role": "assistant", "content": story},
-        ]
-    return [*messages, {"role": "user", "content": "One more, please."}]
 
 
 def room_left(model: Model, messages: list[dict[str, str]]) -> int:

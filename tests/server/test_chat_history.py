@@ -8,21 +8,10 @@ import json
 import httpx
 import pytest
 
+from helpers.chat_history import story_history as history
 from helpers.serving import HTTP_TIMEOUT, error
 from pybitnet.chat import fit_conversation
 from pybitnet.server.serving import DROPPED_HEADER
-
-STORY = "Once upon a time there was a little cat named Tom who liked to play. " * 4
-
-
-def history(n_turns: int) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": "You tell stories."}]
-    for i in range(n_turns):
-        messages += [
-            {"role": "user", "content": f"Tell me story {i}."},
-            {"role": "assistant", "content": STORY},
-        ]
-    return [*messages, {"role": "user", "content": "One more, please."}]
 
 
 def post(base_url: str, **fields) -> httpx.Response:
