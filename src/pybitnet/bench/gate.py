@@ -203,6 +203,11 @@ def _notes(baseline: dict[str, Any], current: dict[str, Any]) -> list[Note]:
         for key in base_runs.keys() & cur_runs.keys()
         if base_runs[key].get("kernel_id") != cur_runs[key].get("kernel_id")
     ]
+    one_sided = baseline["workload"].keys() ^ current["workload"].keys()
+    notes += [
+        Note(Verdict.PASS, f"workload.{key} is recorded by one side only: not compared")
+        for key in sorted(one_sided - _compared_workload_keys(baseline, current))
+    ]
     for key in ("cpu_model", "logical_cores"):
         if baseline["host"][key] != current["host"][key]:
             notes.append(
@@ -256,13 +261,24 @@ def _pooled(receipts: list[dict[str, Any]]) -> dict[str, Any]:
     return {**receipts[0], "runs": list(pooled_runs.values())}
 
 
+# Workload fields whose absence is itself a setting (plain decoding), so that one side's field
+# is a difference. Any other field only one side records is one the other's version did not
+# know yet (the base revision of a CI gate): it is noted, not compared.
+_ABSENT_IS_A_SETTING = frozenset({"draft_tokens"})
+
+
+def _compared_workload_keys(baseline: dict[str, Any], current: dict[str, Any]) -> set[str]:
+    base, cur = baseline["workload"].keys(), current["workload"].keys()
+    return (base & cur) | ((base | cur) & _ABSENT_IS_A_SETTING)
+
+
 def _check_comparable(baseline: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse receipts of different kinds, models or workloads, naming the field and values."""
     pairs = [("kind", baseline["kind"], current["kind"])]
     if baseline["kind"] == "generation" == current["kind"]:
         pairs.append(("model.sha256", baseline["model"]["sha256"], current["model"]["sha256"]))
     # The number of repetitions may differ: it changes the confidence, not what is measured.
-    for key in sorted((baseline["workload"].keys() | current["workload"].keys()) - {"repetitions"}):
+    for key in sorted(_compared_workload_keys(baseline, current) - {"repetitions"}):
         pairs.append(
             (
                 f"workload.{key}",
