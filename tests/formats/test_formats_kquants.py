@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pybitnet import formats
+from pybitnet import formats, kernels
+from pybitnet.kernels.registry import NATIVE_QUANTIZERS
 
 K_TYPES = ["Q4_K", "Q5_K", "Q6_K"]
 GOLDENS = np.load(Path(__file__).parents[1] / "fixtures" / "kquants" / "llama_cpp_ref.npz")
@@ -29,6 +30,26 @@ def test_quantize_is_llama_cpps_reference_byte_for_byte(name: str, kind: str) ->
     blocks = formats.weight_type(name).type_size
     differ = np.flatnonzero((ours != expected).reshape(-1, blocks).any(axis=1))
     assert differ.size == 0, f"super-blocks {differ.tolist()} differ"
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", list(NATIVE_QUANTIZERS))
+def test_native_quantizers_write_the_same_bytes(name: str) -> None:
+    """The threaded C++ quantizers against the goldens and the numpy port, on every kind of
+    input (zeros, extremes, tiny and huge scales) and on a few thousand random rows."""
+    tier = kernels.supported_tiers()[0]
+    if tier == "numpy":
+        pytest.skip("no native tier in this build")
+    inputs = GOLDENS["inputs"].reshape(-1, 256)
+    ours = kernels.quantize(name, inputs, tier)
+    np.testing.assert_array_equal(ours, GOLDENS[name].reshape(-1))
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((300, 512)) * rng.uniform(1e-6, 1e3, (300, 1))
+    values[7], values[9, :40] = 0, 0
+    values = values.astype(np.float32)
+    np.testing.assert_array_equal(
+        kernels.quantize(name, values, tier), formats.quantize(name, values)
+    )
 
 
 # Relative RMS error of a round trip of standard normal weights, a little above what the formats

@@ -37,9 +37,18 @@ def float64_tolerance(x, w):
     return 1e-6 * (np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)) + 1e-30
 
 
+def int8_activation_tolerance(x, w):
+    """Q6_K takes x rounded to int8 per 256-block (docs/SPEC.md §1): each element moves by at
+    most half its block's step max|x_b| / 127, so y by that times |w|, plus float32 rounding."""
+    step = np.abs(x.reshape(len(x), -1, 256)).max(axis=2).astype(np.float64) / 127
+    half_steps = np.repeat(step, 256, axis=1) / 2
+    return half_steps @ np.abs(w).T.astype(np.float64) * (1 + 1e-4) + float64_tolerance(x, w)
+
+
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("wtype", DENSE_FORMATS)
 def test_dense_linear_matches_float64_of_dequantized_weights(tier, wtype, rng):
+    tolerance = int8_activation_tolerance if wtype == "Q6_K" else float64_tolerance
     for rows, cols in shapes_for(wtype):
         data, w = dense_matrix(rng, wtype, rows, cols)
         kernel = kernels.get(f"linear_{wtype.lower()}", tier)
@@ -49,7 +58,25 @@ def test_dense_linear_matches_float64_of_dequantized_weights(tier, wtype, rng):
             y = kernel(x, prepared)
             assert y.dtype == np.float32 and y.shape == (n, rows)
             expected = x.astype(np.float64) @ w.T.astype(np.float64)
-            assert np.all(np.abs(y - expected) <= float64_tolerance(x, w)), (rows, cols, n)
+            assert np.all(np.abs(y - expected) <= tolerance(x, w)), (rows, cols, n)
+
+
+@pytest.mark.parametrize("tier", NATIVE_TIERS)
+def test_q6_k_linear_equals_numpy_bit_for_bit(tier, rng):
+    """Integer dot products per super-block, then one float step each in a fixed order: every
+    tier gives numpy's bits, for any batch (each row is computed as it would be alone)."""
+    for rows, cols in SUPER_BLOCK_SHAPES:
+        data, _ = dense_matrix(rng, "Q6_K", rows, cols)
+        data[:210] = 0  # an all-zero super-block (d = 0)
+        kernel = kernels.get("linear_q6_k", tier)
+        prepared = kernel.prepare(data, (rows, cols))
+        expected_w = numpy_tier.prepare_q6_k("Q6_K", data, (rows, cols))
+        for n in BATCHES:
+            x = (rng.standard_normal((n, cols)) * rng.uniform(1e-3, 1e3, (n, 1))).astype(np.float32)
+            x[0, :256] = 0  # an all-zero activation block
+            expected = numpy_tier.q6_k_linear(x, expected_w)
+            np.testing.assert_array_equal(kernel(x, prepared), expected)
+            np.testing.assert_array_equal(kernel(x[-1:], prepared), expected[-1:])
 
 
 @pytest.mark.parametrize("tier", TIERS)

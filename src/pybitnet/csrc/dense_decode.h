@@ -73,6 +73,13 @@ inline void decode_q6_k(const uint8_t *b, int j, float *__restrict out) {
     for (int l = 16; l < 32; ++l) out[l] = scale1 * static_cast<float>(q[l] - 32);
 }
 
+// The float step of the Q6_K kernels (kquant_dot.h) per super-block, in this order (docs/SPEC.md
+// §1), so every tier and numpy give the same bits: y + (d * d_x) * isum, where isum = sum_j sc_j *
+// sum_{e in sub-block j} (q_e - 32) x_e is exact and d_x is the activations' block scale.
+inline float q6k_step(float y, const uint8_t *block, float dx, int32_t isum) {
+    return y + (f16_at(block + 208) * dx) * static_cast<float>(isum);
+}
+
 // Columns 32c .. 32c + 31 of row r of w as floats (zeros past the row's end).
 inline void decode_chunk(const DenseView &w, int64_t r, int64_t c, float *out) {
     const uint8_t *row = w.data + r * w.row_bytes;

@@ -376,6 +376,8 @@ void bind_attention(nb::module_ &m) {
 }
 
 }  // namespace
+
+void bind_kquants(nb::module_ &m);  // bind_kquants.cpp
 }  // namespace pybitnet
 
 NB_MODULE(_native, m) {
@@ -386,6 +388,7 @@ NB_MODULE(_native, m) {
     bind_ternary(m);
     bind_dense(m);
     bind_int8(m);
+    bind_kquants(m);
     bind_float_ops(m);
     bind_attention(m);
 }

@@ -180,9 +180,63 @@ void int8_matmul(const Int8View &w, const QuantizedRows &x, int64_t r0, int64_t 
 
 #include "float_tiles.h"
 
+// Q6_K: the 6-bit codes (0..63) as vpmaddubsw's unsigned operand (a pair sums to at most
+// 2 * 63 * 127: no saturation), vpmaddwd with each pair's 16-element scale, and the codes' -32
+// as 32 * sum_j sc_j * bsum_j, once per super-block. Chunk 4h + k (32 codes, sub-blocks 8h + 2k
+// and 8h + 2k + 1) takes the nibbles of ql[64h + 32 (k % 2) ..] (high ones for k >= 2) and bit
+// pair k of qh[32h ..]. Per weight row, activation rows b .. b + B - 1.
+template <int B>
+inline void q6k_row(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t b, float *y) {
+    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+    const int64_t blocks = w.cols / 256;
+    const uint8_t *row = w.data + r * w.row_bytes;
+    float acc[B] = {};
+    for (int64_t s = 0; s < blocks; ++s) {
+        const uint8_t *blk = row + kQ6_KBytes * s;
+        const int8_t *sc = reinterpret_cast<const int8_t *>(blk + 192);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(sc)));
+        __m256i a[B];
+        for (int j = 0; j < B; ++j) {
+            const __m256i bsums = _mm256_loadu_si256(
+                reinterpret_cast<const __m256i *>(x.bsums + 16 * ((b + j) * blocks + s)));
+            a[j] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                    _mm256_slli_epi32(_mm256_madd_epi16(sc16, bsums), 5));
+        }
+        for (int h = 0; h < 2; ++h) {
+            const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(blk + 64 * h));
+            const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(blk + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(blk + 128 + 32 * h));
+            const __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30))};
+            for (int k = 0; k < 4; ++k) {
+                const int c = 4 * h + k;
+                const __m256i scales = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_set1_epi16(sc[2 * c])), _mm_set1_epi16(sc[2 * c + 1]), 1);
+                for (int j = 0; j < B; ++j) {
+                    const __m256i xv = _mm256_loadu_si256(
+                        reinterpret_cast<const __m256i *>(x.q + 256 * ((b + j) * blocks + s) + 32 * c));
+                    a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], xv), scales));
+                }
+            }
+        }
+        for (int j = 0; j < B; ++j) acc[j] = q6k_step(acc[j], blk, x.d[(b + j) * blocks + s], hsum_epi32(a[j]));
+    }
+    for (int j = 0; j < B; ++j) y[(b + j) * w.rows + r] = acc[j];
+}
+
+// Activation rows a weight row takes at once (its decoded codes stay in registers).
+constexpr int kQ6kRows = 2;
+#define PYBITNET_TIER_Q6K_ROW
+#include "kquant_dot.h"
+
 }  // namespace
 
 const TierKernels avx2_kernels = {"avx2", quantize, matmul, dense_matmul, dense_rows,
-                                  int8_matmul, rmsnorm, rope, gated, attention};
+                                  int8_matmul, q6k_matmul, rmsnorm, rope, gated,
+                                  attention};
 
 }  // namespace pybitnet

@@ -95,10 +95,12 @@ struct Vf {
 };
 
 #include "float_tiles.h"
+#include "kquant_dot.h"
 
 }  // namespace
 
 const TierKernels scalar_kernels = {"scalar", quantize, matmul, dense_matmul, dense_rows,
-                                    int8_matmul, rmsnorm, rope, gated, attention};
+                                    int8_matmul, q6k_matmul, rmsnorm, rope, gated,
+                                    attention};
 
 }  // namespace pybitnet

@@ -74,6 +74,17 @@ static inline const int8_t *int8_chunk(const Int8View &w, int64_t r, int64_t k) 
     return w.q + r / kTileRows * kTileRows * w.kp + (k / 64 * kTileRows + r % kTileRows) * 64;
 }
 
+// Activations quantized per 256-element block for the K-quant kernels (docs/SPEC.md §1, "K-quant
+// weights"), as llama.cpp's q8_K: block b of row i holds q[i * cols + 256 b ..] (int8 in
+// -127..127), its scale d[i * blocks + b] (x ~ d * q) and the sums of its 16-element runs of q,
+// bsums[(i * blocks + b) * 16 ..]. cols is a multiple of 256.
+struct BlockQ8Rows {
+    const int8_t *q;
+    const float *d;
+    const int16_t *bsums;
+    int64_t n, cols;
+};
+
 // Causal attention of n query positions start .. start + n - 1 over the cached keys and values
 // 0 .. start + n - 1 of one layer. The key cache is in blocks of kKeyBlock positions, each
 // block transposed: kc is n_kv x (ctx / kKeyBlock) x d x kKeyBlock, so the scores of a block
@@ -108,6 +119,10 @@ struct TierKernels {
     // y[b, r] = (q_r . x_q,b) * scales[r] / s_x[b] for weight rows r0..r1 (multiple of kTileRows).
     void (*int8_matmul)(const Int8View &w, const QuantizedRows &x, int64_t r0, int64_t r1,
                         float *y);
+    // y[b, r] for weight rows r0..r1 of a Q6_K matrix (read in place) and activation rows x:
+    // per super-block an exact integer dot product, then y += (d * d_x) * isum in float32,
+    // super-block after super-block (docs/SPEC.md §1), so that every tier gives the same bits.
+    void (*q6k_matmul)(const DenseView &w, const BlockQ8Rows &x, int64_t r0, int64_t r1, float *y);
     // out = x / sqrt(mean(x^2) + eps) * w for rows r0..r1 of x (rows of dim).
     void (*rmsnorm)(const float *x, const float *w, int64_t dim, float eps, int64_t r0,
                     int64_t r1, float *out);

@@ -129,7 +129,7 @@ class Engine:
         if output_head == "q8":
             self.output = Linear([weights.output], tier, int8=True)
         elif output_head is not None:
-            self.output = Linear([requantized(weights.output, output_head)], tier)
+            self.output = Linear([requantized(weights.output, output_head, tier)], tier)
         else:
             self.output = self.token_embd if tied else Linear([weights.output], tier)
         half = c.rope_dim // 2

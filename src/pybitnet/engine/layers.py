@@ -82,9 +82,10 @@ def requantize_problem(t: Tensor, wtype: str) -> str | None:
     return None
 
 
-def requantized(t: Tensor, wtype: str) -> Tensor:
+def requantized(t: Tensor, wtype: str, tier: str | None = None) -> Tensor:
     """``t``'s values (its ``.scale`` applied) stored in ``wtype``: a smaller output head, made
-    at load a few MB of rows at a time. Raises ModelError when requantize_problem says why not."""
+    at load a few MB of rows at a time (by ``tier``'s quantizer: kernels.quantize). Raises
+    ModelError when requantize_problem says why not."""
     problem = requantize_problem(t, wtype)
     if problem:
         raise ModelError(f"output head {wtype}: {problem}")
@@ -96,7 +97,7 @@ def requantized(t: Tensor, wtype: str) -> Tensor:
         n = min(step, rows - r)
         chunk = t.data[r * row_bytes : (r + n) * row_bytes]
         values = formats.dequantize(t.wtype, chunk, (n, cols)) * np.float32(t.scale)
-        parts.append(formats.quantize(wtype, values))
+        parts.append(kernels.quantize(wtype.upper(), values, tier))
     return Tensor(t.name, formats.weight_type(wtype), t.shape, np.concatenate(parts))
 
 

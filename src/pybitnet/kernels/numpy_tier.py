@@ -11,6 +11,7 @@ import numpy as np
 
 from pybitnet import formats
 from pybitnet.errors import FormatError
+from pybitnet.formats._blocks import f16_to_f32
 from pybitnet.kernels.layout import KEY_BLOCK
 
 
@@ -77,6 +78,61 @@ def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Q6KRows:
+    """A Q6_K matrix as the numpy Q6_K kernel takes it: codes - 32 as float32 (out, in), the int8
+    sub-block scales (out, in / 16) and the super-block scales d (out, in / 256) float32."""
+
+    codes: np.ndarray
+    scales: np.ndarray
+    d: np.ndarray
+    data: np.ndarray  # the bytes (rows, bytes a row), for the embedding's rows
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.codes.shape
+
+
+def prepare_q6_k(wtype: str, data: np.ndarray, shape: tuple[int, int]) -> Q6KRows:
+    rows, cols = shape
+    blocks = np.asarray(data, np.uint8).reshape(rows * cols // 256, 210)
+    unit = blocks.copy()  # every scale 1 and d = 1.0: dequantize gives the codes - 32
+    unit[:, 192:208], unit[:, 208:210] = 1, np.array([0x00, 0x3C], np.uint8)
+    return Q6KRows(
+        formats.dequantize("Q6_K", unit.ravel(), shape),
+        blocks[:, 192:208].view(np.int8).reshape(rows, cols // 16).astype(np.float64),
+        f16_to_f32(blocks[:, 208:210]).reshape(rows, cols // 256),
+        blocks.reshape(rows, -1),
+    )
+
+
+def quantize_blocks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Activations per 256-block (docs/SPEC.md §1): x_q (n, in) float32 holding integers in
+    -127..127, and the block scales d_x (n, in / 256) float32."""
+    blocks = x.reshape(len(x), -1, 256)
+    m = np.maximum(np.abs(blocks).max(axis=2), np.float32(1e-5))
+    q = np.clip(np.rint(blocks * (np.float32(127) / m)[..., None]), -127, 127)
+    return q.reshape(x.shape).astype(np.float32), m / np.float32(127)
+
+
+def q6_k_linear(x: np.ndarray, w: Q6KRows) -> np.ndarray:
+    """Q6_K rows . activations quantized per 256-block: per super-block the exact integer
+    isum = sum_j sc_j * (codes - 32) . x_q over its 16 sub-blocks, then y += (d * d_x) * isum in
+    float32, super-block after super-block, as every native tier computes it."""
+    x_q, d_x = quantize_blocks(np.asarray(x, np.float32))
+    n, (rows, cols) = len(x), w.shape
+    # exact in float32 (|sum| <= 16 * 32 * 127), then in float64 (|isum| < 2^29)
+    dots = x_q.reshape(n, -1, 16).transpose(1, 0, 2) @ w.codes.reshape(rows, -1, 16).transpose(
+        1, 2, 0
+    )
+    weighted = dots.astype(np.float64) * w.scales.T[:, None, :]
+    isum = weighted.reshape(cols // 256, 16, n, rows).sum(axis=1).astype(np.float32)
+    y = np.zeros((n, rows), np.float32)
+    for s in range(cols // 256):
+        y = y + (w.d[:, s] * d_x[:, s, None]) * isum[s]
+    return y
+
+
+@dataclass(frozen=True)
 class Int8Rows:
     """A matrix quantized per row: w ~ q * scales[:, None]; q int8 (out, in), scales float32."""
 
@@ -103,7 +159,9 @@ def int8_linear(x: np.ndarray, w: Int8Rows) -> np.ndarray:
     return dots.astype(np.float32) * w.scales / s_x
 
 
-def embedding(w: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def embedding(w: np.ndarray | Q6KRows, ids: np.ndarray) -> np.ndarray:
+    if isinstance(w, Q6KRows):
+        return formats.dequantize("Q6_K", w.data[ids], (len(ids), w.shape[1]))
     return np.ascontiguousarray(w[ids])
 
 

@@ -1,0 +1,52 @@
+// Q6_K weights . activations quantized per 256-block (BlockQ8Rows), llama.cpp's way: per
+// super-block an exact integer dot product, then dense_decode.h's q6k_step. Included by each
+// tier unit inside its anonymous namespace after float_tiles.h; a tier with faster integer dot
+// products defines PYBITNET_TIER_Q6K_ROW, its own q6k_row<B> and kQ6kRows first.
+
+#ifndef PYBITNET_TIER_Q6K_ROW
+constexpr int kQ6kRows = 1;
+
+// isum of one super-block b (decode_q6_k has the layout) with its 256 activations x.
+inline int32_t q6k_isum(const uint8_t *b, const int8_t *x) {
+    const int8_t *sc = reinterpret_cast<const int8_t *>(b + 192);
+    int32_t dots[16] = {};
+    for (int h = 0; h < 2; ++h)
+        for (int k = 0; k < 4; ++k)
+            for (int l = 0; l < 32; ++l) {
+                const int e = 128 * h + 32 * k + l;
+                const int low = (b[64 * h + 32 * (k % 2) + l] >> (4 * (k / 2))) & 15;
+                const int q = low | ((b[128 + 32 * h + l] >> (2 * k)) & 3) << 4;
+                dots[e / 16] += (q - 32) * x[e];
+            }
+    int32_t isum = 0;
+    for (int j = 0; j < 16; ++j) isum += sc[j] * dots[j];
+    return isum;
+}
+
+// Weight row r against activation rows b .. b + B - 1.
+template <int B>
+inline void q6k_row(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t b, float *y) {
+    const int64_t blocks = w.cols / 256;
+    for (int j = 0; j < B; ++j) {
+        float acc = 0.0f;
+        for (int64_t s = 0; s < blocks; ++s) {
+            const uint8_t *block = w.data + r * w.row_bytes + kQ6_KBytes * s;
+            const int64_t xb = (b + j) * blocks + s;
+            acc = q6k_step(acc, block, x.d[xb], q6k_isum(block, x.q + 256 * xb));
+        }
+        y[(b + j) * w.rows + r] = acc;
+    }
+}
+#endif
+
+template <int B>
+inline void q6k_row_rest(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t b, float *y) {
+    if constexpr (B > 0) {
+        for (; b + B <= x.n; b += B) q6k_row<B>(w, x, r, b, y);
+        q6k_row_rest<B - 1>(w, x, r, b, y);
+    }
+}
+
+void q6k_matmul(const DenseView &w, const BlockQ8Rows &x, int64_t r0, int64_t r1, float *y) {
+    for (int64_t r = r0; r < min64(r1, w.rows); ++r) q6k_row_rest<kQ6kRows>(w, x, r, 0, y);
+}
