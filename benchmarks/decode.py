@@ -259,7 +259,7 @@ def main() -> None:
     )
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--output-head", choices=["q8"], default=None)
+    parser.add_argument("--output-head", choices=["q8", "q6_k", "q4_k"], default=None)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("decode.json"))
     parser.add_argument("--peer", help="a Python with llama-cpp-python, for a side-by-side run")

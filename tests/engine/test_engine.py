@@ -244,10 +244,24 @@ def test_a_requantized_head_is_its_layer_quantized_whole():
     )
 
 
+def test_rows_that_are_not_whole_super_blocks_take_llama_cpps_fallback_type():
+    """Rows of 576 (SmolLM2): q6_k makes a Q8_0 head, as llama.cpp's quantizer does, and says
+    so; q4_k's fallback (Q5_0) is a format pybitnet does not read, so it is refused."""
+    weights = load(smollm2_path())
+    engine = Engine(weights, output_head="q6_k")
+    assert engine.output_type == "Q8_0"
+    assert "rows of 576 elements are not whole 256-blocks; the head is Q8_0" in engine.output_note
+    assert (
+        Engine(weights).output_note is None
+        and Engine(weights, output_head="q8").output_type == "int8"
+    )
+    with pytest.raises(
+        ModelError, match="output head q4_k: .* rows of 576 .* fallback, Q5_0, is not"
+    ):
+        Engine(weights, output_head="q4_k")
+
+
 def test_a_head_that_cannot_be_requantized_is_a_model_error():
-    weights = load(smollm2_path())  # rows of 576: not whole 256-blocks
-    with pytest.raises(ModelError, match="output head q6_k: .* rows of 576 elements, not whole"):
-        Engine(weights, output_head="q6_k")
     ternary = Tensor(
         "output.weight", formats.weight_type("TQ2_0"), (1, 256), np.zeros(66, np.uint8)
     )

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pybitnet import formats, kernels
-from pybitnet.kernels.registry import NATIVE_QUANTIZERS
+from pybitnet.kernels.quantizers import NATIVE_QUANTIZERS
 
 K_TYPES = ["Q4_K", "Q5_K", "Q6_K"]
 GOLDENS = np.load(Path(__file__).parents[1] / "fixtures" / "kquants" / "llama_cpp_ref.npz")

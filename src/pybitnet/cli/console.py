@@ -46,7 +46,10 @@ def load_model(
     use_threads(threads)
     model = resolve_model(model)
     with status("loading model"):
-        return load(model, output_head=output_head, **options)
+        m = load(model, output_head=output_head, **options)
+    if m.engine.output_note:
+        print(f"pybitnet: {m.engine.output_note}", file=sys.stderr, flush=True)
+    return m
 
 
 def resolve_model(model: Path | None) -> Path | None:

@@ -1,10 +1,10 @@
 // Q6_K weights . activations quantized per 256-block (BlockQ8Rows), llama.cpp's way: per
 // super-block an exact integer dot product, then dense_decode.h's q6k_step. Included by each
 // tier unit inside its anonymous namespace after float_tiles.h; a tier with faster integer dot
-// products defines PYBITNET_TIER_Q6K_ROW, its own q6k_row<B> and kQ6kRows first.
+// products defines PYBITNET_TIER_Q6K_TILE, its own q6k_tile<B>, kQ6kRows and kQ6kTile first.
 
-#ifndef PYBITNET_TIER_Q6K_ROW
-constexpr int kQ6kRows = 1;
+#ifndef PYBITNET_TIER_Q6K_TILE
+constexpr int kQ6kRows = 1, kQ6kTile = 1;  // activation rows, weight rows a call takes
 
 // isum of one super-block b (decode_q6_k has the layout) with its 256 activations x.
 inline int32_t q6k_isum(const uint8_t *b, const int8_t *x) {
@@ -25,7 +25,7 @@ inline int32_t q6k_isum(const uint8_t *b, const int8_t *x) {
 
 // Weight row r against activation rows b .. b + B - 1.
 template <int B>
-inline void q6k_row(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t b, float *y) {
+inline void q6k_tile(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t b, float *y) {
     const int64_t blocks = w.cols / 256;
     for (int j = 0; j < B; ++j) {
         float acc = 0.0f;
@@ -40,13 +40,14 @@ inline void q6k_row(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t
 #endif
 
 template <int B>
-inline void q6k_row_rest(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t b, float *y) {
+inline void q6k_tile_rest(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t b, float *y) {
     if constexpr (B > 0) {
-        for (; b + B <= x.n; b += B) q6k_row<B>(w, x, r, b, y);
-        q6k_row_rest<B - 1>(w, x, r, b, y);
+        for (; b + B <= x.n; b += B) q6k_tile<B>(w, x, r, b, y);
+        q6k_tile_rest<B - 1>(w, x, r, b, y);
     }
 }
 
 void q6k_matmul(const DenseView &w, const BlockQ8Rows &x, int64_t r0, int64_t r1, float *y) {
-    for (int64_t r = r0; r < min64(r1, w.rows); ++r) q6k_row_rest<kQ6kRows>(w, x, r, 0, y);
+    // r0 is a multiple of kTileRows, and so of kQ6kTile (1 or kTileRows)
+    for (int64_t r = r0; r < min64(r1, w.rows); r += kQ6kTile) q6k_tile_rest<kQ6kRows>(w, x, r, 0, y);
 }

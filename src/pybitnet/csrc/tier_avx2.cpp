@@ -184,9 +184,9 @@ void int8_matmul(const Int8View &w, const QuantizedRows &x, int64_t r0, int64_t 
 // 2 * 63 * 127: no saturation), vpmaddwd with each pair's 16-element scale, and the codes' -32
 // as 32 * sum_j sc_j * bsum_j, once per super-block. Chunk 4h + k (32 codes, sub-blocks 8h + 2k
 // and 8h + 2k + 1) takes the nibbles of ql[64h + 32 (k % 2) ..] (high ones for k >= 2) and bit
-// pair k of qh[32h ..]. Per weight row, activation rows b .. b + B - 1.
+// pair k of qh[32h ..]. Weight row r against activation rows b .. b + B - 1.
 template <int B>
-inline void q6k_row(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t b, float *y) {
+inline void q6k_tile(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t b, float *y) {
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
     const int64_t blocks = w.cols / 256;
     const uint8_t *row = w.data + r * w.row_bytes;
@@ -229,8 +229,8 @@ inline void q6k_row(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t
 }
 
 // Activation rows a weight row takes at once (its decoded codes stay in registers).
-constexpr int kQ6kRows = 2;
-#define PYBITNET_TIER_Q6K_ROW
+constexpr int kQ6kRows = 2, kQ6kTile = 1;
+#define PYBITNET_TIER_Q6K_TILE
 #include "kquant_dot.h"
 
 }  // namespace

@@ -190,56 +190,88 @@ void int8_matmul(const Int8View &w, const QuantizedRows &x, int64_t r0, int64_t 
 // 2 * 63 * 127: no saturation), vpdpwssd with each pair's 16-element scale, and the codes' -32
 // as 32 * sum_j sc_j * bsum_j, once per super-block. 64 codes a vector: q[2h] holds elements
 // 128h .. 128h + 63 (low nibbles of 64 ql bytes; the qh pairs of k = 0, 1), q[2h + 1] the next
-// 64 (high nibbles; pairs k = 2, 3). Per weight row, activation rows b .. b + B - 1.
-template <int B>
-inline void q6k_row(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t b, float *y) {
+// 64 (high nibbles; pairs k = 2, 3).
+struct Q6kDecoder {
     const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
     // bits 4-5 of a code: qh << 4 (k = 0) and << 2 (k = 1); qh (k = 2) and >> 2 (k = 3)
     const __m512i shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
     const __m512i shr = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
-    __m512i scale_of[4];  // int16 lane m of chunk c takes scale 4c + m / 8
-    for (int c = 0; c < 4; ++c) {
-        alignas(64) int16_t idx[32];
-        for (int m = 0; m < 32; ++m) idx[m] = static_cast<int16_t>(4 * c + m / 8);
-        scale_of[c] = _mm512_load_si512(idx);
+    __m512i scale_of[4];  // int16 lane m of chunk c takes the scale of sub-block 4c + m / 8
+    Q6kDecoder() {
+        for (int c = 0; c < 4; ++c) {
+            alignas(64) int16_t idx[32];
+            for (int m = 0; m < 32; ++m) idx[m] = static_cast<int16_t>(4 * c + m / 8);
+            scale_of[c] = _mm512_load_si512(idx);
+        }
     }
-    const int64_t blocks = w.cols / 256;
-    const uint8_t *row = w.data + r * w.row_bytes;
-    float acc[B] = {};
-    for (int64_t s = 0; s < blocks; ++s) {
-        const uint8_t *blk = row + kQ6_KBytes * s;
-        __m512i q[4];
+    // (ql & 15) | hi in one vpternlogd (hi holds bits 4-5 only)
+    __m512i merge(__m512i ql, __m512i hi) const { return _mm512_ternarylogic_epi32(ql, m4, hi, 0xEA); }
+    void codes(const uint8_t *blk, __m512i q[4]) const {
         for (int h = 0; h < 2; ++h) {
             const __m512i ql = _mm512_loadu_si512(blk + 64 * h);
             const __m512i qh = _mm512_broadcast_i64x4(
                 _mm256_loadu_si256(reinterpret_cast<const __m256i *>(blk + 128 + 32 * h)));
-            q[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4),
-                                       _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30));
-            q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
-                                           _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30));
-        }
-        const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(blk + 192)));
-        const __m512i sc512 = _mm512_inserti64x4(_mm512_setzero_si512(), sc, 0);
-        __m512i scales[4];
-        for (int c = 0; c < 4; ++c) scales[c] = _mm512_permutexvar_epi16(scale_of[c], sc512);
-        for (int j = 0; j < B; ++j) {
-            const int64_t xb = (b + j) * blocks + s;
-            const int8_t *xq = x.q + 256 * xb;
-            const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.bsums + 16 * xb));
-            __m512i a = _mm512_inserti64x4(_mm512_setzero_si512(),
-                                           _mm256_slli_epi32(_mm256_madd_epi16(sc, bsums), 5), 0);
-            a = _mm512_sub_epi32(_mm512_setzero_si512(), a);
-            for (int c = 0; c < 4; ++c)
-                a = _mm512_dpwssd_epi32(a, _mm512_maddubs_epi16(q[c], _mm512_loadu_si512(xq + 64 * c)), scales[c]);
-            acc[j] = q6k_step(acc[j], blk, x.d[xb], _mm512_reduce_add_epi32(a));
+            q[2 * h] = merge(ql, _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30));
+            q[2 * h + 1] = merge(_mm512_srli_epi16(ql, 4), _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30));
         }
     }
-    for (int j = 0; j < B; ++j) y[(b + j) * w.rows + r] = acc[j];
+};
+
+// The four sums of a[0..3] (int32 lanes): per 128-bit lane a transpose-and-add tree, then the
+// four 128-bit lanes added (exact integers: any order).
+inline __m128i sum4(const __m512i a[4]) {
+    const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
+    const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
+    const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+    const __m256i v = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
 }
 
-// Activation rows a weight row takes at once (its decoded codes stay in registers).
-constexpr int kQ6kRows = 4;
-#define PYBITNET_TIER_Q6K_ROW
+// Weight rows r .. r + 3 (a row past the matrix repeats its last, its sums dropped) against
+// activation rows b .. b + B - 1: the four rows' sums of a super-block come out of one tree.
+template <int B>
+inline void q6k_tile(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t b, float *y) {
+    static const Q6kDecoder dec;
+    const int64_t blocks = w.cols / 256;
+    const uint8_t *row[kTileRows];
+    for (int i = 0; i < kTileRows; ++i) row[i] = w.data + min64(r + i, w.rows - 1) * w.row_bytes;
+    float acc[kTileRows][B] = {};
+    for (int64_t s = 0; s < blocks; ++s) {
+        __m512i a[B][kTileRows];
+        for (int i = 0; i < kTileRows; ++i) {
+            const uint8_t *blk = row[i] + kQ6_KBytes * s;
+            __m512i q[4], scales[4];
+            dec.codes(blk, q);
+            const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(blk + 192)));
+            const __m512i sc512 = _mm512_inserti64x4(_mm512_setzero_si512(), sc, 0);
+            for (int c = 0; c < 4; ++c) scales[c] = _mm512_permutexvar_epi16(dec.scale_of[c], sc512);
+            for (int j = 0; j < B; ++j) {
+                const int64_t xb = (b + j) * blocks + s;
+                const int8_t *xq = x.q + 256 * xb;
+                const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.bsums + 16 * xb));
+                a[j][i] = _mm512_inserti64x4(_mm512_setzero_si512(),
+                                             _mm256_slli_epi32(_mm256_madd_epi16(sc, bsums), 5), 0);
+                a[j][i] = _mm512_sub_epi32(_mm512_setzero_si512(), a[j][i]);
+                for (int c = 0; c < 4; ++c)
+                    a[j][i] = _mm512_dpwssd_epi32(
+                        a[j][i], _mm512_maddubs_epi16(q[c], _mm512_loadu_si512(xq + 64 * c)), scales[c]);
+            }
+        }
+        for (int j = 0; j < B; ++j) {
+            alignas(16) int32_t isum[kTileRows];
+            _mm_store_si128(reinterpret_cast<__m128i *>(isum), sum4(a[j]));
+            const float dx = x.d[(b + j) * blocks + s];
+            for (int i = 0; i < kTileRows; ++i)
+                acc[i][j] = q6k_step(acc[i][j], row[i] + kQ6_KBytes * s, dx, isum[i]);
+        }
+    }
+    for (int i = 0; i < kTileRows && r + i < w.rows; ++i)
+        for (int j = 0; j < B; ++j) y[(b + j) * w.rows + r + i] = acc[i][j];
+}
+
+// Activation rows a tile takes at once (4 x B accumulators), weight rows a tile.
+constexpr int kQ6kRows = 2, kQ6kTile = kTileRows;
+#define PYBITNET_TIER_Q6K_TILE
 #include "kquant_dot.h"
 
 }  // namespace

@@ -126,10 +126,19 @@ class Engine:
         self.token_embd = Linear([embd], tier)  # its kernel's prepared matrix serves the lookup
         self.output_norm = _f32(weights.output_norm)
         tied = weights.output is embd
+        # the output layer's type as computed (the file's, "int8", or the requantized one)
+        self.output_type = "int8" if output_head == "q8" else weights.output.wtype.name
+        self.output_note = None  # a line for the user when the head is not the type asked for
         if output_head == "q8":
             self.output = Linear([weights.output], tier, int8=True)
         elif output_head is not None:
-            self.output = Linear([requantized(weights.output, output_head, tier)], tier)
+            head = requantized(weights.output, output_head, tier)
+            self.output, self.output_type = Linear([head], tier), head.wtype.name
+            if self.output_type != output_head.upper():
+                self.output_note = (
+                    f"output head {output_head}: rows of {head.shape[1]} elements are not whole "
+                    f"256-blocks; the head is {self.output_type}, as llama.cpp does"
+                )
         else:
             self.output = self.token_embd if tied else Linear([weights.output], tier)
         half = c.rope_dim // 2

@@ -68,27 +68,48 @@ class Linear:
         return outs
 
 
+# llama.cpp's type for a K-quant whose rows are not whole 256-blocks (llama-quant.cpp,
+# tensor_type_fallback): the head is requantized to it instead.
+KQUANT_FALLBACK = {"Q6_K": "Q8_0", "Q4_K": "Q5_0"}
+
+
+def requantized_type(t: Tensor, wtype: str) -> str:
+    """The type ``t`` is requantized to for ``wtype``: that one, or llama.cpp's fallback when
+    t's rows are not whole blocks of it."""
+    name = formats.weight_type(wtype).name
+    if t.shape[1] % formats.weight_type(name).block_size == 0:
+        return name
+    return KQUANT_FALLBACK.get(name, name)
+
+
 def requantize_problem(t: Tensor, wtype: str) -> str | None:
-    """Why ``t`` cannot be requantized to ``wtype`` (its rows must be whole blocks of it; a
-    ternary tensor is smaller already), or None."""
-    target = formats.weight_type(wtype)
+    """Why ``t`` cannot be requantized to ``wtype`` (or its fallback: its rows must be whole
+    blocks of it; a ternary tensor is smaller already), or None."""
     if t.wtype.ternary:
-        return f"{t.name} is ternary ({t.wtype.name}), smaller than {target.name} already"
-    if t.shape[1] % target.block_size:
+        return f"{t.name} is ternary ({t.wtype.name}), smaller than {wtype.upper()} already"
+    name = requantized_type(t, wtype)
+    if name not in formats.DENSE:
         return (
-            f"{t.name} has rows of {t.shape[1]} elements, not whole {target.block_size}-element "
-            f"blocks of {target.name}"
+            f"{t.name} has rows of {t.shape[1]} elements, not whole 256-element blocks of "
+            f"{wtype.upper()}, and llama.cpp's fallback, {name}, is not a format pybitnet reads"
+        )
+    if t.shape[1] % formats.weight_type(name).block_size:
+        return (
+            f"{t.name} has rows of {t.shape[1]} elements, not whole "
+            f"{formats.weight_type(name).block_size}-element blocks of {name}"
         )
     return None
 
 
 def requantized(t: Tensor, wtype: str, tier: str | None = None) -> Tensor:
-    """``t``'s values (its ``.scale`` applied) stored in ``wtype``: a smaller output head, made
-    at load a few MB of rows at a time (by ``tier``'s quantizer: kernels.quantize). Raises
-    ModelError when requantize_problem says why not."""
+    """``t``'s values (its ``.scale`` applied) stored in ``wtype`` (or llama.cpp's fallback,
+    requantized_type): a smaller output head, made at load a few MB of rows at a time (by
+    ``tier``'s quantizer: kernels.quantize). Raises ModelError when requantize_problem says why
+    not."""
     problem = requantize_problem(t, wtype)
     if problem:
         raise ModelError(f"output head {wtype}: {problem}")
+    name = requantized_type(t, wtype)
     rows, cols = t.shape
     row_bytes = formats.tensor_nbytes(t.wtype, cols, cols)
     step = max(1, (1 << 20) // cols)
@@ -97,8 +118,8 @@ def requantized(t: Tensor, wtype: str, tier: str | None = None) -> Tensor:
         n = min(step, rows - r)
         chunk = t.data[r * row_bytes : (r + n) * row_bytes]
         values = formats.dequantize(t.wtype, chunk, (n, cols)) * np.float32(t.scale)
-        parts.append(kernels.quantize(wtype.upper(), values, tier))
-    return Tensor(t.name, formats.weight_type(wtype), t.shape, np.concatenate(parts))
+        parts.append(kernels.quantize(name, values, tier))
+    return Tensor(t.name, formats.weight_type(name), t.shape, np.concatenate(parts))
 
 
 def _dense_op(t: Tensor) -> str:

@@ -10,6 +10,7 @@ and how a tier is chosen.
 """
 
 from pybitnet.kernels.layout import KEY_BLOCK
+from pybitnet.kernels.quantizers import quantize
 from pybitnet.kernels.registry import (
     ENV,
     OPS,
@@ -20,7 +21,6 @@ from pybitnet.kernels.registry import (
     get,
     known_ids,
     profile,
-    quantize,
     selected_tier,
     set_threads,
     supported_tiers,

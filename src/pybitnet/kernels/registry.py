@@ -272,21 +272,6 @@ def _native_prepare_int8(tier: str, wtype: str, data: np.ndarray, shape: tuple[i
     return _native.Int8Matrix(tier, _native_prepare_dense(wtype, data, shape))
 
 
-# The formats a native quantizer writes (csrc/kquants.cpp): the same bytes as formats.quantize.
-NATIVE_QUANTIZERS = {"Q6_K": 14, "Q4_K": 12}
-
-
-def quantize(wtype: str, values: np.ndarray, tier: str | None = None) -> np.ndarray:
-    """values (rows, cols) float32 as wtype's bytes (1-D uint8): formats.quantize, or on a native
-    tier its native quantizer where there is one (threaded over rows; a 2B model's output layer
-    in seconds rather than minutes)."""
-    tier = tier or selected_tier()
-    if tier == "numpy" or wtype not in NATIVE_QUANTIZERS:
-        return formats.quantize(wtype, values)
-    values = np.ascontiguousarray(values, np.float32).reshape(-1, values.shape[-1])
-    return np.frombuffer(_native.quantize_kquant(NATIVE_QUANTIZERS[wtype], values), np.uint8)
-
-
 def _native_embedding(tier: str, w: Any, ids: np.ndarray) -> np.ndarray:
     return _native.dense_rows(tier, w, np.ascontiguousarray(ids, np.int64))
 
