@@ -43,13 +43,15 @@ class Completion:
 class Model:
     """A GGUF model ready to generate text: tokenizer, weights and the engine's forward pass
     (native kernels; numpy ones under PYBITNET_KERNELS=numpy). ``output_head="q8"`` holds
-    the output layer as int8 rows (see Engine). ``load_seconds``: how long loading took."""
+    the output layer as int8 rows, "q6_k" and "q4_k" requantize it (see Engine; receipts record
+    ``output_head``). ``load_seconds``: how long loading took."""
 
     def __init__(
         self, path: str | Path, *, n_ctx: int | None = None, output_head: str | None = None
     ) -> None:
         started = time.perf_counter()
         self.path = Path(path)
+        self.output_head = output_head
         self.file = open_gguf(self.path)
         self.config = ModelConfig.from_metadata(self.file.metadata, str(self.path))
         self.weights = Weights.from_gguf(self.file, self.config)

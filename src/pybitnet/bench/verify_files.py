@@ -23,7 +23,8 @@ def replay_workload(
     doc: dict[str, Any], model_path: str | Path
 ) -> tuple[list[list[int]], set[str]]:
     """Generate from the receipt's prompts as the bench did (its decode repetition: the prompts
-    decoded together as one batch, the sampler and seed of the workload, its drafting if any,
+    decoded together as one batch, the sampler and seed of the workload, its drafting and output
+    head if any,
     generated_tokens ids, never stopping early); return the ids and the ids of the kernels that
     ran."""
     # the model stack, needed only here
@@ -31,7 +32,7 @@ def replay_workload(
     from pybitnet.generate import load
 
     workload = doc["workload"]
-    model = load(model_path)
+    model = load(model_path, output_head=workload.get("output_head"))
     sampler = SamplerConfig(**workload["sampler"], seed=workload["seed"])
     with kernels.profile() as prof:
         ids = decode_once(
