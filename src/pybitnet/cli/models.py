@@ -14,16 +14,23 @@ OutputOption = Annotated[Path, typer.Option("-o", "--output", help="The GGUF fil
 
 
 def convert(
-    src: Annotated[Path, typer.Argument(help="The checkpoint (hf: its folder) to convert.")],
-    source: Annotated[str, typer.Option("--from", help="Its format: llama2c or hf.")],
+    src: Annotated[
+        Path, typer.Argument(help="The checkpoint (hf: its folder; gguf: a model) to convert.")
+    ],
+    source: Annotated[str, typer.Option("--from", help="Its format: llama2c, hf or gguf.")],
     output: OutputOption,
     tokenizer: Annotated[Path | None, typer.Option(help="Its tokenizer, if separate.")] = None,
     wtype: Annotated[
-        str, typer.Option("--type", help="GGUF type of ternary weights: I2_S, TQ2_0, TQ1_0.")
-    ] = "I2_S",
+        str | None,
+        typer.Option("--type", help="GGUF type of ternary weights: I2_S (default), TQ2_0, TQ1_0."),
+    ] = None,
     embd_type: Annotated[
         str | None,
-        typer.Option("--embedding-type", help="hf: GGUF type of the embedding and output head."),
+        typer.Option(
+            "--embedding-type",
+            help="hf, gguf: GGUF type of the embedding and output head (F16, Q8_0, Q6_K, Q4_K; "
+            "gguf re-encodes only these).",
+        ),
     ] = None,
 ) -> None:
     """Convert a checkpoint from another format into a GGUF model."""

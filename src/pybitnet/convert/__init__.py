@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pybitnet import formats
+from pybitnet.convert.embedding import reencode_embedding
 from pybitnet.convert.hf import import_hf
 from pybitnet.convert.llama2c import import_llama2c
 from pybitnet.errors import ModelError
@@ -28,23 +30,30 @@ def convert(
     src_path: str | Path,
     dst_path: str | Path,
     *,
-    weight_type: str = "I2_S",
+    weight_type: str | None = None,
     tokenizer: str | Path | None = None,
     embedding_type: str | None = None,
     progress: Callable[[int], Callable[[str], None]] | None = None,
 ) -> Path:
     """Convert the ``source``-format checkpoint at ``src_path`` into a GGUF file at ``dst_path``.
 
-    ``weight_type`` is the GGUF type of the ternary matrices; ``tokenizer`` names a tokenizer
-    file where the checkpoint has none of its own (llama2c: its `tokenizer.model`, by default
-    the one next to the checkpoint; hf: a folder with tokenizer.json). ``embedding_type`` is the
-    type of the embedding and output head, for importers that choose it (hf: F16 by default).
+    ``weight_type`` is the GGUF type of the ternary matrices (I2_S by default); ``tokenizer``
+    names a tokenizer file where the checkpoint has none of its own (llama2c: its
+    `tokenizer.model`, by default the one next to the checkpoint; hf: a folder with
+    tokenizer.json). ``embedding_type`` is the type of the embedding and output head, for
+    importers that choose it (hf: F16 by default), and for source "gguf" (an existing GGUF model)
+    the one change made (convert/embedding.py).
     ``progress(n_tensors)`` returns a function told each tensor's name as it is written.
     """
+    if source == "gguf":
+        return _reencoded_gguf(
+            Path(src_path), Path(dst_path), weight_type, tokenizer, embedding_type
+        )
     importer = IMPORTERS.get(source)
     if importer is None:
         raise ModelError(
-            f"unknown checkpoint source {source!r}; pybitnet converts from {', '.join(IMPORTERS)}"
+            f"unknown checkpoint source {source!r}; pybitnet converts from "
+            f"{', '.join(IMPORTERS)}, gguf"
         )
     options = {}
     if embedding_type is not None:
@@ -54,13 +63,28 @@ def convert(
             )
         options["embedding_type"] = formats.weight_type(embedding_type)
     tokenizer_path = Path(tokenizer) if tokenizer is not None else None
-    wtype = formats.weight_type(weight_type)
+    wtype = formats.weight_type(weight_type or "I2_S")
     metadata, tensors = importer(Path(src_path), wtype, tokenizer_path, **options)
     if progress is not None:
         step = progress(len(tensors))
         tensors = [_announced(spec, step) for spec in tensors]
     write_gguf(dst_path, metadata, tensors)
     return Path(dst_path)
+
+
+def _reencoded_gguf(
+    src: Path, dst: Path, weight_type: str | None, tokenizer: Any, embedding_type: str | None
+) -> Path:
+    """A GGUF model with its embedding and output layer re-encoded (convert/embedding.py); the
+    other tensors keep their types, so --type and --tokenizer do not apply."""
+    for flag, value in (("--type", weight_type), ("--tokenizer", tokenizer)):
+        if value is not None:
+            raise ModelError(f"{flag} {value}: a gguf model keeps its own; give --embedding-type")
+    if embedding_type is None:
+        raise ModelError(f"{src}: --from gguf re-encodes the embedding: give --embedding-type")
+    for line in reencode_embedding(src, dst, embedding_type):
+        print(f"pybitnet: {line}", file=sys.stderr)
+    return dst
 
 
 def _announced(spec: TensorSpec, step: Callable[[str], None]) -> TensorSpec:

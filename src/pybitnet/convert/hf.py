@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pybitnet import formats
+from pybitnet import formats, kernels
 from pybitnet.convert.hf_config import MASTER, HFConfig, read_config
 from pybitnet.convert.hf_tokenizer import tokenizer_metadata
 from pybitnet.convert.metadata import read_sentencepiece
@@ -77,6 +77,8 @@ def import_hf(
     if etype.ternary:
         raise ModelError(f"{src_path}: --embedding-type {etype.name} must be a float or Q type")
     config = read_config(src_path)
+    # rows that are not whole blocks of a K-quant: llama.cpp's fallback type, as its quantizer
+    etype = formats.weight_type(formats.type_for_rows(etype.name, config.dim))
     ckpt = Checkpoint(src_path)
     tensors = _tensor_specs(ckpt, config, weight_type, etype)
     metadata = {
@@ -203,7 +205,7 @@ def _float_spec(
         step = max(1, CHUNK_ELEMENTS // shape[-1])
         for i in range(0, source.shape[0], step):
             chunk = _float32(ckpt, name, source[i : i + step])
-            out[i * row_bytes : (i + len(chunk)) * row_bytes] = formats.quantize(wtype, chunk)
+            out[i * row_bytes : (i + len(chunk)) * row_bytes] = kernels.quantize(wtype.name, chunk)
             ckpt.release(name)  # the rows read so far leave memory
         return out
 

@@ -68,26 +68,12 @@ class Linear:
         return outs
 
 
-# llama.cpp's type for a K-quant whose rows are not whole 256-blocks (llama-quant.cpp,
-# tensor_type_fallback): the head is requantized to it instead.
-KQUANT_FALLBACK = {"Q6_K": "Q8_0", "Q4_K": "Q5_0"}
-
-
-def requantized_type(t: Tensor, wtype: str) -> str:
-    """The type ``t`` is requantized to for ``wtype``: that one, or llama.cpp's fallback when
-    t's rows are not whole blocks of it."""
-    name = formats.weight_type(wtype).name
-    if t.shape[1] % formats.weight_type(name).block_size == 0:
-        return name
-    return KQUANT_FALLBACK.get(name, name)
-
-
 def requantize_problem(t: Tensor, wtype: str) -> str | None:
     """Why ``t`` cannot be requantized to ``wtype`` (or its fallback: its rows must be whole
     blocks of it; a ternary tensor is smaller already), or None."""
     if t.wtype.ternary:
         return f"{t.name} is ternary ({t.wtype.name}), smaller than {wtype.upper()} already"
-    name = requantized_type(t, wtype)
+    name = formats.type_for_rows(wtype, t.shape[1])
     if name not in formats.DENSE:
         return (
             f"{t.name} has rows of {t.shape[1]} elements, not whole 256-element blocks of "
@@ -103,13 +89,13 @@ def requantize_problem(t: Tensor, wtype: str) -> str | None:
 
 def requantized(t: Tensor, wtype: str, tier: str | None = None) -> Tensor:
     """``t``'s values (its ``.scale`` applied) stored in ``wtype`` (or llama.cpp's fallback,
-    requantized_type): a smaller output head, made at load a few MB of rows at a time (by
+    formats.type_for_rows): a smaller output head, made at load a few MB of rows at a time (by
     ``tier``'s quantizer: kernels.quantize). Raises ModelError when requantize_problem says why
     not."""
     problem = requantize_problem(t, wtype)
     if problem:
         raise ModelError(f"output head {wtype}: {problem}")
-    name = requantized_type(t, wtype)
+    name = formats.type_for_rows(wtype, t.shape[1])
     rows, cols = t.shape
     row_bytes = formats.tensor_nbytes(t.wtype, cols, cols)
     step = max(1, (1 << 20) // cols)

@@ -88,6 +88,20 @@ def weight_type(key: int | str) -> WeightType:
     return found
 
 
+# llama.cpp's type for rows that are not whole 256-blocks of a K-quant (llama-quant.cpp,
+# tensor_type_fallback): what a requantized head or embedding takes instead.
+KQUANT_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+
+
+def type_for_rows(wtype: str, cols: int) -> str:
+    """The name of ``wtype``, or of llama.cpp's fallback when rows of ``cols`` elements are not
+    whole blocks of it (a name pybitnet may not read: Q5_0, Q5_1)."""
+    name = weight_type(wtype).name
+    if cols % weight_type(name).block_size == 0:
+        return name
+    return KQUANT_FALLBACK.get(name, name)
+
+
 def tensor_nbytes(wtype: WeightType, ne0: int, n_elements: int) -> int:
     """Bytes that a tensor of ``n_elements`` with rows of ``ne0`` elements takes in ``wtype``:
     ggml's formula (whole blocks a row), or the format module's own ``tensor_nbytes``.
