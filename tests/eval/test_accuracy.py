@@ -145,12 +145,18 @@ def test_cli_preset_tiny_writes_valid_json(monkeypatch, capsys, tmp_path):
     assert all(r["weights_identical"] for r in doc["paths"])
 
 
-def test_a_model_without_ternary_tensors_is_refused(monkeypatch, capsys, tmp_path):
-    path = make_model(tmp_path / "f16.gguf", "tiny", weight_type="F16")
-    with pytest.raises(ModelError, match=f"{path}: the model has no ternary tensors"):
-        acc.measure_accuracy(path, text=TEXT, n_ctx=16)
-    assert run_cli(monkeypatch, "accuracy", "--model", path, "-c", "16") == 2
-    assert "the model has no ternary tensors" in capsys.readouterr().err
+def test_a_model_without_ternary_tensors_has_the_heads_on_the_file(tmp_path):
+    """SmolLM2's kind: one path, the file as it is; its reference row is the baseline itself."""
+    path = make_model(tmp_path / "f16.gguf", "tiny", weight_type="F16", dim=256)
+    report = acc.measure_accuracy(path, text=TEXT, n_ctx=16)
+    assert {r.path for r in report.paths} == {"file"}
+    assert [r.output_head for r in report.paths] == ["F16", "F16", "q8", "q6_k", "q4_k"]
+    reference = report.paths[0]
+    assert reference.rel_error == 0 and reference.ppl == report.reference_ppl
+    stored, smaller = report.paths[1], report.paths[2:]
+    assert stored.rel_error < 1e-5 and stored.top1 == 1  # the engine, F16 head as stored
+    # relative errors here: q8 0.010, q6_k 0.019, q4_k 0.071 (a random model: near-ties)
+    assert all(stored.rel_error < r.rel_error < 0.15 for r in smaller)
 
 
 def test_a_model_and_a_preset_are_refused():

@@ -59,7 +59,8 @@ def accuracy(
     threads: ThreadsOption = None,
     json_path: JsonFileOption = None,
 ) -> None:
-    """Every ternary path (I2_S, TQ2_0, TQ1_0) and the q8 output head against float64."""
+    """Every ternary path (I2_S, TQ2_0, TQ1_0) and output head (q8, q6_k, q4_k) against
+    float64."""
     from pybitnet.eval.accuracy import measure_accuracy, print_report, write_json
 
     use_threads(threads)

@@ -3,7 +3,8 @@
     report = measure_accuracy()            # the embedded model, the built-in text, 128-token chunks
     print_report(report); write_json(report, "accuracy.json")
 
-The model's ternary weights are written into each ternary format in a temporary GGUF
+A model without ternary weights (SmolLM2) has one path, "file": the output heads on the file as
+it is. The model's ternary weights are written into each ternary format in a temporary GGUF
 (eval/reencode.py says how each format holds them exactly); a format that cannot hold a tensor's
 shape or scales is skipped with a note. After writing, every ternary tensor of the new file is
 dequantized and compared with the model's: `weights_identical` is that check, not an assumption.
@@ -156,7 +157,9 @@ def _measure(
         problem = output_head_problem(source.weights, head)
         heads += [] if problem else [head]
         skipped += [problem] if problem else []
-    for fmt in map(formats.weight_type, TERNARY_PATHS):
+    if not ternary:  # no ternary path: the output heads on the file as it is
+        rows += _path_rows(source, "file", True, heads, run, baseline, step, reference=baseline)
+    for fmt in map(formats.weight_type, TERNARY_PATHS if ternary else ()):
         target = workdir / f"{fmt.name.lower()}.gguf"
         step(f"{fmt.name}: re-encoding the weights")
         try:
@@ -186,15 +189,13 @@ def _measure(
 
 
 def _source_model(path: Path, n_ctx: int) -> Model:
-    """The model to measure, checked: the context fits it and it has ternary tensors."""
+    """The model to measure, checked: the context fits it."""
     source = Model(path, n_ctx=n_ctx)
     if n_ctx > source.config.context_length:
         raise ModelError(
             f"{path}: a context of {n_ctx} tokens exceeds the model's context_length "
             f"{source.config.context_length}"
         )
-    if not any(info.wtype.ternary for info in source.file.tensors.values()):
-        raise ModelError(f"{path}: the model has no ternary tensors, so no ternary path to measure")
     return source
 
 
@@ -206,12 +207,14 @@ def _path_rows(
     run: Callable[[ForwardPass], tuple[PerplexityResult, list[np.ndarray]]],
     baseline: tuple[PerplexityResult, list[np.ndarray]],
     step: Callable[[str], None],
+    reference: tuple[PerplexityResult, list[np.ndarray]] | None = None,
 ) -> list[PathAccuracy]:
-    """One ternary path's rows: the float64 reference on its file ``m`` against ``baseline``
-    (the reference on the model file), then the engine with each output head against it."""
+    """One ternary path's rows: the float64 reference on its file ``m`` (``reference`` when
+    already run) against ``baseline`` (the reference on the model file), then the engine with
+    each output head against it."""
     row = functools.partial(PathAccuracy, path=path, weights_identical=weights_identical)
     step(f"{path}: float64 reference")
-    ppl, logits = run(ReferenceModel(m.weights))
+    ppl, logits = reference or run(ReferenceModel(m.weights))
     rows = [
         row(
             compute="reference (float64)",
@@ -229,6 +232,8 @@ def _path_rows(
         with kernels.profile() as prof:
             engine = Engine(m.weights, output_head=head)
             engine_ppl, engine_logits = run(engine)
+        if engine.output_note:  # llama.cpp's fallback type for rows not whole 256-blocks
+            label = f"{head}:{engine.output_type}"
         rows.append(
             row(
                 compute=f"engine ({engine.tier})",
