@@ -229,41 +229,48 @@ inline __m128i sum4(const __m512i a[4]) {
 
 // Weight rows r .. r + 3 (a row past the matrix repeats its last, its sums dropped) against
 // activation rows b .. b + B - 1: the four rows' sums of a super-block come out of one tree.
+// Each row is read kQ6kRun super-blocks at a time (one sequential run, not four streams that
+// step 210 bytes each), and the next tile's bytes are prefetched into L2 meanwhile.
+constexpr int kQ6kRun = 8;
 template <int B>
 inline void q6k_tile(const DenseView &w, const BlockQ8Rows &x, int64_t r, int64_t b, float *y) {
     static const Q6kDecoder dec;
-    const int64_t blocks = w.cols / 256;
+    const int64_t blocks = w.cols / 256, ahead = kTileRows * w.row_bytes;
     const uint8_t *row[kTileRows];
     for (int i = 0; i < kTileRows; ++i) row[i] = w.data + min64(r + i, w.rows - 1) * w.row_bytes;
     float acc[kTileRows][B] = {};
-    for (int64_t s = 0; s < blocks; ++s) {
-        __m512i a[B][kTileRows];
-        for (int i = 0; i < kTileRows; ++i) {
-            const uint8_t *blk = row[i] + kQ6_KBytes * s;
-            __m512i q[4], scales[4];
-            dec.codes(blk, q);
-            const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(blk + 192)));
-            const __m512i sc512 = _mm512_inserti64x4(_mm512_setzero_si512(), sc, 0);
-            for (int c = 0; c < 4; ++c) scales[c] = _mm512_permutexvar_epi16(dec.scale_of[c], sc512);
-            for (int j = 0; j < B; ++j) {
-                const int64_t xb = (b + j) * blocks + s;
-                const int8_t *xq = x.q + 256 * xb;
-                const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.bsums + 16 * xb));
-                a[j][i] = _mm512_inserti64x4(_mm512_setzero_si512(),
-                                             _mm256_slli_epi32(_mm256_madd_epi16(sc, bsums), 5), 0);
-                a[j][i] = _mm512_sub_epi32(_mm512_setzero_si512(), a[j][i]);
-                for (int c = 0; c < 4; ++c)
-                    a[j][i] = _mm512_dpwssd_epi32(
-                        a[j][i], _mm512_maddubs_epi16(q[c], _mm512_loadu_si512(xq + 64 * c)), scales[c]);
+    for (int64_t s0 = 0; s0 < blocks; s0 += kQ6kRun) {
+        const int64_t run = min64(kQ6kRun, blocks - s0);
+        __m512i a[kQ6kRun][B][kTileRows];
+        for (int i = 0; i < kTileRows; ++i)
+            for (int64_t t = 0; t < run; ++t) {
+                const uint8_t *blk = row[i] + kQ6_KBytes * (s0 + t);
+                for (int64_t line = 0; line < kQ6_KBytes; line += 64) _mm_prefetch(blk + ahead + line, _MM_HINT_T1);
+                __m512i q[4], scales[4];
+                dec.codes(blk, q);
+                const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(blk + 192)));
+                const __m512i sc512 = _mm512_inserti64x4(_mm512_setzero_si512(), sc, 0);
+                for (int c = 0; c < 4; ++c) scales[c] = _mm512_permutexvar_epi16(dec.scale_of[c], sc512);
+                for (int j = 0; j < B; ++j) {
+                    const int64_t xb = (b + j) * blocks + s0 + t;
+                    const int8_t *xq = x.q + 256 * xb;
+                    const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.bsums + 16 * xb));
+                    __m512i v = _mm512_sub_epi32(
+                        _mm512_setzero_si512(),
+                        _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_slli_epi32(_mm256_madd_epi16(sc, bsums), 5), 0));
+                    for (int c = 0; c < 4; ++c)
+                        v = _mm512_dpwssd_epi32(v, _mm512_maddubs_epi16(q[c], _mm512_loadu_si512(xq + 64 * c)), scales[c]);
+                    a[t][j][i] = v;
+                }
             }
-        }
-        for (int j = 0; j < B; ++j) {
-            alignas(16) int32_t isum[kTileRows];
-            _mm_store_si128(reinterpret_cast<__m128i *>(isum), sum4(a[j]));
-            const float dx = x.d[(b + j) * blocks + s];
-            for (int i = 0; i < kTileRows; ++i)
-                acc[i][j] = q6k_step(acc[i][j], row[i] + kQ6_KBytes * s, dx, isum[i]);
-        }
+        for (int64_t t = 0; t < run; ++t)
+            for (int j = 0; j < B; ++j) {
+                alignas(16) int32_t isum[kTileRows];
+                _mm_store_si128(reinterpret_cast<__m128i *>(isum), sum4(a[t][j]));
+                const float dx = x.d[(b + j) * blocks + s0 + t];
+                for (int i = 0; i < kTileRows; ++i)
+                    acc[i][j] = q6k_step(acc[i][j], row[i] + kQ6_KBytes * (s0 + t), dx, isum[i]);
+            }
     }
     for (int i = 0; i < kTileRows && r + i < w.rows; ++i)
         for (int j = 0; j < B; ++j) y[(b + j) * w.rows + r + i] = acc[i][j];
