@@ -1,9 +1,8 @@
 """`pybitnet bench`: llama-bench-style generation benchmarks, written as receipts (docs/SPEC.md §6).
 
 Runs, for each thread count, like llama-bench rows, on the one token loop (decode.py):
-- ``pp<P>`` for each prompt length P: prefill P prompt tokens (ms, tok/s) as generation does,
-  in forward passes of decode.PREFILL_CHUNK tokens, then sample the first token (time to first
-  token, TTFT).
+- ``pp<P>`` for each prompt length P: prefill P prompt tokens (ms, tok/s) in forward passes of
+  decode.PREFILL_CHUNK tokens, as generation does, then sample the first token (TTFT).
 - ``tg<N>``: prefill the workload's prompt (the first prompt length) and sample the first token
   (TTFT), then N decode steps, each one forward pass of one token and a greedy sample. Its ms is
   the sum of the N inter-token gaps, so tok/s = N / ms = 1000 / mean gap is llama-bench's tg<N>
@@ -16,8 +15,8 @@ With a batch of B (-b), each run has B prompts (drawn one after the other from t
 generator), run together: each prefill step is one pass over a chunk of every prompt, each
 decode step one pass of B tokens, one per sequence. n_tokens and tok/s count the tokens of all B
 sequences (aggregate throughput); TTFT and the inter-token gaps are those of the steps, which every
-sequence shares. Every run records the peak RSS of each repetition. The bench never stops early:
-end-of-generation ids are generated like any other, as llama-bench does.
+sequence shares. Every run records each repetition's peak RSS. The bench never stops early (as
+llama-bench). workload.output_head is the model's (``load(output_head=...)``).
 
 Prompts are random ids (never end-of-generation ids), BOS first when the model adds one, drawn
 from a generator seeded with the workload's seed (recorded in workload.prompt_ids). The kernel
@@ -98,9 +97,7 @@ class Workload:
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(temperature=0.0, seed=self.seed)
 
-    def receipt_workload(
-        self, prompts: list[list[int]], output_head: str | None = None
-    ) -> dict[str, Any]:
+    def receipt_workload(self, prompts: list[list[int]], head: str | None) -> dict[str, Any]:
         return rc.generation_workload(
             len(prompts[0]),
             self.generate,
@@ -110,7 +107,7 @@ class Workload:
             self.sampler,
             prompt_ids=prompts,
             draft_tokens=self.draft_tokens,
-            output_head=output_head,
+            output_head=head,
         )
 
 
