@@ -33,12 +33,15 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=float("inf"))
     args = parser.parse_args()
     prompts = [int(n) for n in args.prompts.split(",") if n]
+    # llama-cpp-python keeps the logits of the last n_batch positions (scores), so a batch
+    # covers the whole decode run
+    longest = max([*prompts, DECODE_PROMPT + args.decode + 1])
     llm = Llama(
         args.model,
         n_threads=args.threads,
         n_threads_batch=args.threads,
-        n_ctx=max([1024, *prompts, DECODE_PROMPT + args.decode + 1]),
-        n_batch=max([*prompts, DECODE_PROMPT]),
+        n_ctx=max(1024, longest),
+        n_batch=max(512, longest),
         verbose=False,
     )
     rng = np.random.default_rng(0)

@@ -1,0 +1,148 @@
+"""Decode on a busy machine: pybitnet and llama.cpp on the same TQ2_0 file, taking turns, with
+and without competing CPU hogs, in one run; prints each engine's tok/s, with hogs / without, and
+pybitnet / llama.cpp in each condition.
+
+    .venv/bin/pybitnet make-model --preset 2b --arch bitnet --type TQ2_0 -o /tmp/2b-tq2.gguf
+    .venv/bin/python benchmarks/busy.py /tmp/2b-tq2.gguf --peer /work/peer-venv/bin/python
+        [--threads 2] [--hogs 2 (default: the core count)] [--rounds 3] [--decode 64]
+        [--max-seconds 30] [--json busy.json]
+
+A round is a phase without hogs, then one with them, each running both engines one after the
+other (the order swaps every round, so neither always runs first): decode is --decode greedy
+steps of one token after a 16-token prompt (decode.py's tg workload, its function for pybitnet),
+on --threads threads. The second phase runs --hogs Python busy loops (gate_power.py's CPU hog,
+one process each), started before the phase and stopped after it; each also stops itself after
+gate_power's HOG_SECONDS, even if this script is killed. A llama.cpp decode stops after
+--max-seconds (its figure: the steps done over their time), since a starved one can take
+minutes. The load average printed is the 1-minute one at the end of each run (it lags: it rises
+through the phase with hogs). "Without hogs" is not idle on a shared machine: others' work stays.
+
+Why the engines differ: ggml (llama.cpp) gives each thread a fixed share of every op and makes
+all of them meet at a barrier after it, so each op waits for a thread the OS has descheduled for
+a hog; pybitnet's pool (csrc/threadpool.h) hands out tasks as threads come for them, its caller
+takes every task a descheduled worker has not claimed, and idle workers sleep after a short spin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import peers  # benchmarks/peers.py
+from decode import DECODE_PROMPT, GREEDY, load_engine, timed_decode
+from gate_power import CPU_HOG, start_hog
+
+from pybitnet import kernels
+from pybitnet.engine import Engine
+
+ENGINES = ("pybitnet", "llama.cpp")
+PHASES = {False: "without hogs", True: "with hogs"}
+SETTLE_S = 2.0  # lets the hogs start spinning before the phase's first run
+
+
+def decode_pybitnet(engine: Engine, rng: np.random.Generator, steps: int) -> float:
+    prompt = rng.integers(0, engine.config.vocab_size, (1, DECODE_PROMPT)).tolist()
+    return timed_decode(engine, prompt, steps, GREEDY)[0]
+
+
+def decode_llama_cpp(args: argparse.Namespace) -> float:
+    peer = peers.bench_llama_cpp(
+        args.peer, args.model, args.threads, 1, (), args.decode, args.max_seconds
+    )
+    return peer[f"tg{args.decode}_tok_s"] if peer else float("nan")
+
+
+def run_phase(args, engine: Engine, rng, hogs: bool, order: tuple[str, ...]) -> list[dict]:
+    """One run of each engine in `order`, beside --hogs CPU hogs if `hogs`."""
+    loaders = [start_hog(CPU_HOG) for _ in range(args.hogs)] if hogs else []
+    try:
+        time.sleep(SETTLE_S if hogs else 0)
+        runs = []
+        for name in order:
+            if name == "pybitnet":
+                tok_s = decode_pybitnet(engine, rng, args.decode)
+            else:
+                tok_s = decode_llama_cpp(args)
+            load = os.getloadavg()[0]
+            runs.append({"engine": name, "hogs": hogs, "tok_s": tok_s, "load_average": load})
+            print(
+                f"  {PHASES[hogs]:<13} {name:<9} {tok_s:7.2f} tok/s (load {load:.2f})",
+                flush=True,
+            )
+        return runs
+    finally:
+        for hog in loaders:
+            hog.kill()
+            hog.wait()
+
+
+def summarize(runs: list[dict]) -> dict[str, float]:
+    """Median tok/s of each engine in each phase, with hogs / without, and pybitnet / llama.cpp."""
+    median = {
+        (name, hogs): statistics.median(
+            r["tok_s"] for r in runs if r["engine"] == name and r["hogs"] == hogs
+        )
+        for name in ENGINES
+        for hogs in (False, True)
+    }
+    summary = {}
+    for name in ENGINES:
+        for hogs in (False, True):
+            summary[f"{name} tok/s, {PHASES[hogs]}"] = median[name, hogs]
+        summary[f"{name} with hogs / without"] = median[name, True] / median[name, False]
+    for hogs in (False, True):
+        summary[f"pybitnet / llama.cpp, {PHASES[hogs]}"] = (
+            median["pybitnet", hogs] / median["llama.cpp", hogs]
+        )
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", type=Path, help="a TQ2_0 file of arch bitnet")
+    parser.add_argument("--peer", metavar="PYTHON", required=True, help="has llama-cpp-python")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hogs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--decode", type=int, default=64, help="decode steps a run")
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="of a llama.cpp decode")
+    parser.add_argument("--json", type=Path, default=Path("busy.json"))
+    args = parser.parse_args()
+    if not peers.runs_on("llama.cpp", args.model):
+        parser.error(f"{args.model}: llama.cpp reads TQ2_0 files of arch bitnet only")
+    kernels.set_threads(args.threads)
+    engine = load_engine(args.model)
+    rng = np.random.default_rng(0)
+    decode_pybitnet(engine, rng, 8)  # warm-up: the first pass pages the weights in
+    runs = []
+    for index in range(args.rounds):
+        order = ENGINES if index % 2 == 0 else ENGINES[::-1]
+        print(f"round {index + 1}/{args.rounds}", flush=True)
+        for hogs in (False, True):
+            runs += run_phase(args, engine, rng, hogs, order)
+    summary = summarize(runs)
+    print()
+    for key, value in summary.items():
+        print(f"{key:<36} {value:8.2f}")
+    report = {
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "host": kernels.describe(),
+        "model": str(args.model),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("model", "json", "peer")},
+        "summary": summary,
+        "runs": runs,
+    }
+    args.json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
