@@ -60,8 +60,7 @@ def bench_bitnet_cpp(
             name = f"pp{test['n_prompt']}" if test["n_gen"] == 0 else f"tg{test['n_gen']}"
             result[f"{name}_tok_s"] = statistics.median(test["samples_ts"])
             result[f"{name}_samples"] = test["samples_ts"]
-            result["version"] = f"{test['build_commit']} (build {test['build_number']})"
-        return result | {"threads": threads}
+        return result | {"threads": threads, "llama_bench": command[0]}
 
     return _json_of(command, f"bitnet.cpp on {path.name}", figures)
 
