@@ -51,11 +51,14 @@ def decode_pybitnet(engine: Engine, rng: np.random.Generator, steps: int) -> flo
     return timed_decode(engine, prompt, steps, GREEDY)[0]
 
 
-def decode_llama_cpp(args: argparse.Namespace) -> float:
+def decode_llama_cpp(args: argparse.Namespace) -> tuple[float, int]:
+    """(tok/s, steps done before --max-seconds) of one llama.cpp decode run."""
     peer = peers.bench_llama_cpp(
         args.peer, args.model, args.threads, 1, (), args.decode, args.max_seconds
     )
-    return peer[f"tg{args.decode}_tok_s"] if peer else float("nan")
+    if not peer:
+        return float("nan"), 0
+    return peer[f"tg{args.decode}_tok_s"], peer[f"tg{args.decode}_steps"][0]
 
 
 def run_phase(args, engine: Engine, rng, hogs: bool, order: tuple[str, ...]) -> list[dict]:
@@ -66,13 +69,17 @@ def run_phase(args, engine: Engine, rng, hogs: bool, order: tuple[str, ...]) -> 
         runs = []
         for name in order:
             if name == "pybitnet":
-                tok_s = decode_pybitnet(engine, rng, args.decode)
+                tok_s, steps = decode_pybitnet(engine, rng, args.decode), args.decode
             else:
-                tok_s = decode_llama_cpp(args)
+                tok_s, steps = decode_llama_cpp(args)
             load = os.getloadavg()[0]
-            runs.append({"engine": name, "hogs": hogs, "tok_s": tok_s, "load_average": load})
+            runs.append(
+                {"engine": name, "hogs": hogs, "tok_s": tok_s, "steps": steps}
+                | {"load_average": load}
+            )
             print(
-                f"  {PHASES[hogs]:<13} {name:<9} {tok_s:7.2f} tok/s (load {load:.2f})",
+                f"  {PHASES[hogs]:<13} {name:<9} {tok_s:7.2f} tok/s, {steps:3d} steps "
+                f"(load {load:.2f})",
                 flush=True,
             )
         return runs
