@@ -3,7 +3,7 @@ the given GGUF files and for the peers on the files they read (llama.cpp: TQ2_0,
 I2_S; see benchmarks/peers.py), in one run.
 
     .venv/bin/python benchmarks/scaling.py /tmp/2b-i2s.gguf /tmp/2b-tq2.gguf
-        [--threads 1,2,4,8 (default: 1 to the core count)] [--reps 3] [--prompt 128]
+        [--threads 1,2,3 (default: 1, 2, 4, ... and the core count)] [--reps 3] [--prompt 128]
         [--decode 64] [--peer /work/peer-venv/bin/python] [--bitnet-cpp BUILD_DIR]
         [--json scaling.json]
 
@@ -56,9 +56,12 @@ def bench_pybitnet(engine: Engine, threads: int, reps: int, prompt: int, steps: 
 
 
 def thread_counts(text: str | None) -> list[int]:
-    if text is None:
-        return list(range(1, (os.cpu_count() or 1) + 1))
-    return [int(t) for t in text.split(",")]
+    """The --threads list, by default 1, 2, 4, ... and the core count (e.g. 1,2,4,8,12)."""
+    if text is not None:
+        return [int(t) for t in text.split(",")]
+    cores = os.cpu_count() or 1
+    doubling = [2**k for k in range(cores.bit_length()) if 2**k < cores]
+    return [*doubling, cores]
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
