@@ -26,8 +26,6 @@ takes every task a descheduled worker has not claimed, and idle workers sleep af
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import statistics
 import time
@@ -35,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import peers  # benchmarks/peers.py
-from decode import DECODE_PROMPT, GREEDY, load_engine, timed_decode
+from decode import DECODE_PROMPT, GREEDY, load_engine, timed_decode, write_report
 from gate_power import CPU_HOG, start_hog
 
 from pybitnet import kernels
@@ -139,16 +137,15 @@ def main() -> None:
     print()
     for key, value in summary.items():
         print(f"{key:<36} {value:8.2f}")
-    report = {
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "host": kernels.describe(),
-        "model": str(args.model),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("model", "json", "peer")},
-        "summary": summary,
-        "runs": runs,
-    }
-    args.json.write_text(json.dumps(report, indent=1, default=str) + "\n")
-    print(f"wrote {args.json}")
+    settings = {k: v for k, v in vars(args).items() if k not in ("model", "json", "peer")}
+    write_report(
+        args.json,
+        host=kernels.describe(),
+        model=str(args.model),
+        settings=settings,
+        summary=summary,
+        runs=runs,
+    )
 
 
 if __name__ == "__main__":

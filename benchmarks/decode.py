@@ -248,20 +248,16 @@ def main() -> None:
     print()
     print_rows(rows)
     print_profiles(rows)
-    report = {
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "host": info,
-        "workloads": {
-            "prompts": PROMPTS,
-            "decode": DECODE,
-            "decode_prompt": DECODE_PROMPT,
-            "batch": {"sequences": BATCH, "steps": BATCH_STEPS},
-        },
-        "reps": args.reps,
-        "results": rows,
-    }
-    args.json.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    workloads = {"prompts": PROMPTS, "decode": DECODE, "decode_prompt": DECODE_PROMPT}
+    workloads["batch"] = {"sequences": BATCH, "steps": BATCH_STEPS}
+    write_report(args.json, host=info, workloads=workloads, reps=args.reps, results=rows)
+
+
+def write_report(path: Path, **fields) -> None:
+    """The run's JSON: when, then `fields` (the host, the settings, the figures)."""
+    report = {"created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **fields}
+    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -21,15 +21,20 @@ On a shared machine the figures move with the others' work; each row records the
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import statistics
 from pathlib import Path
 
 import numpy as np
 import peers  # benchmarks/peers.py
-from decode import DECODE_PROMPT, GREEDY, bytes_per_token, load_engine, timed_decode
+from decode import (
+    DECODE_PROMPT,
+    GREEDY,
+    bytes_per_token,
+    load_engine,
+    timed_decode,
+    write_report,
+)
 
 from kernels import read_bandwidth  # benchmarks/kernels.py
 from pybitnet import kernels
@@ -127,15 +132,8 @@ def main() -> None:
     rows = measure(args)
     print()
     print_table(rows, args.prompt, args.decode)
-    report = {
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "host": info,
-        "workloads": {"prompt": args.prompt, "decode": args.decode, "decode_prompt": DECODE_PROMPT},
-        "reps": args.reps,
-        "results": rows,
-    }
-    args.json.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    workloads = {"prompt": args.prompt, "decode": args.decode, "decode_prompt": DECODE_PROMPT}
+    write_report(args.json, host=info, workloads=workloads, reps=args.reps, results=rows)
 
 
 if __name__ == "__main__":
