@@ -17,10 +17,13 @@ gate_power's HOG_SECONDS, even if this script is killed. A llama.cpp decode stop
 minutes. The load average printed is the 1-minute one at the end of each run (it lags: it rises
 through the phase with hogs). "Without hogs" is not idle on a shared machine: others' work stays.
 
-Why the engines differ: ggml (llama.cpp) gives each thread a fixed share of every op and makes
-all of them meet at a barrier after it, so each op waits for a thread the OS has descheduled for
-a hog; pybitnet's pool (csrc/threadpool.h) hands out tasks as threads come for them, its caller
-takes every task a descheduled worker has not claimed, and idle workers sleep after a short spin.
+Why the engines differ: ggml (llama.cpp, bitnet.cpp) makes every thread meet at a barrier after
+each op of the graph (hundreds a token), so no op starts before every thread, a descheduled one
+too, has finished the last, and the threads that wait spin (ggml's own barrier, or OpenMP's,
+which spins before it sleeps), holding a core the late one could use. pybitnet's pool
+(csrc/threadpool.h) hands out tasks as threads come for them, its caller runs every task a
+descheduled worker has not claimed instead of waiting for it, and idle workers sleep after a
+short spin.
 """
 
 from __future__ import annotations
