@@ -11,6 +11,7 @@ Each returns the figures under decode.py's names (pp<P>_tok_s, tg<N>_tok_s and t
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,15 +31,16 @@ def bench_llama_cpp(
     prompts: tuple[int, ...] = (128, 512),
     decode: int = 128,
     max_seconds: float | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict | None:
     """llama.cpp's pp<P> for each prompt length and tg<decode> (each decode run stopped after
-    max_seconds, if given) on `path`, in a process of its own."""
+    max_seconds, if given) on `path`, in a process of its own (`env` added to its environment)."""
     command = [python, str(LLAMA_CPP_SCRIPT), str(path), "--threads", str(threads)]
     command += ["--reps", str(reps), "--prompts", ",".join(map(str, prompts))]
     command += ["--decode", str(decode)]
     if max_seconds is not None:
         command += ["--max-seconds", str(max_seconds)]
-    return _json_of(command, f"llama.cpp on {path.name}", json.loads)
+    return _json_of(command, f"llama.cpp on {path.name}", json.loads, env)
 
 
 def bench_bitnet_cpp(
@@ -65,9 +67,12 @@ def bench_bitnet_cpp(
     return _json_of(command, f"bitnet.cpp on {path.name}", figures)
 
 
-def _json_of(command: list[str], what: str, parse) -> dict | None:
+def _json_of(command: list[str], what: str, parse, env: dict[str, str] | None = None):
+    environ = os.environ | (env or {})
     try:
-        run = subprocess.run(command, capture_output=True, text=True, timeout=PEER_TIMEOUT_S)
+        run = subprocess.run(
+            command, capture_output=True, text=True, timeout=PEER_TIMEOUT_S, env=environ
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         print(f"{what} failed: {exc}", file=sys.stderr, flush=True)
         return None
