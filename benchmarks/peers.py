@@ -68,6 +68,8 @@ def bench_bitnet_cpp(
 
 
 def _json_of(command: list[str], what: str, parse, env: dict[str, str] | None = None):
+    """`parse` of the command's output (all of it when it is a JSON array, else its last line),
+    or None after printing why the command failed."""
     environ = os.environ | (env or {})
     try:
         run = subprocess.run(
