@@ -1,11 +1,12 @@
 """End-to-end speed of the engine: load, prefill (pp128, pp512), decode (tg128) and batched
-decode (x8) on 2B-shaped models at each thread count, beside their bounds, and llama.cpp on the
-same TQ2_0 file in the same run (ratios).
+decode (x8) on 2B-shaped models at each thread count, beside their bounds, and the peers
+(llama.cpp, bitnet.cpp) on the same files in the same run (ratios).
 
     .venv/bin/pybitnet make-model --preset 2b --arch bitnet-b1.58 --type I2_S -o /tmp/2b-i2s.gguf
     .venv/bin/pybitnet make-model --preset 2b --arch bitnet --type TQ2_0 -o /tmp/2b-tq2.gguf
     .venv/bin/python benchmarks/decode.py /tmp/2b-i2s.gguf /tmp/2b-tq2.gguf [--threads 1,2]
         [--output-head q8] [--reps 3] [--json decode.json] [--peer /work/peer-venv/bin/python]
+        [--bitnet-cpp /work/peers/BitNet/build]
 
 Workloads (llama-bench's), each run by the functions `pybitnet bench` times (bench/runner.py's
 prefill_once and decode_once, on the token loop of decode.py): prefill is a prompt of random ids
@@ -30,9 +31,12 @@ Columns:
   at once + 15%;
 - spread: (max - min) / median of the tg128 runs, and the load average: the machine's 2 cores are
   shared, so figures taken while others run are noisy; compare ratios taken side by side.
---peer runs llama.cpp (llama-cpp-python in that interpreter's environment) on every model whose
-linear weights are TQ2_0 (llama.cpp reads no I2_S; its arch must be one it knows, e.g. `bitnet`),
-right after pybitnet on the same file and threads, and prints pybitnet / llama.cpp.
+The peers (benchmarks/peers.py; how to build them: benchmarks/README.md) run right after
+pybitnet on the same file and threads, with the same workloads (not x8), and the table prints
+pybitnet / peer: --peer PYTHON runs llama.cpp (llama-cpp-python in that interpreter) on every
+model whose linear weights are TQ2_0, --bitnet-cpp BUILD_DIR runs bitnet.cpp's llama-bench on
+every I2_S one; both read only the arch `bitnet` (make the I2_S file with bitnet.cpp's
+llama-quantize, as benchmarks/README.md shows).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import peers  # benchmarks/peers.py
 
 from kernels import read_bandwidth  # benchmarks/kernels.py
 from pybitnet import kernels
@@ -73,13 +78,17 @@ def bytes_per_token(engine: Engine) -> int:
     return sum(w.nbytes for layer in [*layers, engine.output] for w in layer.prepared)
 
 
+def load_engine(path: Path, output_head: str | None = None) -> Engine:
+    f = open_gguf(path)
+    weights = Weights.from_gguf(f, ModelConfig.from_metadata(f.metadata, str(path)))
+    return Engine(weights, output_head=output_head)
+
+
 def bench_engine(path: Path, threads: int, output_head: str | None, reps: int) -> dict:
     """Every workload through the token loop (decode.py), as `pybitnet bench` runs it."""
     kernels.set_threads(threads)
     start = time.perf_counter()
-    f = open_gguf(path)
-    weights = Weights.from_gguf(f, ModelConfig.from_metadata(f.metadata, str(path)))
-    engine = Engine(weights, output_head=output_head)
+    engine = load_engine(path, output_head)
     result = {"load_s": time.perf_counter() - start, "output_head": output_head or "stored"}
     rng = np.random.default_rng(0)
     vocab = engine.config.vocab_size
@@ -137,56 +146,6 @@ def time_shares(prof: kernels.Profile, seconds: float) -> dict[str, float]:
     return shares | {"outside kernels": 1 - sum(shares.values())}
 
 
-PEER_SCRIPT = """
-import json, statistics, sys, time
-import numpy as np
-from llama_cpp import Llama
-path, threads, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-llm = Llama(path, n_threads=threads, n_threads_batch=threads, n_ctx=1024, n_batch=512,
-            verbose=False)
-rng = np.random.default_rng(0)
-out = {}
-for n in (128, 512):
-    samples = []
-    for _ in range(reps):
-        llm.reset()
-        ids = rng.integers(0, llm.n_vocab(), n).tolist()
-        t = time.perf_counter(); llm.eval(ids); samples.append(n / (time.perf_counter() - t))
-    out[f"pp{n}_tok_s"] = statistics.median(samples)
-    out[f"pp{n}_samples"] = samples
-samples = []
-for _ in range(reps):
-    llm.reset()
-    llm.eval(rng.integers(0, llm.n_vocab(), 16).tolist())
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    t = time.perf_counter()
-    for _ in range(128):
-        llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    samples.append(128 / (time.perf_counter() - t))
-out["tg128_tok_s"] = statistics.median(samples)
-out["tg128_samples"] = samples
-import llama_cpp
-out["version"] = llama_cpp.__version__
-print(json.dumps(out))
-"""
-
-
-def bench_peer(python: str, path: Path, threads: int, reps: int) -> dict | None:
-    command = [python, "-c", PEER_SCRIPT, str(path), str(threads), str(reps)]
-    run = subprocess.run(command, capture_output=True, text=True)
-    if run.returncode != 0:
-        print(f"llama.cpp run failed on {path.name}: {run.stderr.strip()[-300:]}", flush=True)
-        return None
-    return json.loads(run.stdout.strip().splitlines()[-1])
-
-
-def linear_type(path: Path) -> str:
-    """The type of the model's first block's attn_q weights (I2_S, TQ2_0, ...)."""
-    f = open_gguf(path)
-    return f.tensors["blk.0.attn_q.weight"].wtype.name
-
-
 def spread(samples: list[float]) -> float:
     return (max(samples) - min(samples)) / statistics.median(samples)
 
@@ -220,10 +179,9 @@ def print_rows(rows: list[dict]) -> None:
             f"{r['peak_rss_bytes'] / 1e6:>7.0f} {limit:>6.0f} "
             f"{spread(r['tg128_samples']):>6.0%} {r['load_average']:>8.2f}"
         )
-        peer = r.get("peer_llama_cpp")
-        if peer:
+        for name, peer in r.get("peers", {}).items():
             print(
-                f"{'  llama.cpp, same file':<22} {'':<5} {r['threads']:>3} {'':>6} "
+                f"{f'  {name}, same file':<22} {'':<5} {r['threads']:>3} {'':>6} "
                 f"{peer['pp128_tok_s']:>7.1f} {peer['pp512_tok_s']:>7.1f} "
                 f"{peer['tg128_tok_s']:>6.1f} {'':>6} {'':>5} {'':>6} {'':>5} {'':>5} {'':>7} "
                 f"{'':>6} "
@@ -231,7 +189,7 @@ def print_rows(rows: list[dict]) -> None:
             )
             ratios = {w: r[f"{w}_tok_s"] / peer[f"{w}_tok_s"] for w in ("pp128", "pp512", "tg128")}
             print(
-                f"{'  pybitnet / llama.cpp':<22} {'':<5} {r['threads']:>3} {'':>6} "
+                f"{f'  pybitnet / {name}':<22} {'':<5} {r['threads']:>3} {'':>6} "
                 f"{ratios['pp128']:>6.2f}x {ratios['pp512']:>6.2f}x {ratios['tg128']:>5.2f}x"
             )
 
@@ -262,7 +220,7 @@ def main() -> None:
     parser.add_argument("--output-head", choices=["q8", "q6_k", "q4_k"], default=None)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("decode.json"))
-    parser.add_argument("--peer", help="a Python with llama-cpp-python, for a side-by-side run")
+    peers.add_arguments(parser)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:  # one model, one thread count, in a process of its own (for its peak RSS)
@@ -276,13 +234,12 @@ def main() -> None:
     for threads in [int(t) for t in args.threads.split(",")]:
         bandwidth = read_bandwidth(threads)
         for path in args.models:
-            r = {"model": str(path), "type": linear_type(path), "threads": threads}
+            r = {"model": str(path), "type": peers.describe(path)[1], "threads": threads}
             r["load_average"] = os.getloadavg()[0]
             r |= run_one(path, threads, args)
             r.update(file_bytes=os.path.getsize(path), read_gb_s=bandwidth)
             r["decode_bound_tok_s"] = bandwidth * 1e9 / r["bytes_per_token"]
-            if args.peer and r["type"] == "TQ2_0":
-                r["peer_llama_cpp"] = bench_peer(args.peer, path, threads, args.reps)
+            r["peers"] = peers.bench_peers(args, path, threads, PROMPTS, DECODE)
             rows.append(r)
             print(
                 f"  done: {path.name}, {threads} threads: tg128 {r['tg128_tok_s']:.1f} tok/s",
@@ -291,20 +248,16 @@ def main() -> None:
     print()
     print_rows(rows)
     print_profiles(rows)
-    report = {
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "host": info,
-        "workloads": {
-            "prompts": PROMPTS,
-            "decode": DECODE,
-            "decode_prompt": DECODE_PROMPT,
-            "batch": {"sequences": BATCH, "steps": BATCH_STEPS},
-        },
-        "reps": args.reps,
-        "results": rows,
-    }
-    args.json.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    workloads = {"prompts": PROMPTS, "decode": DECODE, "decode_prompt": DECODE_PROMPT}
+    workloads["batch"] = {"sequences": BATCH, "steps": BATCH_STEPS}
+    write_report(args.json, host=info, workloads=workloads, reps=args.reps, results=rows)
+
+
+def write_report(path: Path, **fields) -> None:
+    """The run's JSON: when, then `fields` (the host, the settings, the figures)."""
+    report = {"created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **fields}
+    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
