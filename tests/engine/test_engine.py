@@ -4,6 +4,7 @@ for why both, and how activation rounding flips are counted and bounded)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from lockstep import TOLERANCE, first_flip, load, lockstep
 from helpers.tokenizer_files import smollm2_path
 from pybitnet import formats, kernels
 from pybitnet.convert.synthetic import make_model
-from pybitnet.engine import Engine
+from pybitnet.engine import Engine, EngineCache
 from pybitnet.engine.forward import PREFILL_CHUNK
 from pybitnet.engine.layers import Linear, requantized
 from pybitnet.errors import ModelError
@@ -117,7 +118,7 @@ def test_whole_forward_pass_matches_the_reference(synthetic, monkeypatch):
 def test_smollm2_whole_forward_pass_matches_the_reference():
     weights = load(smollm2_path())
     ids = [1, 504, 3458, 314, 4750, 282]
-    engine, ref = Engine(weights), ReferenceModel(weights)
+    engine, ref = Engine(weights, kv_cache="f32"), ReferenceModel(weights)
     logits = engine.forward(ids, engine.new_cache(16))
     expected = ref.forward(ids, ref.new_cache(16))
     assert np.abs(logits - expected).max() <= TOLERANCE * (expected.max() - expected.min())
@@ -180,7 +181,7 @@ def test_forward_batch_equals_one_sequence_at_a_time(path):
 def test_reference_kernels_run_the_engine_end_to_end(monkeypatch):
     monkeypatch.setenv(kernels.ENV, "numpy")
     weights = load(PEERS[2])
-    engine = Engine(weights)
+    engine = Engine(weights, kv_cache="f32")
     ids = prompt(weights)
     with kernels.profile() as prof:
         logits = engine.forward(ids, engine.new_cache())
@@ -272,14 +273,51 @@ def test_bad_input_is_a_model_error():
         Engine(weights, output_head="q4")
 
 
-def test_cache_is_float32_laid_out_for_the_kernel():
+@pytest.mark.parametrize("kv_cache", ["f16", "f32", "q8_0"])
+def test_cache_is_laid_out_for_the_kernel(kv_cache):
     weights = load(PEERS[1])
     c = weights.config
-    cache = Engine(weights).new_cache(100)
-    assert cache.n_ctx == 100 and cache.length == 0
-    assert cache.k.shape == (c.n_layers, c.n_kv_heads, 7, c.head_dim, 16)  # blocks of 16
-    assert cache.v.shape == (c.n_layers, c.n_kv_heads, 112, c.head_dim)
-    assert cache.k.dtype == cache.v.dtype == np.float32
+    cache = Engine(weights, kv_cache=kv_cache).new_cache(100)
+    assert cache.n_ctx == 100 and cache.length == 0 and cache.kv_cache == kv_cache
+    blocks = (c.n_layers, c.n_kv_heads, 7)  # blocks of 16 positions
+    row = {"f16": 2 * c.head_dim, "f32": 4 * c.head_dim, "q8_0": c.head_dim // 32 * 34}[kv_cache]
+    if kv_cache == "q8_0":  # bytes: a key block of 16 rows' bytes, value rows of 34-byte blocks
+        assert cache.k.shape == (*blocks, 16 * row) and cache.k.dtype == np.uint8
+        assert cache.v.shape == (*blocks[:2], 112, row) and cache.v.dtype == np.uint8
+    else:
+        assert cache.k.shape == (*blocks, c.head_dim, 16)
+        assert cache.v.shape == (*blocks[:2], 112, c.head_dim)
+        assert cache.k.dtype == cache.v.dtype == np.dtype(kv_cache.replace("f", "float"))
+    assert cache.nbytes == 2 * c.n_layers * c.n_kv_heads * 112 * row
+    assert Engine(weights, kv_cache=kv_cache).kv_bytes_per_token() == cache.nbytes // 112
+
+
+def test_default_cache_is_f16_and_a_bad_type_is_refused():
+    weights = load(PEERS[1])
+    assert Engine(weights).new_cache(16).kv_cache == "f16"
+    with pytest.raises(ModelError, match="kv_cache must be one of f16, f32, q8_0, got 'q4_0'"):
+        Engine(weights, kv_cache="q4_0")
+    odd = dataclasses.replace(weights.config, head_dim=48)  # q8_0 holds whole 32-chunks
+    with pytest.raises(ModelError, match="q8_0 needs a head_dim that is a multiple of 32, the"):
+        EngineCache(odd, 16, "q8_0")
+
+
+@pytest.mark.parametrize("kv_cache", ["f16", "q8_0"])
+def test_a_smaller_cache_stays_near_the_reference(kv_cache):
+    """The whole forward pass of TinyStories with keys and values rounded to the cache's type:
+    within a bound of the float64 reference (float32 keeps TOLERANCE, above), and the argmax
+    where the reference's margin exceeds the difference."""
+    weights = load(TINYSTORIES)
+    ids = prompt(weights, 48)
+    engine, ref = Engine(weights, kv_cache=kv_cache), ReferenceModel(weights)
+    logits = engine.forward(ids, engine.new_cache(len(ids)))
+    expected = ref.forward(ids, ref.new_cache(len(ids)))
+    diff = np.abs(logits - expected).max(axis=1)
+    # seen: 0.7 % of the logit range at most (48 positions), for both types
+    assert np.all(diff <= 2e-2 * (expected.max() - expected.min())), diff
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * diff
+    assert np.array_equal(logits.argmax(1)[clear], expected.argmax(1)[clear])
 
 
 def test_tq_rows_of_one_block_scale_take_the_per_row_kernel():
