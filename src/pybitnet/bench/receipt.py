@@ -188,10 +188,13 @@ def generation_workload(
     sampler: SamplerConfig,
     prompt_ids: Sequence[Sequence[int]] | None = None,
     draft_tokens: int = 0,
+    *,
+    kv_cache: str,
 ) -> dict[str, Any]:
     """The workload of a generation receipt; the sampler's seed becomes workload.seed.
     `prompt_ids` (one list per sequence) make the receipt replayable by `verify --replay`;
-    draft_tokens is recorded when drafting (absent: plain decoding, as in older receipts)."""
+    draft_tokens is recorded when drafting (absent: plain decoding, as in older receipts);
+    kv_cache, the KV cache's element type, always (absent in older receipts: f32)."""
     if sampler.seed is None:
         raise BenchError("a benchmark workload needs a fixed sampler seed, got seed=None")
     params = {
@@ -210,6 +213,7 @@ def generation_workload(
         "warmup": warmup,
         "seed": sampler.seed,
         "sampler": params,
+        "kv_cache": kv_cache,
     }
     if draft_tokens:
         workload["draft_tokens"] = draft_tokens

@@ -98,7 +98,7 @@ class Workload:
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(temperature=0.0, seed=self.seed)
 
-    def receipt_workload(self, prompts: list[list[int]]) -> dict[str, Any]:
+    def receipt_workload(self, prompts: list[list[int]], kv_cache: str) -> dict[str, Any]:
         return rc.generation_workload(
             len(prompts[0]),
             self.generate,
@@ -108,6 +108,7 @@ class Workload:
             self.sampler,
             prompt_ids=prompts,
             draft_tokens=self.draft_tokens,
+            kv_cache=kv_cache,
         )
 
 
@@ -166,7 +167,7 @@ def run_bench(model: Model, workload: Workload, step: Step | None = None) -> dic
     doc = {
         **receipt_head("generation", workload.threads, counters.ids()),
         "model": model_info(model),
-        "workload": workload.receipt_workload(tg_prompts),
+        "workload": workload.receipt_workload(tg_prompts, model.engine.kv_cache),
         **counters.receipt_fields(),
         "runs": runs,
         "outputs": rc.outputs(token_ids[0] if token_ids else [[]] * batch),

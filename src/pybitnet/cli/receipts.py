@@ -10,7 +10,14 @@ import typer
 from typer.core import TyperGroup
 
 from pybitnet.cli.console import progress, status
-from pybitnet.cli.options import Command, JsonFileOption, PlainHelp, check_draft_tokens, flag
+from pybitnet.cli.options import (
+    Command,
+    JsonFileOption,
+    KvCacheOption,
+    PlainHelp,
+    check_draft_tokens,
+    flag,
+)
 
 ThreadCountsOption = Annotated[
     str | None, typer.Option("-t", help="Thread counts (default: all cores).")
@@ -105,6 +112,7 @@ def bench(
             "by prompt lookup (with -b 1); the receipt records drafts, acceptances and steps.",
         ),
     ] = 0,
+    kv_cache: KvCacheOption = None,
     json_path: ReceiptOption = None,
 ) -> None:
     """Benchmark prefill (pp) and decode (tg) of a model; the embedded one by default."""
@@ -129,7 +137,7 @@ def bench(
     with status("loading the model") as stage:
         if preset is not None:  # made once, into the cache: say so, it takes a while
             stage.update(f"the {preset} preset model (made once into the cache)")
-        m = load(preset_model(preset) if preset is not None else model)
+        m = load(preset_model(preset) if preset is not None else model, kv_cache=kv_cache)
     bar, step = progress(workload.steps)
     with bar:
         doc = run_bench(m, workload, step)
