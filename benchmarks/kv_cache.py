@@ -5,9 +5,11 @@ model, each beside the bytes a decoded token reads and the bound those bytes set
     .venv/bin/python benchmarks/kv_cache.py /tmp/2b-i2s.gguf [--threads 2] [--reps 2]
         [--json benchmarks/results/kv-cache-2b.json]
 
-Workloads, one engine per type, run in turns (a rep runs f32, f16, q8_0 one after the other,
-so a change of the machine's load falls on all three alike; figures are medians over reps):
-- pp2048: a prompt of 2048 random ids prefilled (Engine.forward: chunks of PREFILL_CHUNK);
+One engine per type, interleaved step by step: every forward pass of a workload runs for f32,
+then f16, then q8_0 before the next, so a change of the machine's load falls on all three
+alike (each workload's time is the sum of its passes; figures are medians over reps):
+- pp2048: a prompt of 2048 random ids (the same for the three) prefilled in passes of
+  PREFILL_CHUNK tokens;
 - tg128: then 128 greedy steps of one token on that cache (positions 2048 .. 2175);
 - x8@2048: 8 sequences decoded together for 16 steps (one forward_batch a step, as the server's
   scheduler runs them), each cache holding 2048 positions: copies of the pp2048 cache (what
@@ -37,6 +39,7 @@ from decode import bytes_per_token  # benchmarks/decode.py
 from kernels import read_bandwidth  # benchmarks/kernels.py
 from pybitnet import kernels
 from pybitnet.engine import Engine, EngineCache
+from pybitnet.engine.forward import PREFILL_CHUNK
 from pybitnet.gguf import open_gguf
 from pybitnet.kernels.layout import KEY_BLOCK, KV_CACHE_TYPES
 from pybitnet.model import ModelConfig, Weights
@@ -53,28 +56,55 @@ def copy_prefix(source: EngineCache, target: EngineCache, length: int) -> None:
     target.length = length
 
 
-def decode_steps(engine: Engine, caches: list[EngineCache], tokens: list[int], steps: int) -> float:
-    """Seconds of `steps` greedy decode steps of the sequences together, from `tokens`."""
-    start = time.perf_counter()
-    for _ in range(steps):
-        logits = engine.forward_batch([([t], c) for t, c in zip(tokens, caches, strict=True)])
-        tokens = [int(row[-1].argmax()) for row in logits]
-    return time.perf_counter() - start
+class Timed:
+    """One engine per type, each pass timed and added to its type's total for the workload."""
+
+    def __init__(self, engines: dict[str, Engine]) -> None:
+        self.engines = engines
+        self.seconds = dict.fromkeys(engines, 0.0)
+
+    def forward(self, kv: str, items: list[tuple[list[int], EngineCache]]) -> list[int]:
+        """The pass of type kv over items; the greedy next token of each sequence."""
+        start = time.perf_counter()
+        logits = self.engines[kv].forward_batch(items, rows=[1] * len(items))
+        self.seconds[kv] += time.perf_counter() - start
+        return [int(row[-1].argmax()) for row in logits]
 
 
-def one_rep(engine: Engine, rng: np.random.Generator) -> dict[str, float]:
-    vocab = engine.config.vocab_size
-    cache = engine.new_cache(CONTEXT + DECODE)
-    start = time.perf_counter()
-    logits = engine.forward(rng.integers(0, vocab, CONTEXT).tolist(), cache, last_only=True)
-    pp = CONTEXT / (time.perf_counter() - start)
-    batch = [engine.new_cache(CONTEXT + BATCH_STEPS) for _ in range(BATCH)]
-    for target in batch:
-        copy_prefix(cache, target, CONTEXT)
-    tg = DECODE / decode_steps(engine, [cache], [int(logits[-1].argmax())], DECODE)
-    tokens = rng.integers(0, vocab, BATCH).tolist()
-    x8 = BATCH * BATCH_STEPS / decode_steps(engine, batch, tokens, BATCH_STEPS)
-    return {"pp2048": pp, "tg128": tg, "x8@2048": x8}
+def one_rep(engines: dict[str, Engine], rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    """tok/s of each workload for each type, their passes interleaved."""
+    vocab = next(iter(engines.values())).config.vocab_size
+    caches = {kv: e.new_cache(CONTEXT + DECODE) for kv, e in engines.items()}
+    prompt = rng.integers(0, vocab, CONTEXT).tolist()
+    prefill, tokens = Timed(engines), {}
+    for i in range(0, CONTEXT, PREFILL_CHUNK):
+        for kv in engines:
+            tokens[kv] = prefill.forward(kv, [(prompt[i : i + PREFILL_CHUNK], caches[kv])])
+    batches = {
+        kv: [e.new_cache(CONTEXT + BATCH_STEPS) for _ in range(BATCH)] for kv, e in engines.items()
+    }
+    for kv, batch in batches.items():
+        for target in batch:
+            copy_prefix(caches[kv], target, CONTEXT)
+    decode = Timed(engines)
+    for _ in range(DECODE):
+        for kv in engines:
+            tokens[kv] = decode.forward(kv, [(tokens[kv], caches[kv])])
+    batched, starts = Timed(engines), rng.integers(0, vocab, BATCH).tolist()
+    tokens = dict.fromkeys(engines, starts)
+    for _ in range(BATCH_STEPS):
+        for kv in engines:
+            tokens[kv] = batched.forward(
+                kv, [([t], c) for t, c in zip(tokens[kv], batches[kv], strict=True)]
+            )
+    return {
+        kv: {
+            "pp2048": CONTEXT / prefill.seconds[kv],
+            "tg128": DECODE / decode.seconds[kv],
+            "x8@2048": BATCH * BATCH_STEPS / batched.seconds[kv],
+        }
+        for kv in engines
+    }
 
 
 def measure(path: Path, threads: int, reps: int) -> dict:
@@ -86,11 +116,11 @@ def measure(path: Path, threads: int, reps: int) -> dict:
     samples: dict[str, dict[str, list[float]]] = {kv: {} for kv in TYPES}
     loads = []
     for rep in range(reps):
-        for kv in TYPES:
-            loads.append(os.getloadavg()[0])
-            for name, value in one_rep(engines[kv], rng).items():
+        loads.append(os.getloadavg()[0])
+        for kv, figures in one_rep(engines, rng).items():
+            for name, value in figures.items():
                 samples[kv].setdefault(name, []).append(value)
-            print(f"rep {rep + 1}/{reps} {kv}: {samples[kv]}", flush=True)
+        print(f"rep {rep + 1}/{reps}: {samples}", flush=True)
     gb_s = read_bandwidth(threads)
     weight_bytes = bytes_per_token(engines["f32"])
     results = {}
@@ -113,7 +143,7 @@ def measure(path: Path, threads: int, reps: int) -> dict:
         "reps": reps,
         "read_gb_s": gb_s,
         "weight_bytes_per_token": weight_bytes,
-        "load_average_at_each_run": loads,
+        "load_average_at_each_rep": loads,
         "results": results,
     }
 
@@ -123,7 +153,7 @@ def print_table(report: dict) -> None:
         f"{report['model']}, {report['threads']} threads, medians of {report['reps']} reps, "
         f"read bandwidth {report['read_gb_s']:.1f} GB/s, weights "
         f"{report['weight_bytes_per_token'] / 1e6:.0f} MB/token, load average "
-        f"{min(report['load_average_at_each_run']):.1f}-{max(report['load_average_at_each_run']):.1f}"
+        f"{min(report['load_average_at_each_rep']):.1f}-{max(report['load_average_at_each_rep']):.1f}"
     )
     header = f"{'KV':<5} {'KV/tok KB':>9} {'pp2048':>7} "
     header += " ".join(
