@@ -99,16 +99,9 @@ class Workload:
         return SamplerConfig(temperature=0.0, seed=self.seed)
 
     def receipt_workload(self, prompts: list[list[int]], kv_cache: str) -> dict[str, Any]:
+        counts = (len(prompts[0]), self.generate, self.batch, self.repetitions, self.warmup)
         return rc.generation_workload(
-            len(prompts[0]),
-            self.generate,
-            self.batch,
-            self.repetitions,
-            self.warmup,
-            self.sampler,
-            prompt_ids=prompts,
-            draft_tokens=self.draft_tokens,
-            kv_cache=kv_cache,
+            *counts, self.sampler, prompts, self.draft_tokens, kv_cache=kv_cache
         )
 
 
