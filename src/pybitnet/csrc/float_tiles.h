@@ -369,7 +369,8 @@ inline float softmax_row(float *s, int64_t T, int64_t Tp) {
 // acc[g] += p[g][t] * values of positions 0 .. T - 1, elements e .. e + 2 Vf::N - 1, for up to 4
 // query heads (repeats allowed): each value is read and converted once for all the heads of
 // the group. Read once per head instead, one layer's attention at 2048 positions (2B shapes,
-// 2 threads) took ~20% longer in f32, and converting q8_0 values made it slower than f32.
+// 2 threads) took 1.1-1.4x as long in f32, and q8_0's conversions cost more than its bytes
+// saved (it decoded slower than f32).
 template <int Type>
 inline void weighted4(const float *const p[4], const uint8_t *v, int64_t row_bytes, int64_t T,
                       int64_t e, typename Vf::T acc[4][2]) {
