@@ -44,10 +44,16 @@ class Model:
     """A GGUF model ready to generate text: tokenizer, weights and the engine's forward pass
     (native kernels; numpy ones under PYBITNET_KERNELS=numpy). ``output_head="q8"`` holds
     the output layer as int8 rows, "q6_k" and "q4_k" requantize it (see Engine; receipts record
-    ``output_head``). ``load_seconds``: how long loading took."""
+    ``output_head``); ``kv_cache`` is the KV cache's element type (f16 by default, f32, q8_0: see
+    Engine). ``load_seconds``: how long loading took."""
 
     def __init__(
-        self, path: str | Path, *, n_ctx: int | None = None, output_head: str | None = None
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int | None = None,
+        output_head: str | None = None,
+        kv_cache: str | None = None,
     ) -> None:
         started = time.perf_counter()
         self.path = Path(path)
@@ -62,7 +68,7 @@ class Model:
                 f"token_embd.weight has only {self.config.vocab_size} rows"
             )
         self.n_ctx = self.config.context(n_ctx)
-        self.engine = Engine(self.weights, output_head=output_head)
+        self.engine = Engine(self.weights, output_head=output_head, kv_cache=kv_cache)
         self._check_kv_fits()
         self.load_seconds = time.perf_counter() - started
 
@@ -244,7 +250,11 @@ class Model:
 
 
 def load(
-    path: str | Path | None = None, *, n_ctx: int | None = None, output_head: str | None = None
+    path: str | Path | None = None,
+    *,
+    n_ctx: int | None = None,
+    output_head: str | None = None,
+    kv_cache: str | None = None,
 ) -> Model:
     """Loads a GGUF model, or a Hugging Face checkpoint folder (converted once into a cache:
     convert/cache.py); with no path, the embedded TinyStories 3M BitNet model."""
@@ -253,4 +263,4 @@ def load(
         from pybitnet.convert.cache import model_path  # the importers, only for a folder
 
         path = model_path(path)
-    return Model(path, n_ctx=n_ctx, output_head=output_head)
+    return Model(path, n_ctx=n_ctx, output_head=output_head, kv_cache=kv_cache)

@@ -73,7 +73,7 @@ def synthetic_receipt(
             "vocab_size": 32_000,
             "tensor_types": {"F32": 9, "I2_S": 28},
         },
-        "workload": rc.generation_workload(32, 16, 1, reps, 1, sampler),
+        "workload": rc.generation_workload(32, 16, 1, reps, 1, sampler, kv_cache="f16"),
         "backend": "cpu",
         "compute_path": "native",
         "kernels": [{"id": "i2s_gemv", "calls": 448, "seconds": 1.25}],

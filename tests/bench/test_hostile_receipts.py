@@ -116,6 +116,10 @@ CASES = {
     "batch of 1.0": Case(
         altered((("workload", "batch"), 1.0)), r"\$\.workload\.batch: 1\.0 is not of type"
     ),
+    "a KV cache type no engine has": Case(
+        altered((("workload", "kv_cache"), "q4_0")),
+        r"\$\.workload\.kv_cache: 'q4_0' is not one of \['f16', 'f32', 'q8_0'\]",
+    ),
     "batch of true": Case(
         altered((("workload", "batch"), True)), r"\$\.workload\.batch: True is not of type"
     ),

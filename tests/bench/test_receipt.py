@@ -80,9 +80,9 @@ def test_run_builders_refuse_bad_samples(ms, rss, message):
 
 
 def test_generation_workload_needs_a_fixed_seed():
-    assert rc.generation_workload(8, 8, 1, 3, 1, SamplerConfig(seed=5))["seed"] == 5
+    assert rc.generation_workload(8, 8, 1, 3, 1, SamplerConfig(seed=5), kv_cache="f16")["seed"] == 5
     with pytest.raises(BenchError, match="seed=None"):
-        rc.generation_workload(8, 8, 1, 3, 1, SamplerConfig())
+        rc.generation_workload(8, 8, 1, 3, 1, SamplerConfig(), kv_cache="f16")
 
 
 def test_outputs_hash_is_sha256_of_compact_json():

@@ -123,6 +123,8 @@ def test_reference_kernels_make_a_reference_receipt(monkeypatch):
 class Unregistered:
     """The float64 reference forward pass, which calls no kernel of the registry."""
 
+    kv_cache = "f32"  # a name for the receipt's workload, which is refused all the same
+
     def __init__(self, model: generate.Model) -> None:
         self.reference = ReferenceModel(model.weights)
 
@@ -138,6 +140,16 @@ def test_a_forward_pass_outside_the_registry_is_refused():
     plain.engine = Unregistered(plain)
     with pytest.raises(BenchError, match="no kernel of the registry ran"):
         runner.run_bench(plain, WORKLOAD)
+
+
+@pytest.mark.parametrize("kv_cache", ["f32", "q8_0"])
+def test_the_receipt_records_the_kv_cache_and_replay_uses_it(kv_cache):
+    doc = runner.run_bench(generate.load(kv_cache=kv_cache), WORKLOAD)
+    assert doc["workload"]["kv_cache"] == kv_cache
+    assert not failed_rules(doc, replay=True)
+    if kv_cache == "f32":  # a receipt from before the cache had a type replays with f32
+        del doc["workload"]["kv_cache"]
+        assert not failed_rules(doc, replay=True)
 
 
 def failed_rules(doc: dict, **options) -> dict[str, str]:

@@ -80,7 +80,14 @@ def receipt(seed: int = 0, model_path: Path | None = None) -> dict:
             "tensor_types": {"F32": 17, "F16": 1, "I2_S": TERNARY_TENSORS},
         },
         "workload": rc.generation_workload(
-            PROMPT, GENERATED, 1, REPS, WARMUP, SamplerConfig(temperature=0, seed=7), prompt
+            PROMPT,
+            GENERATED,
+            1,
+            REPS,
+            WARMUP,
+            SamplerConfig(temperature=0, seed=7),
+            prompt,
+            kv_cache="f16",
         ),
         "backend": "cpu",
         "compute_path": "native",

@@ -81,7 +81,7 @@ def _linear(op, layer, x, ref_model, tensors) -> list[OpDiff]:
 def lockstep(weights: Weights, ids: list[int]) -> list[OpDiff]:
     """Every op of the engine against the reference's, fed the reference's inputs."""
     c = weights.config
-    engine, ref = Engine(weights), ReferenceModel(weights)
+    engine, ref = Engine(weights, kv_cache="f32"), ReferenceModel(weights)
     n = len(ids)
     positions = np.arange(n)
     cos, sin = engine.rope_angles(positions)
@@ -145,7 +145,7 @@ def first_flip(weights: Weights, ids: list[int], monkeypatch) -> tuple[np.ndarra
 
     monkeypatch.setattr(R, "bitlinear", ref_bitlinear)
     monkeypatch.setattr(Kernel, "__call__", engine_call)
-    engine, ref = Engine(weights), ReferenceModel(weights)
+    engine, ref = Engine(weights, kv_cache="f32"), ReferenceModel(weights)
     logits = engine.forward(ids, engine.new_cache(len(ids)))
     expected = ref.forward(ids, ref.new_cache(len(ids)))
     monkeypatch.undo()

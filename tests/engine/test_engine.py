@@ -4,6 +4,7 @@ for why both, and how activation rounding flips are counted and bounded)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,12 @@ from lockstep import TOLERANCE, first_flip, load, lockstep
 from helpers.tokenizer_files import smollm2_path
 from pybitnet import formats, kernels
 from pybitnet.convert.synthetic import make_model
-from pybitnet.engine import Engine
+from pybitnet.engine import Engine, EngineCache
 from pybitnet.engine.forward import PREFILL_CHUNK
 from pybitnet.engine.layers import Linear, requantized
 from pybitnet.errors import ModelError
 from pybitnet.kernels import numpy_tier as numpy_kernels
+from pybitnet.kernels.layout import KV_CACHE_TYPES, kv_cache_shapes
 from pybitnet.model import ReferenceModel
 from pybitnet.model.weights import Tensor
 
@@ -117,7 +119,7 @@ def test_whole_forward_pass_matches_the_reference(synthetic, monkeypatch):
 def test_smollm2_whole_forward_pass_matches_the_reference():
     weights = load(smollm2_path())
     ids = [1, 504, 3458, 314, 4750, 282]
-    engine, ref = Engine(weights), ReferenceModel(weights)
+    engine, ref = Engine(weights, kv_cache="f32"), ReferenceModel(weights)
     logits = engine.forward(ids, engine.new_cache(16))
     expected = ref.forward(ids, ref.new_cache(16))
     assert np.abs(logits - expected).max() <= TOLERANCE * (expected.max() - expected.min())
@@ -180,7 +182,7 @@ def test_forward_batch_equals_one_sequence_at_a_time(path):
 def test_reference_kernels_run_the_engine_end_to_end(monkeypatch):
     monkeypatch.setenv(kernels.ENV, "numpy")
     weights = load(PEERS[2])
-    engine = Engine(weights)
+    engine = Engine(weights, kv_cache="f32")
     ids = prompt(weights)
     with kernels.profile() as prof:
         logits = engine.forward(ids, engine.new_cache())
@@ -286,14 +288,82 @@ def test_bad_input_is_a_model_error():
         Engine(weights, output_head="q4")
 
 
-def test_cache_is_float32_laid_out_for_the_kernel():
+@pytest.mark.parametrize("kv_cache", ["f16", "f32", "q8_0"])
+def test_cache_is_laid_out_for_the_kernel(kv_cache):
     weights = load(PEERS[1])
     c = weights.config
-    cache = Engine(weights).new_cache(100)
-    assert cache.n_ctx == 100 and cache.length == 0
-    assert cache.k.shape == (c.n_layers, c.n_kv_heads, 7, c.head_dim, 16)  # blocks of 16
-    assert cache.v.shape == (c.n_layers, c.n_kv_heads, 112, c.head_dim)
-    assert cache.k.dtype == cache.v.dtype == np.float32
+    cache = Engine(weights, kv_cache=kv_cache).new_cache(100)
+    assert cache.n_ctx == 100 and cache.length == 0 and cache.kv_cache == kv_cache
+    blocks = (c.n_layers, c.n_kv_heads, 7)  # blocks of 16 positions
+    row = {"f16": 2 * c.head_dim, "f32": 4 * c.head_dim, "q8_0": c.head_dim // 32 * 34}[kv_cache]
+    if kv_cache == "q8_0":  # bytes: a key block of 16 rows' bytes, value rows of 34-byte blocks
+        assert cache.k.shape == (*blocks, 16 * row) and cache.k.dtype == np.uint8
+        assert cache.v.shape == (*blocks[:2], 112, row) and cache.v.dtype == np.uint8
+    else:
+        assert cache.k.shape == (*blocks, c.head_dim, 16)
+        assert cache.v.shape == (*blocks[:2], 112, c.head_dim)
+        assert cache.k.dtype == cache.v.dtype == np.dtype(kv_cache.replace("f", "float"))
+    assert cache.nbytes == 2 * c.n_layers * c.n_kv_heads * 112 * row
+    assert Engine(weights, kv_cache=kv_cache).kv_bytes_per_token() == cache.nbytes // 112
+
+
+def test_default_cache_is_f16_and_a_bad_type_is_refused():
+    weights = load(PEERS[1])
+    assert Engine(weights).new_cache(16).kv_cache == "f16"
+    with pytest.raises(ModelError, match="kv_cache must be one of f16, f32, q8_0, got 'q4_0'"):
+        Engine(weights, kv_cache="q4_0")
+    odd = dataclasses.replace(weights.config, head_dim=48)  # q8_0 holds whole 32-chunks
+    with pytest.raises(ModelError, match="q8_0 needs a head_dim that is a multiple of 32, the"):
+        EngineCache(odd, 16, "q8_0")
+
+
+def test_attention_error_grows_as_the_cache_shrinks():
+    """The attention op alone, on the keys and values TinyStories computes for a prompt (every
+    layer) and queries of their scale, against float64 over the float32 keys and values: the
+    cost of each type itself, without the int8 rounding flips that follow it in a whole pass.
+    Seen over its 8 layers: relative error 1-2e-7 (f32), 0.9-2.7e-4 (f16), 1.7-5.7e-3 (q8_0)."""
+    weights = load(TINYSTORIES)
+    c = weights.config
+    ids = prompt(weights, 64)
+    engine = Engine(weights, kv_cache="f32")
+    cache = engine.new_cache(len(ids))
+    engine.forward(ids, cache)
+    rng = np.random.default_rng(0)
+    n, shape = len(ids), (c.n_kv_heads, 64, c.head_dim)
+    errors = {kv: [] for kv in ("f32", "f16", "q8_0")}
+    for layer in range(c.n_layers):
+        k = cache.k[layer].transpose(1, 3, 0, 2).reshape(-1, c.n_kv_heads, c.head_dim)[:n]
+        v = cache.v[layer].transpose(1, 0, 2)[:n]
+        q = (rng.standard_normal((n, c.n_heads, c.head_dim)) * 3 * np.abs(k).mean()).astype(
+            np.float32
+        )
+        empty = (np.zeros((c.n_kv_heads, 4, c.head_dim, 16)), np.zeros(shape))
+        exact = numpy_kernels.attention(q.astype(np.float64), k, v, [(*empty, 0, n)])
+        for kv, found in errors.items():
+            shapes = kv_cache_shapes(kv, c.n_kv_heads, c.head_dim, 64)
+            kc, vc = (np.zeros(s, KV_CACHE_TYPES[kv]) for s in shapes)
+            y = engine._attention(q, k, v, [(kc, vc, 0, n)])
+            found.append(np.linalg.norm(y - exact) / np.linalg.norm(exact))
+    assert max(errors["f32"]) < 1e-6 < min(errors["f16"])
+    assert max(errors["f16"]) < 1e-3 < min(errors["q8_0"]) and max(errors["q8_0"]) < 2e-2
+
+
+@pytest.mark.parametrize("kv_cache", ["f16", "q8_0"])
+def test_a_smaller_cache_stays_near_the_reference(kv_cache):
+    """The whole forward pass of TinyStories with keys and values rounded to the cache's type:
+    within a bound of the float64 reference (float32 keeps TOLERANCE, above), and the argmax
+    where the reference's margin exceeds the difference."""
+    weights = load(TINYSTORIES)
+    ids = prompt(weights, 48)
+    engine, ref = Engine(weights, kv_cache=kv_cache), ReferenceModel(weights)
+    logits = engine.forward(ids, engine.new_cache(len(ids)))
+    expected = ref.forward(ids, ref.new_cache(len(ids)))
+    diff = np.abs(logits - expected).max(axis=1)
+    # seen: 0.7 % of the logit range at most (48 positions), for both types
+    assert np.all(diff <= 2e-2 * (expected.max() - expected.min())), diff
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * diff
+    assert np.array_equal(logits.argmax(1)[clear], expected.argmax(1)[clear])
 
 
 def test_tq_rows_of_one_block_scale_take_the_per_row_kernel():

@@ -6,7 +6,7 @@ import pytest
 from kernel_helpers import NATIVE_TIERS
 
 from pybitnet import formats, kernels
-from pybitnet.kernels import numpy_tier
+from pybitnet.kernels import layout, numpy_tier
 from pybitnet.kernels.registry import DENSE_FORMATS
 
 TIERS = [*NATIVE_TIERS, "numpy"]
@@ -146,52 +146,117 @@ def test_gated(tier, act, rng):
         np.testing.assert_allclose(y, expected, rtol=2e-6, atol=1e-30)
 
 
-def cache_for(rng, n_kv, d, ctx, start, n):
-    """Caches (kc, vc) holding random keys and values at positions 0 .. start - 1, stale
-    entries (which must not count) past them, and the new (k, v) of positions start.."""
-    kc = np.full((n_kv, ctx // 16, d, 16), 1e4, np.float32)
-    vc = np.full((n_kv, ctx, d), np.nan, np.float32)
+KV_TYPES = list(layout.KV_CACHE_TYPES)
+# Stale cache bytes (past the filled positions, which must not count): large keys and NaN
+# values in every type (float16 0x7b7b = 60768, 0x7e7e NaN; q8_0 codes 123, scales as those).
+STALE = {"f32": (1e4, np.nan), "f16": (0x7B7B, 0x7E7E), "q8_0": (0x7B, 0x7E)}
+
+
+def empty_cache(kv, n_kv, d, ctx):
+    keys, values = layout.kv_cache_shapes(kv, n_kv, d, ctx)
+    stale_k, stale_v = STALE[kv]
+    if kv == "f16":  # the bits of float16 values
+        return np.full(keys, stale_k, np.uint16).view(np.float16), np.full(
+            values, stale_v, np.uint16
+        ).view(np.float16)
+    dtype = layout.KV_CACHE_TYPES[kv]
+    return np.full(keys, stale_k, dtype), np.full(values, stale_v, dtype)
+
+
+def cache_for(rng, n_kv, d, ctx, start, n, kv="f32"):
+    """Caches (kc, vc) of type kv holding random keys and values at positions 0 .. start - 1,
+    stale entries (which must not count) past them, and the new (k, v) of positions start.."""
+    kc, vc = empty_cache(kv, n_kv, d, ctx)
     old = [rng.standard_normal((start, n_kv, d)).astype(np.float32) for _ in range(2)]
     numpy_tier.store_kv(*old, kc, vc, 0)
     k, v = (rng.standard_normal((n, n_kv, d)).astype(np.float32) for _ in range(2))
     return k, v, kc, vc
 
 
-def test_store_kv_layout(rng):
-    k, v, kc, vc = cache_for(rng, 2, 8, 48, 0, 0)
-    k, v = rng.standard_normal((2, 20, 2, 8)).astype(np.float32)
+def bits(a):
+    return a.view(np.uint8)  # NaN bits compare too
+
+
+@pytest.mark.parametrize("kv", KV_TYPES)
+def test_store_kv_layout(kv, rng):
+    k, v, kc, vc = cache_for(rng, 2, 32, 48, 0, 0, kv)
+    k, v = rng.standard_normal((2, 20, 2, 32)).astype(np.float32)
+    before = kc.copy()
     numpy_tier.store_kv(k, v, kc, vc, 13)
-    for i, pos in enumerate(range(13, 33)):
-        np.testing.assert_array_equal(kc[:, pos // 16, :, pos % 16], k[i])
-        np.testing.assert_array_equal(vc[:, pos], v[i])
-    assert np.all(kc[:, 2, :, 1:] == 1e4) and np.all(kc[:, 0, :, :13] == 1e4)
+    # read back as float32: each position's vector as its type converts it (float16 nearest
+    # even, ggml's q8_0 per 32 values), values likewise, and nothing else written
+    keys, values = numpy_tier._kv_floats(kc, vc, 33)
+    if kv == "q8_0":
+        expect = (formats.dequantize("Q8_0", formats.quantize("Q8_0", x), x.shape) for x in (k, v))
+    else:
+        expect = (x.astype(layout.KV_CACHE_TYPES[kv]).astype(np.float32) for x in (k, v))
+    expect_k, expect_v = expect
+    np.testing.assert_array_equal(keys[:, 13:33], expect_k.transpose(1, 0, 2))
+    np.testing.assert_array_equal(values[:, 13:33], expect_v.transpose(1, 0, 2))
+    np.testing.assert_array_equal(bits(kc[:, 0, ..., :13]), bits(before[:, 0, ..., :13]))
+    if kv != "q8_0":  # q8_0 blocks are bytes: the positions of block 2 lie across the row
+        np.testing.assert_array_equal(bits(kc[:, 2, :, 1:]), bits(before[:, 2, :, 1:]))
+
+
+ATTENTION_SHAPES = [(1, 0, 4, 2, 64), (1, 40, 9, 3, 64), (7, 0, 20, 5, 128), (5, 11, 4, 4, 48),
+                    (33, 2, 8, 1, 8), (3, 30, 6, 2, 96)]  # fmt: skip
 
 
 @pytest.mark.parametrize("tier", NATIVE_TIERS)
 @pytest.mark.parametrize(
-    "n, start, heads, n_kv, d",
-    [(1, 0, 4, 2, 64), (1, 40, 9, 3, 64), (7, 0, 20, 5, 128), (5, 11, 4, 4, 48), (33, 2, 8, 1, 8)],
+    "kv, n, start, heads, n_kv, d",
+    [(kv, *s) for kv in KV_TYPES for s in ATTENTION_SHAPES if kv != "q8_0" or s[-1] % 32 == 0],
 )
-def test_attention_is_causal_softmax_with_grouped_heads(tier, n, start, heads, n_kv, d, rng):
+def test_attention_is_causal_softmax_with_grouped_heads(tier, kv, n, start, heads, n_kv, d, rng):
     ctx = 64
-    k, v, kc, vc = cache_for(rng, n_kv, d, ctx, start, n)
+    k, v, kc, vc = cache_for(rng, n_kv, d, ctx, start, n, kv)
     q = rng.standard_normal((n, heads, d)).astype(np.float32)
-    kc64, vc64 = kc.astype(np.float64), vc.astype(np.float64)
-    expected = numpy_tier.attention(q.astype(np.float64), k, v, [(kc64, vc64, start, n)])
+    kc_np, vc_np = kc.copy(), vc.copy()
+    # the numpy tier in float64 (q float64) over the same cache entries
+    expected = numpy_tier.attention(q.astype(np.float64), k, v, [(kc_np, vc_np, start, n)])
     y = kernels.get("attention", tier)(q, k, v, [(kc, vc, start, n)])
     assert y.shape == (n, heads * d)
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=2e-6)
-    # the kernel stored the new keys and values as the numpy tier did, and nothing else
-    np.testing.assert_array_equal(kc, kc64.astype(np.float32))
-    np.testing.assert_array_equal(vc, vc64.astype(np.float32))
+    # the kernel stored the new keys and values as the numpy tier did, bit for bit, and
+    # nothing else
+    np.testing.assert_array_equal(bits(kc), bits(kc_np))
+    np.testing.assert_array_equal(bits(vc), bits(vc_np))
+
+
+# float16's edges (largest finite, the first value that rounds to inf, ties to even, the
+# smallest normal and subnormals, a value that rounds to zero, signed zeros, infinities) and
+# q8_0's (ties of x / d away from zero, an all-zero chunk, a chunk of one large value)
+F16_EDGES = [65504, 65519, 65520, -65520, 1 + 2**-11, 1 + 3 * 2**-11, 2**-14, 2**-14 - 2**-25,
+             6e-8, 2**-25, 2**-26, -(2**-24) * 1.5, 0.0, -0.0, np.inf, -np.inf, 1e38,
+             -3e-39]  # fmt: skip
+Q8_EDGES = [127, 2.5, -3.5, 0.5, -0.5, 1.5, 126.5, -127] + [0.0] * 32 + [1e30] + [1e-3] * 31
 
 
 @pytest.mark.parametrize("tier", NATIVE_TIERS)
-def test_attention_of_a_batch_is_each_sequence_alone(tier, rng):
+@pytest.mark.parametrize("kv", ["f16", "q8_0"])
+def test_kv_conversion_edges_match_numpy(tier, kv, rng):
+    edges = np.array(F16_EDGES if kv == "f16" else Q8_EDGES, np.float32)
+    k = rng.standard_normal(96).astype(np.float32)
+    k[: edges.size] = edges
+    k = np.stack([k, -k[::-1]]).reshape(2, 1, 96)  # two positions
+    v = k[::-1].copy()
+    kc, vc = empty_cache(kv, 1, 96, 16)
+    kc_np, vc_np = kc.copy(), vc.copy()
+    q = np.zeros((2, 1, 96), np.float32)
+    with np.errstate(over="ignore"):  # to float16's inf, as meant
+        numpy_tier.store_kv(k, v, kc_np, vc_np, 5)
+        kernels.get("attention", tier)(q, k, v, [(kc, vc, 5, 2)])
+    np.testing.assert_array_equal(bits(kc), bits(kc_np))
+    np.testing.assert_array_equal(bits(vc), bits(vc_np))
+
+
+@pytest.mark.parametrize("tier", NATIVE_TIERS)
+@pytest.mark.parametrize("kv", KV_TYPES)
+def test_attention_of_a_batch_is_each_sequence_alone(tier, kv, rng):
     # (start, rows, ctx) per sequence: decoded tokens and a prompt chunk, caches of other sizes
     shapes = [(40, 1, 48), (0, 9, 16), (5, 1, 64), (70, 20, 96)]
     heads, n_kv, d = 8, 2, 32
-    caches = [cache_for(rng, n_kv, d, ctx, start, rows) for start, rows, ctx in shapes]
+    caches = [cache_for(rng, n_kv, d, ctx, start, rows, kv) for start, rows, ctx in shapes]
     q = rng.standard_normal((sum(rows for _, rows, _ in shapes), heads, d)).astype(np.float32)
     attention = kernels.get("attention", tier)
     bounds = np.cumsum([0, *(rows for _, rows, _ in shapes)])
@@ -206,8 +271,8 @@ def test_attention_of_a_batch_is_each_sequence_alone(tier, rng):
     y = attention(q, k, v, batch)
     np.testing.assert_array_equal(y, np.concatenate([out for out, _ in alone]))
     for (kc, vc, *_), (_, seq) in zip(batch, alone, strict=True):  # each cache as if alone
-        np.testing.assert_array_equal(kc, seq[0])
-        np.testing.assert_array_equal(vc, seq[1])
+        np.testing.assert_array_equal(bits(kc), bits(seq[0]))
+        np.testing.assert_array_equal(bits(vc), bits(seq[1]))
 
 
 @pytest.mark.parametrize("tier", NATIVE_TIERS)
@@ -229,6 +294,35 @@ def test_attention_refuses_a_sequence_that_does_not_fit(tier, seq, message, rng)
     vc = np.zeros((2, ctx, 16), np.float32)
     with pytest.raises(ValueError, match=message):
         kernels.get("attention", tier)(q, k, v, [(kc, vc, start, rows)])
+
+
+@pytest.mark.parametrize("tier", NATIVE_TIERS)
+@pytest.mark.parametrize(
+    "caches",
+    [
+        ("f16", "f32"),  # keys and values of different types
+        ("f64", "f64"),  # a type no cache has
+        ("q8_0", "q8_0"),  # q8_0 of d = 16: not whole 32-chunks
+        ("q8_0 as f32", "q8_0"),  # q8_0 values, float32 keys of q8_0's byte count
+    ],
+)
+def test_attention_refuses_caches_of_the_wrong_type(tier, caches):
+    d, n_kv, ctx = 16, 2, 32
+    q = np.zeros((1, 4, d), np.float32)
+    k = v = np.zeros((1, n_kv, d), np.float32)
+    made = []
+    for kv in caches:
+        if kv == "f64":
+            kc, vc = empty_cache("f32", n_kv, d, ctx)
+            made.append((kc.astype(np.float64), vc.astype(np.float64)))
+        elif kv == "q8_0 as f32":
+            made.append(np.zeros((n_kv, ctx // 16, 17 * d // 4), np.float32))
+        else:
+            made.append(empty_cache(kv, n_kv, d, ctx))
+    kc = made[0][0] if isinstance(made[0], tuple) else made[0]
+    vc = made[1][1]
+    with pytest.raises(ValueError, match="sequence 0: need caches of one type"):
+        kernels.get("attention", tier)(q, k, v, [(kc, vc, 0, 1)])
 
 
 def test_numpy_attention_matches_the_model_reference(rng):

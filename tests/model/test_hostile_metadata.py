@@ -170,9 +170,10 @@ def test_a_huge_context_length_runs_on_the_default_context(models, tmp_path, con
     assert pybitnet.load(path, n_ctx=100).n_ctx == 100
 
 
-def test_a_context_too_large_for_the_machine_is_refused_at_load(models, tmp_path):
-    message = refusal(claiming(models, tmp_path, 2**31), n_ctx=2**31)
-    assert "a context of 2147483648 tokens needs 2048.0 GiB of KV cache" in message
+@pytest.mark.parametrize(("kv_cache", "gib"), [("f16", "1024.0"), ("f32", "2048.0")])
+def test_a_context_too_large_for_the_machine_is_refused_at_load(models, tmp_path, kv_cache, gib):
+    message = refusal(claiming(models, tmp_path, 2**31), n_ctx=2**31, kv_cache=kv_cache)
+    assert f"a context of 2147483648 tokens needs {gib} GiB of KV cache" in message
     assert "--ctx" in message
 
 

@@ -1,6 +1,7 @@
 """The forward passes against llama.cpp and bitnet.cpp on the random `bitnet` fixtures
 (tests/fixtures/peers; tolerances derived in its README). Every test runs on the float64 numpy
-reference and on the engine (float32, native kernels) with the same tolerances.
+reference and on the engine (float32, native kernels; its KV cache of the peer's type, f32 or
+f16) with the same tolerances.
 
 Measured on the engine: F32 fixture within 7.2e-6 of llama.cpp's f32-KV logits (reference 6.9e-6),
 perplexity 359895.019 against 359895.0108 (2e-8 relative); ternary fixtures rms 0.10-0.11, max
@@ -28,14 +29,15 @@ TERNARY = ["tq2_0", "tq1_0", "i2_s", "tq2_0-scaletensors"]
 
 
 @functools.cache
-def load(fixture: str) -> Model:
-    return Model(PEERS / f"bitnet-tiny-s1-{fixture}.gguf")
+def load(fixture: str, kv_cache: str = "f32") -> Model:
+    return Model(PEERS / f"bitnet-tiny-s1-{fixture}.gguf", kv_cache=kv_cache)
 
 
 @functools.cache
-def forward_model(fixture: str, backend: str) -> ForwardPass:
-    """The float64 ReferenceModel, or the engine Model generates with."""
-    model = load(fixture)
+def forward_model(fixture: str, backend: str, kv_cache: str) -> ForwardPass:
+    """The float64 ReferenceModel, or the engine Model generates with, over a KV cache of the
+    peer's type."""
+    model = load(fixture, kv_cache)
     return ReferenceModel(model.weights) if backend == "reference" else model.engine
 
 
@@ -52,13 +54,13 @@ def forward_goldens(fixture: str, **match):
     ]
 
 
-def teacher_forced(fixture: str, backend: str, ids: list[int]) -> np.ndarray:
-    model = forward_model(fixture, backend)
+def teacher_forced(fixture: str, backend: str, ids: list[int], kv_cache: str) -> np.ndarray:
+    model = forward_model(fixture, backend, kv_cache)
     return model.forward(ids, model.new_cache())
 
 
-def greedy(fixture: str, backend: str, ids: list[int], n: int) -> list[int]:
-    model = forward_model(fixture, backend)
+def greedy(fixture: str, backend: str, ids: list[int], n: int, kv_cache: str) -> list[int]:
+    model = forward_model(fixture, backend, kv_cache)
     cache = model.new_cache()
     logits = model.forward(ids, cache)[-1]
     out = []
@@ -78,7 +80,7 @@ def margins_after_each(golden: dict) -> list[float]:
     "golden", forward_goldens("f32", kv_cache="f32"), ids=lambda g: g["command"][-40:]
 )
 def test_f32_logits_match_llama_cpp_f32_kv_tightly(golden, backend):
-    logits = teacher_forced("f32", backend, golden["prompt_ids"])
+    logits = teacher_forced("f32", backend, golden["prompt_ids"], "f32")
     expected = LOGITS[golden["logits_npz_key"]]
     assert np.abs(logits - expected).max() <= 1e-4
 
@@ -86,7 +88,7 @@ def test_f32_logits_match_llama_cpp_f32_kv_tightly(golden, backend):
 @pytest.mark.parametrize("peer", ["llama.cpp", "bitnet.cpp"])
 def test_f32_logits_match_f16_kv_peers_within_their_rounding(peer, backend):
     for golden in forward_goldens("f32", kv_cache="f16", peer=peer):
-        logits = teacher_forced("f32", backend, golden["prompt_ids"])
+        logits = teacher_forced("f32", backend, golden["prompt_ids"], "f16")
         assert np.abs(logits - LOGITS[golden["logits_npz_key"]]).max() <= 1e-2
 
 
@@ -95,7 +97,7 @@ def test_ternary_logits_match_peers_within_activation_quantization_error(fixture
     goldens = forward_goldens(fixture)
     assert goldens, f"no golden for {fixture}"
     for golden in goldens:
-        logits = teacher_forced(fixture, backend, golden["prompt_ids"])
+        logits = teacher_forced(fixture, backend, golden["prompt_ids"], golden["kv_cache"])
         expected = LOGITS[golden["logits_npz_key"]]
         diff = logits - expected
         assert np.sqrt(np.mean(diff**2)) <= 0.15, golden["command"]
@@ -109,7 +111,8 @@ def test_ternary_logits_match_peers_within_activation_quantization_error(fixture
 def test_greedy_runs_match_peers_until_a_near_tie(fixture, backend):
     bound = 1e-3 if fixture == "f32" else 1.0  # our error against the peer, from the tests above
     for golden in forward_goldens(fixture, kv_cache="f32" if fixture == "f32" else "f16"):
-        ours = greedy(fixture, backend, golden["prompt_ids"], len(golden["gen_ids"]))
+        ids, n = golden["prompt_ids"], len(golden["gen_ids"])
+        ours = greedy(fixture, backend, ids, n, golden["kv_cache"])
         margins = margins_after_each(golden)
         agree_until = next((i for i, m in enumerate(margins) if m < bound), len(margins))
         assert agree_until > 0 or fixture != "f32"
@@ -139,7 +142,7 @@ def peer_ppl(peer: str, fixture: str, kv: str = "f16") -> float:
     ],
 )
 def test_perplexity_matches_peers(fixture, peer, kv, rel, backend):
-    model, forward = load(fixture), forward_model(fixture, backend)
+    model, forward = load(fixture), forward_model(fixture, backend, kv)
     tokens = model.tokenize((PEERS / "text.txt").read_text())
     assert tokens == GOLDENS["text"]["token_ids"]
     result = perplexity(

@@ -255,7 +255,7 @@ def test_health_and_metrics(base_url, client, model):
     assert httpx.get(f"{base_url}/health/ready").json() == {"status": "ready"}
     health = httpx.get(f"{base_url}/health").json()
     assert health["status"] == "ok" and health["model"] == model.path.stem
-    assert health["n_ctx"] == model.n_ctx
+    assert health["n_ctx"] == model.n_ctx and health["kv_cache"] == model.engine.kv_cache == "f16"
     client.completions.create(model=ID, prompt="A", max_tokens=5, temperature=0)
     chat(base_url, n=2)
     metrics = httpx.get(f"{base_url}/metrics")

@@ -189,11 +189,14 @@ def generation_workload(
     prompt_ids: Sequence[Sequence[int]] | None = None,
     draft_tokens: int = 0,
     output_head: str | None = None,
+    *,
+    kv_cache: str,
 ) -> dict[str, Any]:
     """The workload of a generation receipt; the sampler's seed becomes workload.seed.
     `prompt_ids` (one list per sequence) make the receipt replayable by `verify --replay`;
     draft_tokens is recorded when drafting (absent: plain decoding, as in older receipts);
-    output_head always (null: the file's output layer as stored; older receipts lack it)."""
+    output_head always (null: the file's output layer as stored; older receipts lack it), and
+    kv_cache, the KV cache's element type, always (absent in older receipts: f32)."""
     if sampler.seed is None:
         raise BenchError("a benchmark workload needs a fixed sampler seed, got seed=None")
     params = {
@@ -213,6 +216,7 @@ def generation_workload(
         "seed": sampler.seed,
         "sampler": params,
         "output_head": output_head,
+        "kv_cache": kv_cache,
     }
     if draft_tokens:
         workload["draft_tokens"] = draft_tokens

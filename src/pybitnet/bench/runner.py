@@ -97,17 +97,15 @@ class Workload:
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(temperature=0.0, seed=self.seed)
 
-    def receipt_workload(self, prompts: list[list[int]], head: str | None) -> dict[str, Any]:
+    def receipt_workload(self, prompts: list[list[int]], model: Model) -> dict[str, Any]:
+        counts = (len(prompts[0]), self.generate, self.batch, self.repetitions, self.warmup)
         return rc.generation_workload(
-            len(prompts[0]),
-            self.generate,
-            self.batch,
-            self.repetitions,
-            self.warmup,
+            *counts,
             self.sampler,
-            prompt_ids=prompts,
-            draft_tokens=self.draft_tokens,
-            output_head=head,
+            prompts,
+            self.draft_tokens,
+            model.output_head,
+            kv_cache=model.engine.kv_cache,
         )
 
 
@@ -166,7 +164,7 @@ def run_bench(model: Model, workload: Workload, step: Step | None = None) -> dic
     doc = {
         **receipt_head("generation", workload.threads, counters.ids()),
         "model": model_info(model),
-        "workload": workload.receipt_workload(tg_prompts, model.output_head),
+        "workload": workload.receipt_workload(tg_prompts, model),
         **counters.receipt_fields(),
         "runs": runs,
         "outputs": rc.outputs(token_ids[0] if token_ids else [[]] * batch),

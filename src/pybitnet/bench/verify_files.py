@@ -23,16 +23,17 @@ def replay_workload(
     doc: dict[str, Any], model_path: str | Path
 ) -> tuple[list[list[int]], set[str]]:
     """Generate from the receipt's prompts as the bench did (its decode repetition: the prompts
-    decoded together as one batch, the sampler and seed of the workload, its drafting and output
-    head if any,
-    generated_tokens ids, never stopping early); return the ids and the ids of the kernels that
-    ran."""
+    decoded together as one batch, its KV cache type, the sampler and seed of the workload, its
+    drafting and output head if any, generated_tokens ids, never stopping early); return the ids
+    and the ids of the kernels that ran."""
     # the model stack, needed only here
     from pybitnet.bench.runner import decode_once
     from pybitnet.generate import load
 
     workload = doc["workload"]
-    model = load(model_path, output_head=workload.get("output_head"))
+    # a receipt from before the KV cache had a type was measured with float32 keys and values
+    kv_cache = workload.get("kv_cache", "f32")
+    model = load(model_path, output_head=workload.get("output_head"), kv_cache=kv_cache)
     sampler = SamplerConfig(**workload["sampler"], seed=workload["seed"])
     with kernels.profile() as prof:
         ids = decode_once(

@@ -10,6 +10,7 @@ import typer
 from pybitnet.cli.console import load_model, print_profile, write_streamed
 from pybitnet.cli.options import (
     JsonFlag,
+    KvCacheOption,
     MaxTokensOption,
     MinPOption,
     ModelOption,
@@ -51,6 +52,7 @@ def run(
     stop: StopOption = None,
     threads: ThreadsOption = None,
     output_head: OutputHeadOption = None,
+    kv_cache: KvCacheOption = None,
     draft_tokens: Annotated[
         int,
         typer.Option(
@@ -75,7 +77,7 @@ def run(
     from pybitnet.sampling import SamplerConfig
 
     prompt = read_prompt(prompt, prompt_file)
-    m, load_s = timed_load(lambda: load_model(model, threads, output_head))
+    m, load_s = timed_load(lambda: load_model(model, threads, output_head, kv_cache=kv_cache))
     sampling = SamplerConfig(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed)
     seed = sampling.seeded().seed  # the seed actually used, so a run can be replayed
     options = dict(
@@ -124,13 +126,14 @@ def chat(
     stop: StopOption = None,
     threads: ThreadsOption = None,
     output_head: OutputHeadOption = None,
+    kv_cache: KvCacheOption = None,
 ) -> None:
     """Chat interactively; /reset clears the history, /exit (or end of input) quits."""
 
     from pybitnet.chat import ChatSession
     from pybitnet.errors import TemplateError
 
-    m = load_model(model, threads, output_head)
+    m = load_model(model, threads, output_head, kv_cache=kv_cache)
     sampling = dict(top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty)
     session = ChatSession(
         m, system, max_tokens=max_tokens, temperature=temperature, seed=seed,
@@ -204,6 +207,7 @@ def serve(
     ] = None,
     threads: ThreadsOption = None,
     output_head: OutputHeadOption = None,
+    kv_cache: KvCacheOption = None,
     draft_tokens: Annotated[
         int,
         typer.Option(
@@ -223,7 +227,7 @@ def serve(
     except PyBitnetError as exc:
         fail("--port", str(exc))
     with sock:
-        m = load_model(model, threads, output_head, n_ctx=ctx)
+        m = load_model(model, threads, output_head, n_ctx=ctx, kv_cache=kv_cache)
         if ctx is not None and ctx > m.config.context_length:
             fail("--ctx", f"{ctx} is more than the {m.config.context_length} tokens of context "
                           f"{m.path.name} was trained for")  # fmt: skip

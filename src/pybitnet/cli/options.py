@@ -69,6 +69,14 @@ def _check_output_head(head: str | None) -> str | None:
     return head
 
 
+def _check_kv_cache(kv_cache: str | None) -> str | None:
+    from pybitnet.kernels.layout import KV_CACHE_TYPES  # numpy only when a command runs
+
+    if kv_cache is not None and kv_cache not in KV_CACHE_TYPES:
+        fail("--kv-cache", f"expected one of {', '.join(KV_CACHE_TYPES)}, got {kv_cache!r}")
+    return kv_cache
+
+
 ThreadsOption = Annotated[
     int | None,
     typer.Option(callback=_cap_threads, help="Kernel threads (default: all cores)."),
@@ -80,6 +88,16 @@ OutputHeadOption = Annotated[
         callback=_check_output_head,
         help="q8: hold the output layer as int8 rows; q6_k, q4_k: requantize it to that "
         "format at load (faster decode; `pybitnet accuracy` measures the cost).",
+    ),
+]
+
+KvCacheOption = Annotated[
+    str | None,
+    typer.Option(
+        "--kv-cache",
+        callback=_check_kv_cache,
+        help="The KV cache's element type: f16 (the default), f32, or q8_0 (ggml's 8-bit "
+        "blocks); `pybitnet accuracy` measures each one's cost.",
     ),
 ]
 

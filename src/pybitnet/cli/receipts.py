@@ -13,6 +13,7 @@ from pybitnet.cli.console import progress, status
 from pybitnet.cli.options import (
     Command,
     JsonFileOption,
+    KvCacheOption,
     OutputHeadOption,
     PlainHelp,
     check_draft_tokens,
@@ -113,6 +114,7 @@ def bench(
         ),
     ] = 0,
     output_head: OutputHeadOption = None,
+    kv_cache: KvCacheOption = None,
     json_path: ReceiptOption = None,
 ) -> None:
     """Benchmark prefill (pp) and decode (tg) of a model; the embedded one by default."""
@@ -137,7 +139,8 @@ def bench(
     with status("loading the model") as stage:
         if preset is not None:  # made once, into the cache: say so, it takes a while
             stage.update(f"the {preset} preset model (made once into the cache)")
-        m = load(preset_model(preset) if preset is not None else model, output_head=output_head)
+        path = preset_model(preset) if preset is not None else model
+        m = load(path, output_head=output_head, kv_cache=kv_cache)
     bar, step = progress(workload.steps)
     with bar:
         doc = run_bench(m, workload, step)

@@ -109,15 +109,67 @@ void gated(const TierKernels &tier, int act, const float *g, const float *u, int
     parallel_pieces(count, 64, 32768, [&](int64_t i0, int64_t i1) { tier.gated(act, g, u, i0, i1, out); });
 }
 
+namespace {
+// float32 -> IEEE binary16, rounded to nearest, ties to even (|f| >= 65520: inf), as numpy's
+// astype(float16) and F16C's vcvtps2ph: one portable routine, so every tier stores the same bits
+// (a cache is written once per position, a negligible part of the time).
+uint16_t to_half(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, sizeof x);
+    const auto sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+    x &= 0x7fffffffu;
+    if (x > 0x7f800000u) return sign | 0x7e00u;  // NaN
+    if (x >= 0x477ff000u) return sign | 0x7c00u;
+    if (x < 0x38800000u) {  // below 2^-14: a subnormal, in units of 2^-24 (adding 2^23 rounds)
+        float a;
+        std::memcpy(&a, &x, sizeof a);
+        return sign | static_cast<uint16_t>((a * 16777216.0f + 8388608.0f) - 8388608.0f);
+    }
+    x += 0xfffu + ((x >> 13) & 1u);  // the 13 dropped bits, to nearest even
+    return sign | static_cast<uint16_t>((x - 0x38000000u) >> 13);
+}
+
+// ggml's quantize_row_q8_0_ref of kKvQ8Chunk values: d = max|x| / 127, q = roundf(x * (1 / d))
+// (ties away from zero; 0 when d is 0), codes q_stride apart, d stored as float16 at `scale`.
+void quantize_q8_0(const float *x, int8_t *q, int64_t q_stride, uint8_t *scale) {
+    float amax = 0.0f;
+    for (int64_t j = 0; j < kKvQ8Chunk; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int64_t j = 0; j < kKvQ8Chunk; ++j) q[j * q_stride] = static_cast<int8_t>(std::round(x[j] * id));
+    const uint16_t h = to_half(d);
+    std::memcpy(scale, &h, sizeof h);
+}
+
+void put(int type, uint8_t *base, int64_t i, float value) {
+    if (type == kKvF16)
+        reinterpret_cast<uint16_t *>(base)[i] = to_half(value);
+    else
+        reinterpret_cast<float *>(base)[i] = value;
+}
+}  // namespace
+
 void store_kv(const float *k, const float *v, int64_t n, int64_t n_kv, int64_t d, int64_t ctx,
-              int64_t start, float *kc, float *vc) {
+              int64_t start, int type, uint8_t *kc, uint8_t *vc) {
+    const int64_t row = kv_value_row_bytes(type, d), block = kv_key_block_bytes(type, d);
     for (int64_t i = 0; i < n; ++i) {
-        const int64_t p = start + i;
+        const int64_t p = start + i, j = p % kKeyBlock;
         for (int64_t h = 0; h < n_kv; ++h) {
-            const float *kr = k + (i * n_kv + h) * d;
-            float *kb = kc + h * d * ctx + p / kKeyBlock * d * kKeyBlock + p % kKeyBlock;
-            for (int64_t e = 0; e < d; ++e) kb[e * kKeyBlock] = kr[e];
-            std::memcpy(vc + (h * ctx + p) * d, v + (i * n_kv + h) * d, d * sizeof(float));
+            const float *kr = k + (i * n_kv + h) * d, *vr = v + (i * n_kv + h) * d;
+            uint8_t *kb = kc + h * ctx * row + p / kKeyBlock * block, *vb = vc + (h * ctx + p) * row;
+            if (type == kKvQ8_0) {
+                for (int64_t c = 0; c < d / kKvQ8Chunk; ++c) {
+                    const int64_t e = c * kKvQ8Chunk;
+                    quantize_q8_0(kr + e, reinterpret_cast<int8_t *>(kb) + e * kKeyBlock + j, kKeyBlock,
+                                  kb + d * kKeyBlock + (c * kKeyBlock + j) * 2);
+                    uint8_t *chunk = vb + c * (2 + kKvQ8Chunk);
+                    quantize_q8_0(vr + e, reinterpret_cast<int8_t *>(chunk + 2), 1, chunk);
+                }
+                continue;
+            }
+            for (int64_t e = 0; e < d; ++e) {
+                put(type, kb, e * kKeyBlock + j, kr[e]);
+                put(type, vb, e, vr[e]);
+            }
         }
     }
 }

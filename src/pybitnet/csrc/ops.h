@@ -42,9 +42,9 @@ void rmsnorm(const TierKernels &tier, const float *x, const float *w, int64_t n,
 void gated(const TierKernels &tier, int act, const float *g, const float *u, int64_t count,
            float *out);
 // Writes keys k and values v (n x n_kv x d) of positions start .. start + n - 1 into the caches
-// kc and vc, laid out as AttentionArgs says.
+// kc and vc, laid out and converted to `type` (KvType) as AttentionArgs says.
 void store_kv(const float *k, const float *v, int64_t n, int64_t n_kv, int64_t d, int64_t ctx,
-              int64_t start, float *kc, float *vc);
+              int64_t start, int type, uint8_t *kc, uint8_t *vc);
 // Attention of several sequences (each its own caches and positions) on the pool's threads.
 void attention(const TierKernels &tier, const std::vector<AttentionArgs> &seqs);
 

@@ -135,6 +135,9 @@ struct Vf {
         return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
     }
     static float half(uint16_t h) { return _cvtsh_ss(h); }
+    static T load_i8(const int8_t *p) {
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(p))));
+    }
     static T min(T a, T b) { return _mm256_min_ps(a, b); }
     static T fnmadd(T a, T b, T c) { return _mm256_fnmadd_ps(a, b, c); }
     static T round(T x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }

@@ -132,6 +132,9 @@ struct Vf {
         return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
     }
     static float half(uint16_t h) { return _cvtsh_ss(h); }
+    static T load_i8(const int8_t *p) {
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p))));
+    }
     static T min(T a, T b) { return _mm512_min_ps(a, b); }
     static T fnmadd(T a, T b, T c) { return _mm512_fnmadd_ps(a, b, c); }
     static T round(T x) {

@@ -88,16 +88,34 @@ struct BlockQ8Rows {
 // Causal attention of n query positions start .. start + n - 1 over the cached keys and values
 // 0 .. start + n - 1 of one layer. The key cache is in blocks of kKeyBlock positions, each
 // block transposed: kc is n_kv x (ctx / kKeyBlock) x d x kKeyBlock, so the scores of a block
-// of positions vectorise over positions and read one contiguous 8 KB run (d = 128). A cache laid
-// out n_kv x d x ctx read d strided lines per block instead, from memory, and cost 3x (ctx 4096:
-// 6x) as much per decoded token. v: n_kv x ctx x d; q and out: n x n_heads x d. ctx is a
-// multiple of kKeyBlock.
+// of positions vectorise over positions and read one contiguous 8 KB run (d = 128, f32). A cache
+// laid out n_kv x d x ctx read d strided lines per block instead, from memory, and cost 3x
+// (ctx 4096: 6x) as much per decoded token. v: n_kv x ctx x d; q and out: n x n_heads x d. ctx
+// is a multiple of kKeyBlock.
+//
+// The cache's element type (docs/SPEC.md §1, KV cache): kKvF32 (float), kKvF16 (IEEE binary16,
+// rounded to nearest even), kKvQ8_0 (ggml's q8_0 per 32 values of one position's head vector).
+// q8_0 keeps the same reading order: a key block is the d x kKeyBlock int8 codes, then the
+// (d / 32) x kKeyBlock float16 scales (scale of position p's 32-chunk c at c * kKeyBlock + p);
+// a value row is d / 32 ggml block_q8_0 (a float16 scale, then 32 int8 codes).
+// Reads convert to float32 (q8_0: code * scale, exact in float32) and the math is the same.
+// A key block's bytes are kKeyBlock value rows' bytes, for every type.
 constexpr int kKeyBlock = 16;
+enum KvType : int { kKvF32 = 0, kKvF16 = 1, kKvQ8_0 = 2 };
+constexpr int64_t kKvQ8Chunk = 32;  // q8_0: values per scale
+constexpr int64_t kv_value_row_bytes(int type, int64_t d) {
+    return type == kKvF32 ? 4 * d : type == kKvF16 ? 2 * d : d / kKvQ8Chunk * (2 + kKvQ8Chunk);
+}
+constexpr int64_t kv_key_block_bytes(int type, int64_t d) {
+    return kKeyBlock * kv_value_row_bytes(type, d);
+}
 struct AttentionArgs {
-    const float *q, *kc, *v;
+    const float *q;
+    const uint8_t *kc, *v;
     float *out;
     int64_t n, n_heads, n_kv, d, ctx, start;
     float scale;  // 1 / sqrt(d)
+    int kv_type;  // KvType
 };
 
 struct TierKernels {

@@ -14,7 +14,12 @@ import numpy as np
 from pybitnet import kernels
 from pybitnet.engine.layers import Linear, requantize_problem, requantized
 from pybitnet.errors import ModelError
-from pybitnet.kernels.layout import KEY_BLOCK
+from pybitnet.kernels.layout import (
+    KEY_BLOCK,
+    KV_CACHE_TYPES,
+    kv_cache_problem,
+    kv_cache_shapes,
+)
 from pybitnet.model.cache import CacheSpan
 from pybitnet.model.config import ModelConfig
 from pybitnet.model.weights import Weights
@@ -22,6 +27,7 @@ from pybitnet.model.weights import Weights
 # The output layer as stored (None), as int8 rows ("q8"), or requantized at load to a K-quant
 # (the format's name): fewer bytes read per decoded token, at a cost `pybitnet accuracy` measures.
 OUTPUT_HEADS = (None, "q8", "q6_k", "q4_k")
+KV_CACHE_DEFAULT = next(iter(KV_CACHE_TYPES))  # f16: half the bytes of f32 read per token
 PREFILL_CHUNK = 128  # tokens per forward pass of a long prompt (Engine.forward)
 # A block's linear layers: each stacks the tensors that read one input into one Linear (one
 # BitLinear call when they are ternary). Engine builds its blocks from this table, and
@@ -58,17 +64,25 @@ def bitlinear_calls_per_pass(ternary_tensors: int) -> tuple[int, int]:
 
 
 class EngineCache(CacheSpan):
-    """float32 keys and values of every layer, laid out for the attention kernel (which writes
-    them): keys in blocks of 16 positions, each block transposed (layers, kv_heads, ctx / 16,
-    head_dim, 16); values (layers, kv_heads, ctx, head_dim). Pages are touched only as
-    positions are filled."""
+    """Keys and values of every layer, laid out for the attention kernel (which writes them):
+    keys in blocks of 16 positions, each block transposed (layers, kv_heads, ctx / 16,
+    head_dim, 16); values (layers, kv_heads, ctx, head_dim); of element type ``kv_cache``
+    (kernels/layout.py: f16, f32, or q8_0 bytes). Pages are touched only as positions are
+    filled."""
 
-    def __init__(self, config: ModelConfig, n_ctx: int | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, n_ctx: int | None = None, kv_cache: str = KV_CACHE_DEFAULT
+    ) -> None:
         super().__init__(config, n_ctx)
-        blocks = -(-self.n_ctx // KEY_BLOCK)
-        c = config
-        self.k = np.zeros((c.n_layers, c.n_kv_heads, blocks, c.head_dim, KEY_BLOCK), np.float32)
-        self.v = np.zeros((c.n_layers, c.n_kv_heads, blocks * KEY_BLOCK, c.head_dim), np.float32)
+        problem = kv_cache_problem(kv_cache, config.head_dim)
+        if problem:
+            raise ModelError(problem)
+        self.kv_cache = kv_cache
+        ctx = -(-self.n_ctx // KEY_BLOCK) * KEY_BLOCK
+        c, dtype = config, KV_CACHE_TYPES[kv_cache]
+        keys, values = kv_cache_shapes(kv_cache, c.n_kv_heads, c.head_dim, ctx)
+        self.k = np.zeros((c.n_layers, *keys), dtype)
+        self.v = np.zeros((c.n_layers, *values), dtype)
 
     @property
     def nbytes(self) -> int:
@@ -94,13 +108,25 @@ class Engine:
     the file's memory map. ``output_head="q8"`` quantizes the output layer to int8 per row
     (half the bytes of F16 per decoded token, at a small accuracy cost); "q6_k" and "q4_k"
     requantize it to that format (0.41 and 0.28 of F16's bytes; rows of whole 256-blocks).
+    ``kv_cache``: the element type of every cache it makes (f16, f32, q8_0; kernels/layout.py;
+    None: KV_CACHE_DEFAULT).
     """
 
-    def __init__(self, weights: Weights, *, output_head: str | None = None) -> None:
-        problem = output_head_problem(weights, output_head)
+    def __init__(
+        self,
+        weights: Weights,
+        *,
+        output_head: str | None = None,
+        kv_cache: str | None = None,
+    ) -> None:
+        c = self.config = weights.config
+        kv_cache = KV_CACHE_DEFAULT if kv_cache is None else kv_cache
+        problem = output_head_problem(weights, output_head) or kv_cache_problem(
+            kv_cache, c.head_dim
+        )
         if problem:
             raise ModelError(problem)
-        c = self.config = weights.config
+        self.kv_cache = kv_cache
         self.tier = tier = kernels.selected_tier()
         self._rmsnorm = kernels.get("rmsnorm", tier)
         self._rope = kernels.get("rope", tier)
@@ -152,7 +178,7 @@ class Engine:
         return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
     def new_cache(self, n_ctx: int | None = None) -> EngineCache:
-        return EngineCache(self.config, n_ctx)
+        return EngineCache(self.config, n_ctx, self.kv_cache)
 
     def kv_bytes_per_token(self) -> int:
         """Bytes one cached position takes (keys and values of every layer): what a KV budget

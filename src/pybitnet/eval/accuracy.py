@@ -10,8 +10,9 @@ shape or scales is skipped with a note. After writing, every ternary tensor of t
 dequantized and compared with the model's: `weights_identical` is that check, not an assumption.
 
 On each file the float64 reference (docs/SPEC.md numerics) and the engine (the selected tier,
-with each output head: as stored, int8 rows "q8", requantized "q6_k" and "q4_k") run the
-llama-perplexity procedure over a text. Every row compares the logits at every position of
+with each output head: as stored, int8 rows "q8", requantized "q6_k" and "q4_k", over the
+default f16 KV cache; and with the head as stored, over each other KV cache type: f32, q8_0)
+run the llama-perplexity procedure over a text. Every row compares the logits at every position of
 every chunk with a float64 reference: engine rows with the reference on the same file; reference
 rows with the reference on the model's own file, which with identical weights must give a
 cosine of 1 and an error of 0 (a check of the re-encoding and of the comparison itself).
@@ -37,11 +38,12 @@ from pybitnet.convert.synthetic import make_model
 from pybitnet.data import default_model_path
 from pybitnet.decode import ForwardPass
 from pybitnet.engine import Engine
-from pybitnet.engine.forward import OUTPUT_HEADS, output_head_problem
+from pybitnet.engine.forward import KV_CACHE_DEFAULT, OUTPUT_HEADS, output_head_problem
 from pybitnet.errors import FormatError, ModelError
 from pybitnet.eval.perplexity import PerplexityResult, chunk_bos, perplexity
 from pybitnet.eval.reencode import reencode, same_weights
 from pybitnet.generate import Model
+from pybitnet.kernels.layout import KV_CACHE_TYPES, kv_cache_problem
 from pybitnet.model.reference import ReferenceModel
 
 TERNARY_PATHS = formats.TERNARY  # every ternary format of the table
@@ -81,6 +83,7 @@ class PathAccuracy:
     path: str  # the ternary weight format
     compute: str  # "reference (float64)" or "engine (<tier>)"
     output_head: str  # the output layer as stored (its type), "q8" (int8 rows), "q6_k", "q4_k"
+    kv_cache: str  # the KV cache's element type: f16, f32, q8_0 (the reference's: float64)
     compared_with: str  # which reference run the figures are relative to
     weights_identical: bool  # the format holds exactly the model's weights (checked)
     kernels: list[str]  # the registry's kernel ids that ran (the reference uses none)
@@ -152,13 +155,17 @@ def _measure(
     step("float64 reference on the model file")
     baseline = run(ReferenceModel(source.weights))
     rows, skipped = [], []
-    heads = []
+    engines = []  # (output head, KV cache type) of each engine row
     for head in OUTPUT_HEADS:
         problem = output_head_problem(source.weights, head)
-        heads += [] if problem else [head]
+        engines += [] if problem else [(head, KV_CACHE_DEFAULT)]
+        skipped += [problem] if problem else []
+    for kv in KV_CACHE_TYPES:
+        problem = kv_cache_problem(kv, source.config.head_dim)
+        engines += [] if problem or kv == KV_CACHE_DEFAULT else [(None, kv)]
         skipped += [problem] if problem else []
     if not ternary:  # no ternary path: the output heads on the file as it is
-        rows += _path_rows(source, "file", True, heads, run, baseline, step, reference=baseline)
+        rows += _path_rows(source, "file", True, engines, run, baseline, step, reference=baseline)
     for fmt in map(formats.weight_type, TERNARY_PATHS if ternary else ()):
         target = workdir / f"{fmt.name.lower()}.gguf"
         step(f"{fmt.name}: re-encoding the weights")
@@ -169,7 +176,7 @@ def _measure(
             continue
         m = Model(target, n_ctx=n_ctx)
         identical = same_weights(source.file, m.file, ternary)
-        rows += _path_rows(m, fmt.name, identical, heads, run, baseline, step)
+        rows += _path_rows(m, fmt.name, identical, engines, run, baseline, step)
         m.file.close()
         del m
         target.unlink()  # one re-encoded model on disk at a time
@@ -203,7 +210,7 @@ def _path_rows(
     m: Model,
     path: str,
     weights_identical: bool,
-    heads: Sequence[str | None],
+    engines: Sequence[tuple[str | None, str]],
     run: Callable[[ForwardPass], tuple[PerplexityResult, list[np.ndarray]]],
     baseline: tuple[PerplexityResult, list[np.ndarray]],
     step: Callable[[str], None],
@@ -211,7 +218,7 @@ def _path_rows(
 ) -> list[PathAccuracy]:
     """One ternary path's rows: the float64 reference on its file ``m`` (``reference`` when
     already run) against ``baseline`` (the reference on the model file), then the engine with
-    each output head against it."""
+    each (output head, KV cache type) of ``engines`` against it."""
     row = functools.partial(PathAccuracy, path=path, weights_identical=weights_identical)
     step(f"{path}: float64 reference")
     ppl, logits = reference or run(ReferenceModel(m.weights))
@@ -219,6 +226,7 @@ def _path_rows(
         row(
             compute="reference (float64)",
             output_head=m.weights.output.wtype.name,
+            kv_cache="float64",
             compared_with="reference on the model file",
             kernels=[],
             **compare(logits, baseline[1]),
@@ -226,11 +234,11 @@ def _path_rows(
             ppl_change=ppl.ppl / baseline[0].ppl - 1,
         )
     ]
-    for head in heads:
+    for head, kv in engines:
         label = head or m.weights.output.wtype.name
-        step(f"{path}: engine, output head {label}")
+        step(f"{path}: engine, output head {label}, KV cache {kv}")
         with kernels.profile() as prof:
-            engine = Engine(m.weights, output_head=head)
+            engine = Engine(m.weights, output_head=head, kv_cache=kv)
             engine_ppl, engine_logits = run(engine)
         if engine.output_note:  # llama.cpp's fallback type for rows not whole 256-blocks
             label = f"{head}:{engine.output_type}"
@@ -238,6 +246,7 @@ def _path_rows(
             row(
                 compute=f"engine ({engine.tier})",
                 output_head=label,
+                kv_cache=kv,
                 compared_with="reference on this file",
                 kernels=[k["id"] for k in prof.stats()],
                 **compare(engine_logits, logits),
@@ -291,14 +300,15 @@ def print_report(report: AccuracyReport, console: Console | None = None) -> None
     table = Table(
         title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
     )
-    columns = ["path", "compute", "head", "cos mean", "cos min", "rel err", "top-1", "PPL"]
+    columns = ["path", "compute", "head", "KV", "cos mean", "cos min", "rel err", "top-1", "PPL"]
     for column in [*columns, "ΔPPL"]:
-        table.add_column(column, justify="left" if column in columns[:3] else "right")
+        table.add_column(column, justify="left" if column in columns[:4] else "right")
     for r in report.paths:
         table.add_row(
             r.path,
             r.compute.split(" ")[0],
             r.output_head,
+            r.kv_cache,
             f"{r.cosine_mean:.7f}",
             f"{r.cosine_min:.7f}",
             f"{r.rel_error:.2e}",
@@ -314,7 +324,8 @@ def print_report(report: AccuracyReport, console: Console | None = None) -> None
         "against the same on the model file (cosine 1, error 0 when the weights are the same). "
         f"engine: the {report.kernel_tier} kernels ({', '.join(linear) or 'none'}), against the "
         "float64 reference on the same file. head: the output layer as stored, q8 (int8 rows), "
-        "or requantized at load (q6_k, q4_k). Same weights as the model file (dequantized and "
+        "or requantized at load (q6_k, q4_k). KV: the KV cache's element type (--kv-cache). "
+        "Same weights as the model file (dequantized and "
         "compared): " + ", ".join(f"{path} {verdict}" for path, verdict in same.items()) + "."
     )
     for note in report.skipped:

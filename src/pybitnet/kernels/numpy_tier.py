@@ -12,7 +12,7 @@ import numpy as np
 from pybitnet import formats
 from pybitnet.errors import FormatError
 from pybitnet.formats._blocks import f16_to_f32
-from pybitnet.kernels.layout import KEY_BLOCK
+from pybitnet.kernels.layout import KEY_BLOCK, KV_Q8_CHUNK
 
 
 @dataclass(frozen=True)
@@ -194,11 +194,55 @@ def gated(act: str, g: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 def store_kv(k: np.ndarray, v: np.ndarray, kc: np.ndarray, vc: np.ndarray, start: int) -> None:
-    """Writes keys and values (n, n_kv, d) of positions start.. into the caches: kc (n_kv,
-    ctx / KEY_BLOCK, d, KEY_BLOCK), each block of positions transposed; vc (n_kv, ctx, d)."""
+    """Writes keys and values (n, n_kv, d) of positions start.. into the caches, as
+    kernels/layout.py kv_cache_shapes lays them out: kc (n_kv, ctx / KEY_BLOCK, d, KEY_BLOCK),
+    each block of positions transposed; vc (n_kv, ctx, d); converted to the caches' dtype
+    (float16: to nearest even). uint8 caches hold q8_0 (docs/SPEC.md §1, KV cache)."""
     pos = np.arange(start, start + k.shape[0])
-    kc[:, pos // KEY_BLOCK, :, pos % KEY_BLOCK] = k  # advanced indices first: (n, n_kv, d)
+    if kc.dtype == np.uint8:
+        codes, scales = _kv_q8_0_parts(kc, v.shape[2])
+        key_codes, key_scales = _q8_0_split(k)
+        codes[:, pos // KEY_BLOCK, :, pos % KEY_BLOCK] = key_codes
+        scales[:, pos // KEY_BLOCK, :, pos % KEY_BLOCK] = key_scales
+        v = formats.quantize("Q8_0", v).reshape(*v.shape[:2], vc.shape[2])
+    else:
+        kc[:, pos // KEY_BLOCK, :, pos % KEY_BLOCK] = k  # advanced indices first: (n, n_kv, d)
     vc[:, pos] = v.transpose(1, 0, 2)
+
+
+def _q8_0_split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x (n, n_kv, d) as q8_0: codes int8 (n, n_kv, d) and float16 scales (n, n_kv, d / 32)."""
+    n, n_kv, d = x.shape
+    blocks = formats.quantize("Q8_0", x).reshape(n, n_kv, d // KV_Q8_CHUNK, 2 + KV_Q8_CHUNK)
+    scales = np.ascontiguousarray(blocks[..., :2]).view("<f2")[..., 0]
+    return blocks[..., 2:].view(np.int8).reshape(x.shape), scales
+
+
+def _kv_q8_0_parts(kc: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Views of a q8_0 key cache's blocks: codes int8 (n_kv, blocks, d, KEY_BLOCK), then float16
+    scales (n_kv, blocks, d / 32, KEY_BLOCK)."""
+    n_kv, blocks, _ = kc.shape
+    codes = kc[..., : d * KEY_BLOCK].view(np.int8).reshape(n_kv, blocks, d, KEY_BLOCK)
+    scales = kc[..., d * KEY_BLOCK :].view("<f2").reshape(n_kv, blocks, -1, KEY_BLOCK)
+    return codes, scales
+
+
+def _kv_floats(kc: np.ndarray, vc: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keys and values (n_kv, total, d) of positions 0 .. total - 1, as floats: float16 and
+    q8_0 (code * scale, exact) read as float32, float32 and float64 as they are."""
+    kc = kc[:, : -(-total // KEY_BLOCK)]
+    if kc.dtype == np.uint8:
+        n_kv, ctx, row = vc.shape
+        d = row // (2 + KV_Q8_CHUNK) * KV_Q8_CHUNK
+        codes, scales = (part.astype(np.float32) for part in _kv_q8_0_parts(kc, d))
+        keys = codes * np.repeat(scales, KV_Q8_CHUNK, axis=2)
+        values = formats.dequantize("Q8_0", np.ascontiguousarray(vc[:, :total]), (n_kv, total, d))
+    else:
+        keys, values = kc, vc[:, :total]
+    n_kv, _, d, _ = keys.shape
+    keys = keys.transpose(0, 1, 3, 2).reshape(n_kv, -1, d)[:, :total]
+    real = np.promote_types(keys.dtype, np.float32)
+    return keys.astype(real, copy=False), values.astype(real, copy=False)
 
 
 # One sequence of a batched attention call: its key and value caches, the position of its first
@@ -230,7 +274,7 @@ def _attention_one(
     n, n_heads, d = q.shape
     n_kv = kc.shape[0]
     total = start + n
-    keys = kc.transpose(0, 1, 3, 2).reshape(n_kv, -1, d)[:, :total]
+    keys, values = _kv_floats(kc, vc, total)
     qg = q.reshape(n, n_kv, n_heads // n_kv, d)
     scores = np.einsum("nkgd,ktd->kgnt", qg, keys) / np.float32(np.sqrt(d))
     future = np.arange(total)[None, :] > (start + np.arange(n))[:, None]
@@ -238,5 +282,5 @@ def _attention_one(
     scores -= scores.max(axis=-1, keepdims=True)
     probs = np.exp(scores)
     probs /= probs.sum(axis=-1, keepdims=True)
-    out = np.einsum("kgnt,ktd->nkgd", probs, vc[:, :total])
+    out = np.einsum("kgnt,ktd->nkgd", probs, values)
     return np.ascontiguousarray(out.reshape(n, n_heads * d), dtype=np.float32)

@@ -69,6 +69,7 @@ async def health(model: ModelDep, card: CardDep, scheduler: SchedulerDep) -> dic
         "status": "ok" if scheduler.accepting else "draining" if scheduler.alive else "stopped",
         "model": card.id,
         "n_ctx": model.n_ctx,
+        "kv_cache": model.engine.kv_cache,
         "active": scheduler.active,
         "queued": scheduler.queue_depth,
         "max_batch": scheduler.max_batch,

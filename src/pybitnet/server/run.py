@@ -74,12 +74,13 @@ def serve(
     port: int = 8080,
     n_ctx: int | None = None,
     output_head: str | None = None,
+    kv_cache: str | None = None,
     config: ServerConfig | None = None,
 ) -> None:
-    """Loads the model (the embedded one when model_path is None; output_head as in
-    pybitnet.generate.load) and serves it until SIGTERM."""
+    """Loads the model (the embedded one when model_path is None; output_head and kv_cache as
+    in pybitnet.generate.load) and serves it until SIGTERM."""
     with listen(host, port) as sock:
-        model = load(model_path, n_ctx=n_ctx, output_head=output_head)
+        model = load(model_path, n_ctx=n_ctx, output_head=output_head, kv_cache=kv_cache)
         serve_model(model, sock, config or ServerConfig())
 
 
@@ -94,9 +95,10 @@ def serve_model(model: Model, sock: socket.socket, config: ServerConfig) -> None
         log_config=_log_config(),
     )
     logging.getLogger("uvicorn.error").info(
-        "pybitnet: %s, context %d, batch %d; chat with it at http://%s:%d/",
+        "pybitnet: %s, context %d (KV cache %s), batch %d; chat with it at http://%s:%d/",
         model.path.name,
         model.n_ctx,
+        model.engine.kv_cache,
         config.max_batch,
         host,
         port,
