@@ -158,11 +158,14 @@ def test_a_model_without_ternary_tensors_has_the_heads_on_the_file(tmp_path):
     path = make_model(tmp_path / "f16.gguf", "tiny", weight_type="F16", dim=256)
     report = acc.measure_accuracy(path, text=TEXT, n_ctx=16)
     assert {r.path for r in report.paths} == {"file"}
-    assert [r.output_head for r in report.paths] == ["F16", "F16", "q8", "q6_k", "q4_k"]
+    rows = [(r.output_head, r.kv_cache) for r in report.paths]
+    heads = [("F16", "f16"), ("q8", "f16"), ("q6_k", "f16"), ("q4_k", "f16")]
+    assert rows == [("F16", "float64"), *heads, ("F16", "f32"), ("F16", "q8_0")]
     reference = report.paths[0]
     assert reference.rel_error == 0 and reference.ppl == report.reference_ppl
-    stored, smaller = report.paths[1], report.paths[2:]
-    assert stored.rel_error < 1e-5 and stored.top1 == 1  # the engine, F16 head as stored
+    stored, smaller, stored_f32 = report.paths[1], report.paths[2:5], report.paths[5]
+    assert stored_f32.rel_error < 1e-5 and stored_f32.top1 == 1  # F16 head as stored, f32 cache
+    assert stored.rel_error < 2e-3 and stored.top1 == 1  # the f16 cache: 4e-4 here
     # relative errors here: q8 0.010, q6_k 0.019, q4_k 0.071 (a random model: near-ties)
     assert all(stored.rel_error < r.rel_error < 0.15 for r in smaller)
 
