@@ -9,12 +9,6 @@
 //                       group() needs neither)
 //   fma(facc, acc, d)   facc + acc * d, lane by lane
 //   sum(acc), fsum(facc) horizontal sums
-// and for the base-3 layout (tiers.h):
-//   Trits load_trits(w64), next(m)   a run's 64 bytes m_k; m_(k+1) = 3 m_k mod 256, bytewise
-//   Trits digits(m, next(m))         code k of the 64 bytes, as dot64() takes them (a tier may
-//                                    scale them by a power of 2, which unscale() undoes)
-//   XRun load_x(x64), dot64(acc, d, xr)   acc += codes . 64 activations
-//   unscale(acc)                     acc / that power of 2, exactly, lane by lane
 // With codes c = w + 1, W . x_q = c . x_q - sum(x_q): exact in integers.
 //
 // No standard-library templates here (see tiers.h).
@@ -55,41 +49,6 @@ inline void store_rows(const TernaryView &w, const QuantizedRows &x, int64_t r, 
 // single-thread decoding from memory from 24 to 27 GB/s on a Zen 4 (prefetches never fault).
 constexpr int64_t kPrefetchBytes = 4096;
 
-// The end of a tile with one scale per 256-block: facc[i][j] holds sum_g d_g * (c_g . x_q).
-template <int B>
-inline void store_blocks(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_t b,
-                         typename Isa::FAcc facc[kTileRows][B], float *y) {
-    for (int i = 0; i < kTileRows && r + i < w.rows; ++i)
-        for (int j = 0; j < B; ++j) {
-            // sum_g d_g * (c_g . x_q - sum_g(x_q)): the correction term per block.
-            const float *d = w.scales + (r + i) * w.groups;
-            const int32_t *s = x.sums + (b + j) * (x.kp / 256);
-            float correction = 0.0f;
-            for (int64_t g = 0; g < w.groups; ++g) correction += d[g] * static_cast<float>(s[g]);
-            y[(b + j) * w.rows + r + i] = (Isa::fsum(facc[i][j]) - correction) / x.sx[b + j];
-        }
-}
-
-// facc += acc * the scale of block g of each row; acc = 0.
-template <int B>
-inline void flush_block(const TernaryView &w, int64_t r, int64_t g,
-                        typename Isa::Acc acc[kTileRows][B], typename Isa::FAcc facc[kTileRows][B]) {
-    for (int i = 0; i < kTileRows; ++i)
-        for (int j = 0; j < B; ++j) {
-            facc[i][j] = Isa::fma(facc[i][j], acc[i][j], w.scales[(r + i) * w.groups + g]);
-            acc[i][j] = Isa::zero();
-        }
-}
-
-template <int B>
-inline void zero_tile(typename Isa::Acc acc[kTileRows][B], typename Isa::FAcc facc[kTileRows][B]) {
-    for (int i = 0; i < kTileRows; ++i)
-        for (int j = 0; j < B; ++j) {
-            acc[i][j] = Isa::zero();
-            facc[i][j] = Isa::fzero();
-        }
-}
-
 template <int B, bool PER_BLOCK>
 inline void tile(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_t b, float *y) {
     constexpr int R = kTileRows;
@@ -97,94 +56,56 @@ inline void tile(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_
     const uint8_t *codes = w.codes + r * w.kp / 4;  // the tile's stream (tiers.h)
     typename Isa::Acc acc[R][B];
     typename Isa::FAcc facc[R][B];
-    zero_tile<B>(acc, facc);
+    for (int i = 0; i < R; ++i)
+        for (int j = 0; j < B; ++j) {
+            acc[i][j] = Isa::zero();
+            facc[i][j] = Isa::fzero();
+        }
     for (int64_t g = 0; g < groups; ++g) {
         for (int i = 0; i < R; ++i) __builtin_prefetch(codes + (g * R + i) * 64 + kPrefetchBytes);
         group<B>(codes + g * R * 64, x.q + b * x.kp + 256 * g, x.kp, acc);
-        if (PER_BLOCK) flush_block<B>(w, r, g, acc, facc);
+        if (PER_BLOCK)
+            for (int i = 0; i < R; ++i)
+                for (int j = 0; j < B; ++j) {
+                    facc[i][j] = Isa::fma(facc[i][j], acc[i][j], w.scales[(r + i) * groups + g]);
+                    acc[i][j] = Isa::zero();
+                }
     }
-    if (PER_BLOCK)
-        store_blocks<B>(w, x, r, b, facc, y);
-    else
+    if (!PER_BLOCK) {
         store_rows<B>(w, x, r, b, acc, y);
-}
-
-// The same for the base-3 layout: each run of 320 columns gives five 64-column codes vectors,
-// one after another; a 256-block ends every fourth.
-template <int B, bool PER_BLOCK>
-inline void tile_base3(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_t b,
-                       float *y) {
-    constexpr int R = kTileRows;
-    const uint8_t *runs = w.codes + r * w.kp / 5;  // the tile's stream (tiers.h)
-    typename Isa::Acc acc[R][B];
-    typename Isa::FAcc facc[R][B];
-    zero_tile<B>(acc, facc);
-    int64_t block = 0;  // 64-column blocks done
-    for (int64_t v = 0; v < w.kp / kTritRun; ++v) {
-        typename Isa::Trits m[R];
-        for (int i = 0; i < R; ++i) {
-            __builtin_prefetch(runs + (v * R + i) * 64 + kPrefetchBytes);
-            m[i] = Isa::load_trits(runs + (v * R + i) * 64);
-        }
-        for (int k = 0; k < 5; ++k, ++block) {
-            typename Isa::XRun xr[B];
-            for (int j = 0; j < B; ++j) xr[j] = Isa::load_x(x.q + (b + j) * x.kp + 64 * block);
-            for (int i = 0; i < R; ++i) {
-                const typename Isa::Trits n = Isa::next(m[i]);
-                const typename Isa::Trits d = Isa::digits(m[i], n);
-                for (int j = 0; j < B; ++j) Isa::dot64(acc[i][j], d, xr[j]);
-                m[i] = n;
-            }
-            // Padding columns past the last 256-block add nothing (x_q is 0 there).
-            if (PER_BLOCK && block % 4 == 3 && block / 4 < w.groups) {
-                for (int i = 0; i < R; ++i)
-                    for (int j = 0; j < B; ++j) acc[i][j] = Isa::unscale(acc[i][j]);
-                flush_block<B>(w, r, block / 4, acc, facc);
-            }
-        }
-    }
-    if (PER_BLOCK) {
-        store_blocks<B>(w, x, r, b, facc, y);
         return;
     }
-    for (int i = 0; i < R; ++i)
-        for (int j = 0; j < B; ++j) acc[i][j] = Isa::unscale(acc[i][j]);
-    store_rows<B>(w, x, r, b, acc, y);
+    for (int i = 0; i < R && r + i < w.rows; ++i)
+        for (int j = 0; j < B; ++j) {
+            // sum_g d_g * (c_g . x_q - sum_g(x_q)): the correction term per block.
+            const float *d = w.scales + (r + i) * groups;
+            const int32_t *s = x.sums + (b + j) * groups;
+            float correction = 0.0f;
+            for (int64_t g = 0; g < groups; ++g) correction += d[g] * static_cast<float>(s[g]);
+            y[(b + j) * w.rows + r + i] = (Isa::fsum(facc[i][j]) - correction) / x.sx[b + j];
+        }
 }
 
 // Activation rows b .. n-1 in tiles of B (then the remainder), for the weight tile at row r.
-template <int B, bool PER_BLOCK, bool BASE3>
+template <int B, bool PER_BLOCK>
 inline void tile_rest(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_t b,
                       float *y) {
     if constexpr (B > 0) {
-        for (; b + B <= x.n; b += B) {
-            if constexpr (BASE3)
-                tile_base3<B, PER_BLOCK>(w, x, r, b, y);
-            else
-                tile<B, PER_BLOCK>(w, x, r, b, y);
-        }
-        tile_rest<B - 1, PER_BLOCK, BASE3>(w, x, r, b, y);
+        for (; b + B <= x.n; b += B) tile<B, PER_BLOCK>(w, x, r, b, y);
+        tile_rest<B - 1, PER_BLOCK>(w, x, r, b, y);
     }
 }
 
-template <bool PER_BLOCK, bool BASE3>
+template <bool PER_BLOCK>
 inline void matmul_rows(const TernaryView &w, const QuantizedRows &x, int64_t r0, int64_t r1,
                         float *y) {
-    constexpr int B = PER_BLOCK ? Isa::B_BLOCK : Isa::B;
-    // Base 3 serves at most kBase3MaxRows activation rows (tiers.h): tiles of no more.
-    constexpr int kB = BASE3 && kBase3MaxRows < B ? kBase3MaxRows : B;
-    for (int64_t r = r0; r < r1; r += kTileRows) tile_rest<kB, PER_BLOCK, BASE3>(w, x, r, 0, y);
+    for (int64_t r = r0; r < r1; r += kTileRows)
+        tile_rest<PER_BLOCK ? Isa::B_BLOCK : Isa::B, PER_BLOCK>(w, x, r, 0, y);
 }
 
 void matmul(const TernaryView &w, const QuantizedRows &x, int64_t r0, int64_t r1, float *y) {
-    if (w.base3) {
-        if (w.groups > 1)
-            matmul_rows<true, true>(w, x, r0, r1, y);
-        else
-            matmul_rows<false, true>(w, x, r0, r1, y);
-    } else if (w.groups > 1) {
-        matmul_rows<true, false>(w, x, r0, r1, y);
-    } else {
-        matmul_rows<false, false>(w, x, r0, r1, y);
-    }
+    if (w.groups > 1)
+        matmul_rows<true>(w, x, r0, r1, y);
+    else
+        matmul_rows<false>(w, x, r0, r1, y);
 }

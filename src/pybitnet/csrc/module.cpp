@@ -1,6 +1,5 @@
 // pybitnet's C++ kernels as a Python module, bound one role at a time (the CPU, the format
-// table, ternary and dense weights, the float ops, attention); long because every role of the
-// core binds here, next to the checks only it can make (below).
+// table, ternary and dense weights, the float ops, attention).
 //
 // kernels/registry.py is the one door to this module: it checks, once and for every tier, the
 // shapes and sizes that callers pass (input columns, scale shapes, bytes per format). This file
@@ -8,7 +7,6 @@
 // and cache geometry of the ops that index memory with them (ids, rope, attention).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
-#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
@@ -129,24 +127,15 @@ void bind_layout(nb::module_ &m) {
         "formats.h's table: [(name, ggml type id, block size, bytes per block, ternary)].");
     m.attr("I2S_TAIL_BYTES") = kI2sTailBytes;
     m.attr("KEY_BLOCK") = kKeyBlock;
-    m.attr("TILE_ROWS") = kTileRows;
-    m.attr("TRIT_RUN") = kTritRun;
-    m.attr("BASE3_MAX_ROWS") = kBase3MaxRows;
-}
-
-// base3: None, False, True as Base3's kByShape, kOff, kOn.
-Base3 base3_mode(std::optional<bool> base3) {
-    return !base3 ? Base3::kByShape : *base3 ? Base3::kOn : Base3::kOff;
 }
 
 void init_ternary_from_codes(TernaryMatrix *self, Array<const int8_t, nb::ndim<2>> codes,
-                             Rows scales, std::optional<bool> base3) {
+                             Rows scales) {
     const int64_t rows = codes.shape(0), cols = codes.shape(1);
     int64_t bad;
     {
         nb::gil_scoped_release released;
-        new (self) TernaryMatrix(codes.data(), rows, cols, scales.data(), scales.shape(1),
-                                 base3_mode(base3), &bad);
+        new (self) TernaryMatrix(codes.data(), rows, cols, scales.data(), scales.shape(1), &bad);
     }
     if (bad >= 0) {
         self->~TernaryMatrix();
@@ -158,14 +147,13 @@ void init_ternary_from_codes(TernaryMatrix *self, Array<const int8_t, nb::ndim<2
 using Part = std::tuple<int, Bytes, int64_t>;  // (ggml type id, the part's bytes, its rows)
 
 void init_ternary_from_parts(TernaryMatrix *self, const std::vector<Part> &parts, int64_t cols,
-                             Rows scales, std::optional<bool> base3) {
+                             Rows scales) {
     std::vector<TernaryMatrix::Packed> packed;
     for (const auto &[fmt, data, rows] : parts) packed.push_back({fmt, data.data(), rows});
     int64_t bad, bad_part;
     {
         nb::gil_scoped_release released;
-        new (self) TernaryMatrix(packed, cols, scales.data(), scales.shape(1), base3_mode(base3),
-                                 &bad, &bad_part);
+        new (self) TernaryMatrix(packed, cols, scales.data(), scales.shape(1), &bad, &bad_part);
     }
     if (bad >= 0) {
         self->~TernaryMatrix();
@@ -178,24 +166,13 @@ void init_ternary_from_parts(TernaryMatrix *self, const std::vector<Part> &parts
 void bind_ternary(nb::module_ &m) {
     nb::class_<TernaryMatrix>(m, "TernaryMatrix",
                               "Ternary weights repacked for the native BitLinear kernels.")
-        .def("__init__", &init_ternary_from_codes, "codes"_a, "scales"_a, "base3"_a = nb::none(),
-             "codes int8 (rows, cols) in {-1, 0, 1}; scales float32 (rows, 1 or cols / 256); "
-             "base3: keep the base-3 layout for decoding too (None: where it pays, by shape).")
+        .def("__init__", &init_ternary_from_codes, "codes"_a, "scales"_a,
+             "codes int8 (rows, cols) in {-1, 0, 1}; scales float32 (rows, 1 or cols / 256).")
         .def("__init__", &init_ternary_from_parts, "parts"_a, "cols"_a, "scales"_a,
-             "base3"_a = nb::none(),
              "parts: [(ggml type, bytes, rows)] stacked row-wise, straight from the file.")
         .def_prop_ro("shape", [](const TernaryMatrix &w) { return nb::make_tuple(w.rows(), w.cols()); })
         .def_prop_ro("groups", &TernaryMatrix::groups)
-        .def_prop_ro("nbytes", &TernaryMatrix::nbytes)
-        .def_prop_ro("has_base3", &TernaryMatrix::has_base3)
-        .def(
-            "stream",
-            [](const TernaryMatrix &w, int64_t n) {
-                const TernaryView v = w.view(n);
-                const int64_t size = (v.rows + kTileRows - 1) / kTileRows * kTileRows * v.kp / (v.base3 ? 5 : 4);
-                return nb::bytes(reinterpret_cast<const char *>(v.codes), size);
-            },
-            "n"_a, "The codes the kernels read for n activation rows (tiers.h: TernaryView).");
+        .def_prop_ro("nbytes", &TernaryMatrix::nbytes);
 
     m.def(
         "bitlinear",

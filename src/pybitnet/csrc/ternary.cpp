@@ -25,16 +25,6 @@ int64_t piece_size(int64_t n, int threads, int64_t align) {
 }
 }  // namespace
 
-// Measured with benchmarks/ternary_layout.py (results/ternary-layout-xeon.json: an Intel Xeon,
-// 2 cores shared with other work, load average 7-9; 2-bit and base 3 alternating, medians):
-// decoding (one activation row) on base 3 is bound by its unpacking, ~1.85x the 2-bit
-// layout's work a weight (0.126 against 0.068 ms for 2560x2560 from cache), so it wins only
-// where the 2-bit layout waits on memory for more than that. With one scale a row it took
-// 0.91-0.98x the 2-bit time for 2560x2560 and 0.95-0.98x for 2560x6912 (out x in), ties for
-// 6912x2560 (0.98-1.01x); with a scale per 256-block (TQ1_0, TQ2_0) the blocks' float sums
-// add work and it lost (1.11-1.21x); at 2 rows and more it lost everywhere (1.09-1.56x).
-bool base3_pays(int64_t rows, int64_t cols, int64_t groups) { return groups == 1 && rows <= cols; }
-
 // 64-byte aligned; in 2 MB huge pages where the OS grants them: decoding streams every weight
 // from memory, and 4 KB pages would cost a TLB miss every 4 KB.
 uint8_t *allocate_weights(int64_t nbytes) {
@@ -52,8 +42,7 @@ uint8_t *allocate_weights(int64_t nbytes) {
 }
 
 TernaryMatrix::TernaryMatrix(int64_t rows, int64_t cols, const float *scales, int64_t groups)
-    : rows_(rows), cols_(cols), kp_(round_up(std::max<int64_t>(cols, 1), 256)),
-      kt_(round_up(std::max<int64_t>(cols, 1), kTritRun)), groups_(groups),
+    : rows_(rows), cols_(cols), kp_(round_up(std::max<int64_t>(cols, 1), 256)), groups_(groups),
       scales_(round_up(rows, kTileRows) * groups, 0.0f) {
     std::copy(scales, scales + rows * groups, scales_.begin());
     codes_.reset(allocate_weights(round_up(rows, kTileRows) * kp_ / 4));
@@ -79,27 +68,6 @@ bool TernaryMatrix::pack_tile(int64_t t, const RowCodes &row) {
             }
     }
     return true;
-}
-
-void TernaryMatrix::add_base3(Base3 base3) {
-    if (base3 == Base3::kOff || (base3 == Base3::kByShape && !base3_pays(rows_, cols_, groups_))) return;
-    trits_.reset(allocate_weights(padded_rows() * kt_ / 5));
-    pool()->run(padded_rows() / kTileRows, [&](int64_t t) {
-        const uint8_t *src = codes_.get() + t * kTileRows * kp_ / 4;
-        uint8_t *dst = trits_.get() + t * kTileRows * kt_ / 5;
-        for (int i = 0; i < kTileRows; ++i)
-            for (int64_t v = 0; v < kt_ / kTritRun; ++v)
-                for (int j = 0; j < 64; ++j) {
-                    unsigned value = 0;  // V = sum c_k 3^(4 - k) (tiers.h)
-                    for (int k = 0; k < 5; ++k) {
-                        const int64_t c = kTritRun * v + 64 * k + j;  // column; 1: padding
-                        const unsigned code =
-                            c < kp_ ? src[(c / 256 * kTileRows + i) * 64 + c % 64] >> (2 * (c % 256 / 64)) & 3 : 1;
-                        value = 3 * value + code;
-                    }
-                    dst[(v * kTileRows + i) * 64 + j] = static_cast<uint8_t>((256 * value + 242) / 243);
-                }
-    });
 }
 
 namespace {
@@ -167,7 +135,7 @@ void tq2_group(const uint8_t *qs, uint8_t *out) {
 }  // namespace
 
 TernaryMatrix::TernaryMatrix(const int8_t *codes, int64_t rows, int64_t cols, const float *scales,
-                             int64_t groups, Base3 base3, int64_t *bad)
+                             int64_t groups, int64_t *bad)
     : TernaryMatrix(rows, cols, scales, groups) {
     std::atomic<int64_t> first_bad{-1};
     pool()->run(round_up(rows, kTileRows) / kTileRows, [&](int64_t t) {
@@ -182,11 +150,10 @@ TernaryMatrix::TernaryMatrix(const int8_t *codes, int64_t rows, int64_t cols, co
         });
     });
     *bad = first_bad.load();
-    if (*bad < 0) add_base3(base3);
 }
 
 TernaryMatrix::TernaryMatrix(const std::vector<Packed> &parts, int64_t cols, const float *scales,
-                             int64_t groups, Base3 base3, int64_t *bad, int64_t *bad_part)
+                             int64_t groups, int64_t *bad, int64_t *bad_part)
     : TernaryMatrix(
           [&] {
               int64_t rows = 0;
@@ -246,7 +213,6 @@ TernaryMatrix::TernaryMatrix(const std::vector<Packed> &parts, int64_t cols, con
             return buffer;
         });
     });
-    add_base3(base3);
 }
 
 QuantizedRows quantize_rows(const TierKernels &tier, const float *x, int64_t n, int64_t cols,
@@ -280,8 +246,8 @@ QuantizedRows quantize_rows(const TierKernels &tier, const float *x, int64_t n, 
 
 void bitlinear(const TierKernels &tier, const TernaryMatrix &w, const float *x, int64_t n,
                float *y) {
-    const TernaryView v = w.view(n);
-    const QuantizedRows xq = quantize_rows(tier, x, n, v.cols, round_up(v.kp, 256));
+    const TernaryView v = w.view();
+    const QuantizedRows xq = quantize_rows(tier, x, n, v.cols, v.kp);
     const auto workers = pool();
     const int64_t piece = piece_size(v.rows, workers->size(), 4 * kTileRows);
     workers->run((v.rows + piece - 1) / piece, [&](int64_t i) {

@@ -96,40 +96,6 @@ struct Isa {
         return _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(d), f);
     }
     static int32_t sum(Acc a) { return hsum_epi32(a); }
-    // Base-3 runs as two halves of 32 bytes. digits(m, n): (3 m) >> 8 from m and n = 3 m mod
-    // 256: the top two bits of avg(m, m -sat n) (exact for every byte the layout holds:
-    // tests/kernels check all 243).
-    struct Trits {
-        __m256i h[2];
-    };
-    using XRun = Trits;
-    static Trits load_trits(const uint8_t *w) {
-        return {{_mm256_load_si256(reinterpret_cast<const __m256i *>(w)),
-                 _mm256_load_si256(reinterpret_cast<const __m256i *>(w + 32))}};
-    }
-    static Trits next(const Trits &t) {
-        Trits n;
-        for (int h = 0; h < 2; ++h) n.h[h] = _mm256_add_epi8(t.h[h], _mm256_add_epi8(t.h[h], t.h[h]));
-        return n;
-    }
-    static Trits digits(const Trits &m, const Trits &n) {
-        Trits d;
-        for (int h = 0; h < 2; ++h) {
-            const __m256i top = _mm256_avg_epu8(m.h[h], _mm256_subs_epu8(m.h[h], n.h[h]));
-            d.h[h] = _mm256_and_si256(_mm256_srli_epi16(top, 6), _mm256_set1_epi8(3));
-        }
-        return d;
-    }
-    static XRun load_x(const int8_t *x) {
-        return {{_mm256_loadu_si256(reinterpret_cast<const __m256i *>(x)),
-                 _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x + 32))}};
-    }
-    static void dot64(Acc &acc, const Trits &d, const XRun &x) {
-        for (int h = 0; h < 2; ++h)
-            acc = _mm256_add_epi32(
-                acc, _mm256_madd_epi16(_mm256_maddubs_epi16(d.h[h], x.h[h]), _mm256_set1_epi16(1)));
-    }
-    static Acc unscale(Acc a) { return a; }
     static float fsum(FAcc f) {
         __m128 t = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
         t = _mm_add_ps(t, _mm_movehl_ps(t, t));

@@ -54,21 +54,6 @@ struct Isa {
     }
     static int32_t sum(Acc a) { return _mm512_reduce_add_epi32(a); }
     static float fsum(FAcc f) { return _mm512_reduce_add_ps(f); }
-    // Base-3 runs: digits(m, n) is (3 m) >> 8, from m and n = 3 m mod 256, in three ops: the
-    // top two bits of avg(m, m -sat n) (exact for every byte the layout holds: tests/kernels
-    // check all 243), left in place (64 times the code, one op fewer), so accumulators hold
-    // 64 x the dot products, exactly, lane by lane, until unscale().
-    using Trits = __m512i;
-    using XRun = __m512i;
-    static Trits load_trits(const uint8_t *w) { return _mm512_load_si512(w); }
-    static Trits next(Trits m) { return _mm512_add_epi8(m, _mm512_add_epi8(m, m)); }
-    static Trits digits(Trits m, Trits n) {
-        return _mm512_and_si512(_mm512_avg_epu8(m, _mm512_subs_epu8(m, n)),
-                                _mm512_set1_epi8(static_cast<char>(0xC0)));
-    }
-    static XRun load_x(const int8_t *x) { return _mm512_loadu_si512(x); }
-    static void dot64(Acc &acc, Trits d, XRun x) { acc = _mm512_dpbusd_epi32(acc, d, x); }
-    static Acc unscale(Acc a) { return _mm512_srai_epi32(a, 6); }
 };
 
 // Plane by plane: the codes of the R rows stay packed in registers and each plane is unpacked

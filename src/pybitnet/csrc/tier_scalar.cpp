@@ -54,30 +54,6 @@ struct Isa {
     static FAcc fma(FAcc f, Acc a, float d) { return f + static_cast<float>(a) * d; }
     static int32_t sum(Acc a) { return a; }
     static float fsum(FAcc f) { return f; }
-    struct Trits {
-        uint8_t m[64];
-    };
-    using XRun = const int8_t *;
-    static Trits load_trits(const uint8_t *w) {
-        Trits t;
-        memcpy(t.m, w, 64);
-        return t;
-    }
-    static Trits next(const Trits &t) {
-        Trits n;
-        for (int j = 0; j < 64; ++j) n.m[j] = static_cast<uint8_t>(3 * t.m[j]);
-        return n;
-    }
-    static Trits digits(const Trits &t, const Trits &) {
-        Trits d;
-        for (int j = 0; j < 64; ++j) d.m[j] = static_cast<uint8_t>((3 * t.m[j]) >> 8);
-        return d;
-    }
-    static XRun load_x(const int8_t *x) { return x; }
-    static void dot64(Acc &acc, const Trits &d, XRun x) {
-        for (int j = 0; j < 64; ++j) acc += d.m[j] * x[j];
-    }
-    static Acc unscale(Acc a) { return a; }
 };
 
 #include "matmul_tiles.h"

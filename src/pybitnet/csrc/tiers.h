@@ -25,26 +25,12 @@ namespace pybitnet {
 //   (one per 256-block: TQ1_0, TQ2_0).
 // The codes stay 2-bit in memory because decoding reads every weight once per token and is
 // bound by memory bandwidth; they are widened in registers.
-//
-// The base-3 layout (base3 = true): 1.6 bits a weight, for decoding where memory bandwidth is the
-// limit (ternary.cpp decides where). Rows are padded to kp = a multiple of kTritRun (320)
-// columns; a run is 320 columns of one row in 64 bytes, byte j holding the codes c_k (0..2) of
-// columns 64k + j, k = 0..4, as ceil(256 V / 243) with V = sum c_k 3^(4-k) (TQ1_0's digits,
-// most significant first). Code k of byte q is the top of 3 m_k, m_k = q 3^k mod 256:
-// (3 m_k) >> 8. Rows go in tiles as above: run v of row t * kTileRows + i is at byte
-// t * kTileRows * kp / 5 + (v * kTileRows + i) * 64. Activations are padded to a multiple of 256
-// columns at least kp.
 constexpr int kTileRows = 4;
-constexpr int kTritRun = 320;
-// Up to this many activation rows, BitLinear reads the base-3 layout where a matrix keeps it
-// (ternary.cpp: base3_pays): beyond, the 2-bit layout's cheaper unpacking wins.
-constexpr int kBase3MaxRows = 1;
 
 struct TernaryView {
     const uint8_t *codes;
     const float *scales;
     int64_t rows, cols, kp, groups;
-    bool base3;
 };
 
 // Activations quantised per row (docs/SPEC.md §1), padded with zeros to kp columns.

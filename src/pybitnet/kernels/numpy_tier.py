@@ -11,7 +11,6 @@ import numpy as np
 
 from pybitnet import formats
 from pybitnet.errors import FormatError
-from pybitnet.kernels import layout
 from pybitnet.kernels.layout import KEY_BLOCK
 
 
@@ -28,15 +27,8 @@ class TernaryCodes:
         return self.codes.shape
 
 
-def prepare_ternary(
-    codes: np.ndarray, scales: np.ndarray, base3: bool | None = None
-) -> TernaryCodes:
-    """base3=True: the codes as read back from the base-3 layout's model (kernels/layout.py),
-    as the native tiers decode them; the results are the same, exactly."""
-    codes = np.asarray(codes, np.int8)
-    if base3:
-        codes = layout.unpack_base3(layout.pack_base3(codes), *codes.shape)
-    return TernaryCodes(codes, np.asarray(scales, np.float32))
+def prepare_ternary(codes: np.ndarray, scales: np.ndarray) -> TernaryCodes:
+    return TernaryCodes(np.asarray(codes, np.int8), np.asarray(scales, np.float32))
 
 
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,14 +59,11 @@ def bitlinear(x: np.ndarray, w: TernaryCodes) -> np.ndarray:
 
 
 def prepare_ternary_packed(
-    parts: list[tuple[str, np.ndarray, int]],
-    cols: int,
-    scales: np.ndarray,
-    base3: bool | None = None,
+    parts: list[tuple[str, np.ndarray, int]], cols: int, scales: np.ndarray
 ) -> TernaryCodes:
     """Like prepare_ternary, from file bytes: parts [(type name, bytes, rows)] stacked row-wise."""
     codes = [formats.unpack_ternary(name, data, (rows, cols))[0] for name, data, rows in parts]
-    return prepare_ternary(np.concatenate(codes), scales, base3)
+    return prepare_ternary(np.concatenate(codes), scales)
 
 
 def prepare_dense(wtype: str, data: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

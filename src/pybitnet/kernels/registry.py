@@ -115,18 +115,17 @@ class Kernel:
             for p in profiles:
                 p._add(self.id, seconds)
 
-    def prepare(self, *args: Any, **options: Any) -> Any:
-        """BitLinear's option base3: keep the base-3 layout for decoding too (layout.py)."""
+    def prepare(self, *args: Any) -> Any:
         if self._prepare is None:
             raise PyBitnetError(f"kernel {self.id} takes no prepared weights")
-        return self._prepare(*args, **options)
+        return self._prepare(*args)
 
-    def prepare_packed(self, *args: Any, **options: Any) -> Any:
+    def prepare_packed(self, *args: Any) -> Any:
         """BitLinear weights straight from file bytes: (parts [(type name, bytes, rows)], cols,
         scales (rows, groups)); the parts are stacked row-wise into one matrix."""
         if self._prepare_packed is None:
             raise PyBitnetError(f"kernel {self.id} takes no packed weights")
-        return self._prepare_packed(*args, **options)
+        return self._prepare_packed(*args)
 
 
 def supported_tiers() -> tuple[str, ...]:
@@ -161,39 +160,38 @@ def _native_bitlinear(tier: str, x: np.ndarray, w: Any) -> np.ndarray:
     return _native.bitlinear(tier, w, np.ascontiguousarray(x, np.float32))
 
 
-def _native_prepare(codes: np.ndarray, scales: np.ndarray, base3: bool | None = None) -> Any:
-    codes, scales = np.ascontiguousarray(codes, np.int8), np.ascontiguousarray(scales, np.float32)
-    return _native.TernaryMatrix(codes, scales, base3)
+def _native_prepare(codes: np.ndarray, scales: np.ndarray) -> Any:
+    return _native.TernaryMatrix(
+        np.ascontiguousarray(codes, np.int8), np.ascontiguousarray(scales, np.float32)
+    )
 
 
-Parts = list[tuple[str, np.ndarray, int]]  # BitLinear weights from file bytes, stacked row-wise
-
-
-def _native_prepare_packed(parts: Parts, cols: int, scales: np.ndarray, base3: bool | None) -> Any:
+def _native_prepare_packed(
+    parts: list[tuple[str, np.ndarray, int]], cols: int, scales: np.ndarray
+) -> Any:
     native_parts = [
         (formats.weight_type(name).id, np.ascontiguousarray(data, np.uint8).ravel(), rows)
         for name, data, rows in parts
     ]
-    scales = np.ascontiguousarray(scales, np.float32)
-    return _native.TernaryMatrix(native_parts, cols, scales, base3)
+    return _native.TernaryMatrix(native_parts, cols, np.ascontiguousarray(scales, np.float32))
 
 
 def _checked_prepare(prepare: Callable[..., Any]) -> Callable[..., Any]:
-    def checked(codes: np.ndarray, scales: np.ndarray, base3: bool | None = None) -> Any:
+    def checked(codes: np.ndarray, scales: np.ndarray) -> Any:
         rows, cols = codes.shape
         _check_scales(scales, rows, cols, f"codes of shape {codes.shape}")
-        return prepare(codes, scales, base3)
+        return prepare(codes, scales)
 
     return checked
 
 
 def _checked_prepare_packed(prepare: Callable[..., Any]) -> Callable[..., Any]:
-    def checked(parts: Parts, cols: int, scales: np.ndarray, base3: bool | None = None) -> Any:
+    def checked(parts: list[tuple[str, np.ndarray, int]], cols: int, scales: np.ndarray) -> Any:
         for i, (name, data, rows) in enumerate(parts):
             _check_ternary_part(i, formats.weight_type(name), data, rows, cols)
         rows = sum(part[2] for part in parts)
         _check_scales(scales, rows, cols, f"{len(parts)} parts of {rows} rows of {cols}")
-        return prepare(parts, cols, scales, base3)
+        return prepare(parts, cols, scales)
 
     return checked
 
