@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "formats.h"
+#include "half.h"
 #include "threadpool.h"
 
 namespace pybitnet {
@@ -19,13 +20,6 @@ int nearest_int(float x) {
     int32_t i;
     std::memcpy(&i, &v, sizeof i);
     return (i & 0x007fffff) - 0x00400000;
-}
-
-uint16_t to_f16(float f) {  // nearest, ties to even (as F16C and numpy)
-    const _Float16 h = static_cast<_Float16>(f);
-    uint16_t bits;
-    std::memcpy(&bits, &h, sizeof bits);
-    return bits;
 }
 
 float from_f16(const uint8_t *p) {
@@ -104,7 +98,7 @@ void q6_k_block(const float *x, uint8_t *y) {
     std::memset(y, 0, 210);
     if (max_abs_scale < kGroupMaxEps) return;
     const float iscale = -128.0f / max_scale;
-    const uint16_t d = to_f16(1 / iscale);
+    const uint16_t d = to_half(1 / iscale);
     std::memcpy(y + 208, &d, 2);
     int8_t *sc = reinterpret_cast<int8_t *>(y + 192);
     for (int ib = 0; ib < 16; ++ib) sc[ib] = static_cast<int8_t>(std::min(127, nearest_int(iscale * scales[ib])));
@@ -204,7 +198,7 @@ void q4_k_block(const float *x, uint8_t *y) {
         ls[j] = std::min<uint8_t>(63, static_cast<uint8_t>(nearest_int(inv_scale * scales[j])));
         lm[j] = std::min<uint8_t>(63, static_cast<uint8_t>(nearest_int(inv_min * mins[j])));
     }
-    const uint16_t d = to_f16(max_scale / 63.0f), dmin = to_f16(max_min / 63.0f);
+    const uint16_t d = to_half(max_scale / 63.0f), dmin = to_half(max_min / 63.0f);
     std::memcpy(y, &d, 2);
     std::memcpy(y + 2, &dmin, 2);
     uint8_t *sc = y + 4;

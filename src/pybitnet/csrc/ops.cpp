@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "half.h"
 #include "kquants.h"
 #include "ternary.h"
 #include "threadpool.h"
@@ -110,25 +111,6 @@ void gated(const TierKernels &tier, int act, const float *g, const float *u, int
 }
 
 namespace {
-// float32 -> IEEE binary16, rounded to nearest, ties to even (|f| >= 65520: inf), as numpy's
-// astype(float16) and F16C's vcvtps2ph: one portable routine, so every tier stores the same bits
-// (a cache is written once per position, a negligible part of the time).
-uint16_t to_half(float f) {
-    uint32_t x;
-    std::memcpy(&x, &f, sizeof x);
-    const auto sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
-    x &= 0x7fffffffu;
-    if (x > 0x7f800000u) return sign | 0x7e00u;  // NaN
-    if (x >= 0x477ff000u) return sign | 0x7c00u;
-    if (x < 0x38800000u) {  // below 2^-14: a subnormal, in units of 2^-24 (adding 2^23 rounds)
-        float a;
-        std::memcpy(&a, &x, sizeof a);
-        return sign | static_cast<uint16_t>((a * 16777216.0f + 8388608.0f) - 8388608.0f);
-    }
-    x += 0xfffu + ((x >> 13) & 1u);  // the 13 dropped bits, to nearest even
-    return sign | static_cast<uint16_t>((x - 0x38000000u) >> 13);
-}
-
 // ggml's quantize_row_q8_0_ref of kKvQ8Chunk values: d = max|x| / 127, q = roundf(x * (1 / d))
 // (ties away from zero; 0 when d is 0), codes q_stride apart, d stored as float16 at `scale`.
 void quantize_q8_0(const float *x, int8_t *q, int64_t q_stride, uint8_t *scale) {
