@@ -97,11 +97,22 @@ def dense_cases(rng) -> list[bytes]:
     out = []
     for wtype in DENSE_FORMATS:
         block = formats.weight_type(wtype).block_size
+        # float formats: rows of any length; 96 columns also takes F16's one-row loop
         rows, cols = (9, 512) if block == 256 else (9, 96) if block == 32 else (9, 100)
         data, w = dense_matrix(rng, wtype, rows, cols)
+        if wtype == "Q6_K":
+            data[:210] = 0  # an all-zero super-block (d = 0)
+            w = formats.dequantize(wtype, data, (rows, cols))
         fmt = formats.weight_type(wtype).id
-        for n in (1, 3, 17):  # one row (F16: its own loop), a streamed batch, the panel path
+        if block == 1:
+            whole, w96 = dense_matrix(rng, wtype, 5, 96)
+            x = rng.standard_normal((1, 96)).astype(np.float32)
+            expect = [x.astype(np.float64) @ w96.T.astype(np.float64), float64_tolerance(x, w96)]
+            out.append(record("dense", [fmt, 5, 96, 1], [whole, x, *expect]))
+        for n in (1, 3, 17):  # one row, a streamed batch, the panel path
             x = rng.standard_normal((n, cols)).astype(np.float32)
+            if wtype == "Q6_K":
+                x[0, :256] = 0  # an all-zero activation block
             # Q6_K: numpy's bits (tests/kernels: test_q6_k_linear_equals_numpy_bit_for_bit)
             if wtype == "Q6_K":
                 q6k = numpy_tier.prepare_q6_k(wtype, data, (rows, cols))
