@@ -10,8 +10,8 @@
 // registers). Portable, as on the x86 tiers: decoding Q8_0/Q4_0/Q4_1/K-quant/BF16 chunks
 // (dense_decode.h), RoPE, and the scalar tails.
 //
-// Integer products are exact in int32 lanes: SDOT, or without it vmull_s8 (int16, |products|
-// <= 128 * 128) added pairwise into int32 by vpadalq_s16. Float results meet the x86 tiers'
+// Integer products are exact in int32 lanes: SDOT, or without it vmull_s8 / vmlal_s8 into int16
+// lanes (bounds below) added pairwise into int32 by vpadalq_s16. Float results meet the x86 tiers'
 // contract: fused multiply-adds only where the x86 tiers fuse them too (Vf::fmadd, Isa::fma,
 // explicit intrinsics: the unit is built with -ffp-contract=off like every other).
 #include <arm_neon.h>
@@ -98,8 +98,22 @@ struct Isa {
         return p;
     }
     static void dot(Acc &acc, const Planes &p, const int8_t *x) {
+#ifdef __ARM_FEATURE_DOTPROD
         for (int k = 0; k < 4; ++k)
-            for (int h = 0; h < 4; ++h) acc = dot16(acc, p.p[k][h], vld1q_s8(x + 64 * k + 16 * h));
+            for (int h = 0; h < 4; ++h) acc = vdotq_s32(acc, p.p[k][h], vld1q_s8(x + 64 * k + 16 * h));
+#else
+        // The four planes' products (|code x_q| <= 256) summed in int16 lanes (<= 1024), then
+        // widened into int32 once per quarter: a quarter of dot16's widenings.
+        for (int h = 0; h < 4; ++h) {
+            int16x8_t lo = vdupq_n_s16(0), hi = vdupq_n_s16(0);
+            for (int k = 0; k < 4; ++k) {
+                const int8x16_t xk = vld1q_s8(x + 64 * k + 16 * h);
+                lo = vmlal_s8(lo, vget_low_s8(p.p[k][h]), vget_low_s8(xk));
+                hi = vmlal_high_s8(hi, p.p[k][h], xk);
+            }
+            acc = vpadalq_s16(vpadalq_s16(acc, lo), hi);
+        }
+#endif
     }
     static FAcc fma(FAcc f, Acc a, float d) { return vfmaq_f32(f, vcvtq_f32_s32(a), vdupq_n_f32(d)); }
     static int32_t sum(Acc a) { return vaddvq_s32(a); }
