@@ -27,7 +27,7 @@ STABLE_IDS = {
         "gated",
         "attention",
     )
-    for tier in ("avx512", "avx2", "scalar", "numpy")
+    for tier in ("avx512", "avx2", "neondot", "neon", "scalar", "numpy")
 }
 
 

@@ -1,9 +1,18 @@
 #include "cpu.h"
 
+#include "tiers.h"
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #include <cstring>
 #define PYBITNET_X86 1
+#elif defined(__aarch64__) && defined(__linux__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP  // kernel headers older than Linux 4.15
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#define PYBITNET_ARM_LINUX 1
 #endif
 
 namespace pybitnet {
@@ -50,6 +59,23 @@ std::string cpu_model_name() {
     const auto first = s.find_first_not_of(' ');
     return first == std::string::npos ? "unknown" : s.substr(first);
 }
+#elif defined(PYBITNET_ARM_LINUX)
+static CpuFeatures detect() {
+    CpuFeatures f;
+    const unsigned long hwcap = getauxval(AT_HWCAP);
+    f.asimd = hwcap & HWCAP_ASIMD;
+    f.asimddp = f.asimd && (hwcap & HWCAP_ASIMDDP);
+    return f;
+}
+std::string cpu_model_name() { return "unknown"; }
+#elif defined(__aarch64__)
+// Another aarch64 OS (macOS): NEON is part of the architecture; dotprod is not asked for.
+static CpuFeatures detect() {
+    CpuFeatures f;
+    f.asimd = true;
+    return f;
+}
+std::string cpu_model_name() { return "unknown"; }
 #else
 static CpuFeatures detect() { return {}; }
 std::string cpu_model_name() { return "unknown"; }
@@ -58,6 +84,22 @@ std::string cpu_model_name() { return "unknown"; }
 const CpuFeatures &cpu_features() {
     static const CpuFeatures f = detect();
     return f;
+}
+
+std::vector<const TierKernels *> supported_tiers() {
+    std::vector<const TierKernels *> tiers;
+    [[maybe_unused]] const CpuFeatures &f = cpu_features();
+#ifdef PYBITNET_X86_TIERS
+    if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c)
+        tiers.push_back(&avx512_kernels);
+    if (f.avx2 && f.fma && f.f16c) tiers.push_back(&avx2_kernels);
+#endif
+#ifdef PYBITNET_ARM_TIERS
+    if (f.asimddp) tiers.push_back(&neondot_kernels);
+    if (f.asimd) tiers.push_back(&neon_kernels);
+#endif
+    tiers.push_back(&scalar_kernels);
+    return tiers;
 }
 
 }  // namespace pybitnet

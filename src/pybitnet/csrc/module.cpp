@@ -39,21 +39,8 @@ using Rows = Array<const float, nb::ndim<2>>;
 
 std::string str(int64_t v) { return std::to_string(v); }
 
-// The tiers this CPU and OS can run, best first.
-std::vector<const TierKernels *> supported() {
-    std::vector<const TierKernels *> tiers;
-#ifdef PYBITNET_X86_TIERS
-    const CpuFeatures &f = cpu_features();
-    if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c)
-        tiers.push_back(&avx512_kernels);
-    if (f.avx2 && f.fma && f.f16c) tiers.push_back(&avx2_kernels);
-#endif
-    tiers.push_back(&scalar_kernels);
-    return tiers;
-}
-
 const TierKernels &tier_named(const std::string &name) {
-    for (const TierKernels *t : supported())
+    for (const TierKernels *t : supported_tiers())
         if (name == t->name) return *t;
     throw nb::value_error(("kernel tier '" + name + "' is not supported by this CPU").c_str());
 }
@@ -101,13 +88,15 @@ void bind_cpu(nb::module_ &m) {
         d["avx512bw"] = f.avx512bw;
         d["avx512vl"] = f.avx512vl;
         d["avx512vnni"] = f.avx512vnni;
+        d["asimd"] = f.asimd;
+        d["asimddp"] = f.asimddp;
         return d;
     });
     m.def(
         "supported_tiers",
         []() {
             std::vector<std::string> names;
-            for (const TierKernels *t : supported()) names.emplace_back(t->name);
+            for (const TierKernels *t : supported_tiers()) names.emplace_back(t->name);
             return names;
         },
         "Kernel tiers this CPU and OS can run, best first.");

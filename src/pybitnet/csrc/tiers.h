@@ -158,5 +158,9 @@ extern const TierKernels scalar_kernels;
 extern const TierKernels avx2_kernels;
 extern const TierKernels avx512_kernels;
 #endif
+#ifdef PYBITNET_ARM_TIERS
+extern const TierKernels neon_kernels;     // ARMv8.0 NEON (tier_neon.cpp)
+extern const TierKernels neondot_kernels;  // NEON with the dotprod extension (tier_neondot.cpp)
+#endif
 
 }  // namespace pybitnet

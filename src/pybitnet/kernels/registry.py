@@ -2,10 +2,9 @@
 the native module: the shapes and sizes callers pass are checked here, once, for every tier.
 
 Every kernel has an id ``<op>_<tier>`` (``bitlinear_avx512``, ``linear_f16_numpy``). Tiers, best
-first: ``avx512`` (AVX-512 F/BW/VL/VNNI), ``avx2`` (AVX2, FMA, F16C), ``scalar`` (portable C++),
-``numpy`` (kernels/numpy_tier.py). ``get(op)`` picks the best tier this CPU runs; the environment
-variable PYBITNET_KERNELS forces one by name (``numpy`` for the numpy kernels). Receipts take
-their kernel list from ``profile()``, never from a list written by hand.
+first (docs/SPEC.md §1): ``avx512``, ``avx2`` (x86-64), ``neondot``, ``neon`` (aarch64), ``scalar``
+(C++), ``numpy`` (kernels/numpy_tier.py). ``get(op)`` picks the best tier this CPU runs;
+PYBITNET_KERNELS forces one by name. Receipts take their kernel list from ``profile()``.
 """
 
 from __future__ import annotations
@@ -33,15 +32,17 @@ except ImportError as exc:  # a source tree without a build: numpy only
 else:
     _NATIVE_ERROR = None
 
-TIERS = ("avx512", "avx2", "scalar", "numpy")
+TIERS = ("avx512", "avx2", "neondot", "neon", "scalar", "numpy")
 NATIVE_TIERS = TIERS[:-1]
 ENV = "PYBITNET_KERNELS"
 
-# The CPU features each native tier is compiled for and needs (csrc/module.cpp, supported()),
-# named as pybitnet._native.cpu_features() names them ("avx2" stands for AVX2 with FMA).
+# The CPU features each native tier is compiled for and needs (csrc/cpu.cpp, supported_tiers()),
+# named as pybitnet._native.cpu_features() names them ("avx2": AVX2 with FMA; aarch64's as Linux's).
 TIER_FEATURES = {
     "avx512": ("avx2", "avx512bw", "avx512f", "avx512vl", "avx512vnni", "f16c"),
     "avx2": ("avx2", "f16c"),
+    "neondot": ("asimd", "asimddp"),
+    "neon": ("asimd",),
     "scalar": (),
     "numpy": (),
 }
