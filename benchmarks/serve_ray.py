@@ -4,19 +4,22 @@
         [--clients 8 32] [--max-tokens 32] [--json serve-ray.json]
 
 Three servers of the same model, each loaded with every --clients count for --duration
-seconds: `pybitnet serve --threads 2` (one process), then on a local Ray Serve (server/ray_serve.py)
-1 replica of 2 kernel threads and 2 replicas of 1 thread each. The clients are serve_load.py's
-(load_clients.py: chat requests back to back, three in four streamed, max_tokens drawn from
-[--max-tokens / 2, --max-tokens]). Figures as serve_load.py's: tokens/s = tokens the servers
-generated during the run (for Ray, the replicas' counters summed from Ray's metrics export) /
-the run's seconds; TTFT = request sent -> first streamed token; errors = 5xx statuses,
-transport errors and errors inside streams. Needs `pip install '.[ray]'`.
+seconds: `pybitnet serve --threads 2` (one process), then on a local Ray Serve
+(server/ray_serve.py) 1 replica of 2 kernel threads and 2 replicas of 1 thread each, then the
+single process again. The clients are serve_load.py's (load_clients.py: chat requests back to
+back, three in four streamed, max_tokens drawn from [--max-tokens / 2, --max-tokens]). Figures
+as serve_load.py's: tokens/s = tokens the servers generated during the run (for Ray, the
+replicas' counters summed from Ray's metrics export) / the run's seconds; TTFT = request sent
+-> first streamed token; errors = 5xx statuses, transport errors and errors inside streams;
+load = the machine's 1-minute load average at the run's end (it is shared).
+Needs `pip install '.[ray]'`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import socket
 import sys
@@ -48,19 +51,26 @@ def main() -> None:
         parser.error("--clients must be in [1, 256] and --duration in (0, 600]")
     args.disconnect_rate, args.output_head = 0.0, None  # what serve_load's helpers read
 
-    rows = []
-    with tempfile.TemporaryFile() as log:
-        args.threads = 2
-        server, url = start_server(args, log)
-        try:
-            rows += runs("single process, 2 threads", url, args)
-        finally:
-            stop_server(server)
+    # The single-process server before and after the Ray cells: the machine is shared, and
+    # the two say how much its load moved meanwhile.
+    rows = single_runs("single process, 2 threads", args)
     rows += ray_runs(args)
+    rows += single_runs("single process again", args)
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     sys.exit(0 if not any(row["errors"] for row in rows) else 1)
+
+
+def single_runs(name: str, args) -> list[dict]:
+    """`pybitnet serve --threads 2` under each client count."""
+    with tempfile.TemporaryFile() as log:
+        args.threads = 2
+        server, url = start_server(args, log)
+        try:
+            return runs(name, url, args)
+        finally:
+            stop_server(server)
 
 
 def runs(name: str, url: str, args, counters=None) -> list[dict]:
@@ -73,8 +83,9 @@ def runs(name: str, url: str, args, counters=None) -> list[dict]:
     for clients in args.clients:
         wait_idle(url, counters=counters)
         run = measure(url, clients, args.duration, args, counters)
-        print_run(f"{name}", run)
-        rows.append({"server": name, **run.summary(), "errors": errors(run)})
+        print_run(name, run)
+        load = round(os.getloadavg()[0], 1)  # the machine is shared: its load beside each run
+        rows.append({"server": name, **run.summary(), "errors": errors(run), "load_1min": load})
     return rows
 
 
@@ -122,24 +133,33 @@ def ray_runs(args) -> list[dict]:
 
 
 def ray_counters(metrics_url: str) -> dict[str, float]:
-    """What load_clients.gauges reads from one server, summed over the replicas that Ray's
-    metrics export shows (a gone replica's last values stay constant: runs take differences)."""
+    """What load_clients.gauges reads from one server, summed over the live replicas in Ray's
+    metrics export (a deleted deployment's replicas leave it at some point, mid-run maybe)."""
+    import ray
+
     time.sleep(RAY_METRICS_SETTLE_SECONDS)
+    live = {
+        actor["name"].rsplit("#", 1)[1]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith("SERVE_REPLICA::")
+    }
     text = httpx.get(metrics_url, timeout=10).text
     values = {}
     for key, name in {**GAUGES, **COUNTERS}.items():
-        found = re.findall(rf"^ray_{name}{{[^}}]*}} (\S+)$", text, re.MULTILINE)
-        values[key] = sum(float(v) for v in found)
+        found = re.findall(rf'^ray_{name}{{[^}}]*replica="([^"]+)"[^}}]*}} (\S+)$', text, re.M)
+        values[key] = sum(float(value) for replica, value in found if replica in live)
     return values
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'server':32} {'clients':>7} {'tok/s':>8} {'TTFT p50 ms':>12} {'p99 ms':>9} errors")
+    head = f"{'server':32} {'clients':>7} {'tok/s':>8} {'TTFT p50 ms':>12} {'p99 ms':>9}"
+    print(f"\n{head} errors load")
     for row in rows:
         ttft = row["ttft_ms"]
         print(
             f"{row['server']:32} {row['clients']:>7} {row['tokens_per_s']:>8.2f} "
-            f"{ttft['p50'] or 0:>12.0f} {ttft['p99'] or 0:>9.0f} {row['errors']}"
+            f"{ttft['p50'] or 0:>12.0f} {ttft['p99'] or 0:>9.0f} {row['errors']:>6} "
+            f"{row['load_1min']}"
         )
 
 
