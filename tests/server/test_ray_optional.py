@@ -8,6 +8,7 @@ import sys
 
 from typer.testing import CliRunner
 
+import pybitnet.server
 from pybitnet.cli import app
 
 
@@ -24,7 +25,9 @@ def test_the_single_process_server_does_not_import_ray():
 
 def test_serve_ray_without_ray_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    # As if never imported (test_ray_serve.py may have): the module, and the package's name.
     monkeypatch.delitem(sys.modules, "pybitnet.server.ray_serve", raising=False)
+    monkeypatch.delattr(pybitnet.server, "ray_serve", raising=False)
     result = CliRunner().invoke(app, ["serve", "--ray", "--address", "auto"])
     assert result.exit_code == 2
     text = " ".join(result.stderr.replace("│", " ").split())
