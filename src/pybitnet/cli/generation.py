@@ -255,9 +255,7 @@ def serve(
             "this many tokens a step by prompt lookup (0: off).",
         ),
     ] = 0,
-    ray: Annotated[
-        bool, typer.Option("--ray", help="Serve replicas on Ray Serve (docs/deploy.md).")
-    ] = False,
+    ray: Annotated[bool, flag("--ray", "Serve replicas on Ray Serve (docs/deploy.md).")] = False,
     replicas: ReplicasOption = None,
     autoscale: AutoscaleOption = None,
     address: AddressOption = None,
