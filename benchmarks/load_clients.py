@@ -10,6 +10,7 @@ import re
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -24,6 +25,11 @@ GAUGES = {
     "active": "pybitnet_active_sequences",
     "queued": "pybitnet_queue_depth",
     "kv_used_tokens": "pybitnet_kv_cache_used_tokens",
+}
+COUNTERS = {
+    "generated": "pybitnet_generated_tokens_total",
+    "prompt_tokens": "pybitnet_prompt_tokens_total",
+    "prompts": "pybitnet_time_to_first_token_seconds_count",  # prompts prefilled
 }
 STREAMED_SHARE = 0.75
 
@@ -77,12 +83,7 @@ def percentiles(samples: list[float]) -> dict:
 def gauges(url: str) -> dict[str, float]:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     values = {}
-    counters = {
-        "generated": "pybitnet_generated_tokens_total",
-        "prompt_tokens": "pybitnet_prompt_tokens_total",
-        "prompts": "pybitnet_time_to_first_token_seconds_count",  # prompts prefilled
-    }
-    for key, name in {**GAUGES, **counters}.items():
+    for key, name in {**GAUGES, **COUNTERS}.items():
         match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
         if match is None:
             raise SystemExit(f"{url}/metrics has no {name}: is this a pybitnet server?")
@@ -166,7 +167,13 @@ async def stream(http: httpx.AsyncClient, body: dict, run: Run, leave_after: int
                 return
 
 
-def measure(url: str, clients: int, seconds: float, args) -> Run:
+Counters = Callable[[], dict[str, float]]  # what gauges(url) reads, from elsewhere
+
+
+def measure(url: str, clients: int, seconds: float, args, counters: Counters | None = None) -> Run:
+    """A run of `clients` clients for `seconds`; its tokens from the server's counters (its
+    /metrics, or `counters` for servers that /metrics shows one at a time: Ray replicas)."""
+    read = counters or (lambda: gauges(url))
     run = Run(clients)
     rngs = [random.Random(args.seed * 1000 + i) for i in range(clients)]
 
@@ -183,22 +190,23 @@ def measure(url: str, clients: int, seconds: float, args) -> Run:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    before = gauges(url)
+    before = read()
     start = time.perf_counter()
     asyncio.run(main())
     run.seconds = time.perf_counter() - start
-    after = gauges(url)
+    after = read()
     run.tokens = after["generated"] - before["generated"]
     run.prompt_tokens = after["prompt_tokens"] - before["prompt_tokens"]
     run.prompts = after["prompts"] - before["prompts"]
     return run
 
 
-def wait_idle(url: str, timeout: float = 30) -> dict[str, float]:
+def wait_idle(url: str, timeout: float = 30, counters: Counters | None = None) -> dict[str, float]:
     """The gauges once the server is idle, or as they are after `timeout` seconds."""
+    read = counters or (lambda: gauges(url))
     deadline = time.monotonic() + timeout
     while True:
-        values = gauges(url)
+        values = read()
         if not any(values[key] for key in GAUGES) or time.monotonic() > deadline:
             return {key: values[key] for key in GAUGES}
         time.sleep(0.2)

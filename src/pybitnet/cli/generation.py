@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,6 +29,7 @@ from pybitnet.cli.options import (
     read_prompt,
     within,
 )
+from pybitnet.errors import shown
 
 if TYPE_CHECKING:
     from pybitnet.chat import ChatSession
@@ -179,6 +181,43 @@ def _converse(session: ChatSession) -> None:
             )
 
 
+def _min_max(text: str) -> tuple[int, int]:
+    low, colon, high = text.partition(":")
+    if not (colon and low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high)):
+        fail("--autoscale", f"expected MIN:MAX with 1 <= MIN <= MAX, got {text!r}")
+    return int(low), int(high)
+
+
+def _check_sha256(digest: str | None) -> str | None:
+    if digest is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+        fail("--model-sha256", f"expected 64 hexadecimal digits, got {shown(digest)}")
+    return digest and digest.lower()
+
+
+ReplicasOption = Annotated[
+    int | None, typer.Option(callback=within(1), help="With --ray: this many replicas (default 1).")
+]
+AutoscaleOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="MIN:MAX",
+        help="With --ray: MIN to MAX replicas, scaled by Ray Serve on the requests each holds.",
+    ),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(help="With --ray: the Ray cluster to deploy to (default: start a local one)."),
+]
+Sha256Option = Annotated[
+    str | None,
+    typer.Option(
+        "--model-sha256",
+        callback=_check_sha256,
+        help="With --ray: each replica refuses a model file whose SHA-256 is not this.",
+    ),
+]
+
+
 def serve(
     model: ModelOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -216,12 +255,34 @@ def serve(
             "this many tokens a step by prompt lookup (0: off).",
         ),
     ] = 0,
+    ray: Annotated[bool, flag("--ray", "Serve replicas on Ray Serve (docs/deploy.md).")] = False,
+    replicas: ReplicasOption = None,
+    autoscale: AutoscaleOption = None,
+    address: AddressOption = None,
+    model_sha256: Sha256Option = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, with a chat page at /."""
     from pybitnet.errors import PyBitnetError
     from pybitnet.server import ServerConfig
     from pybitnet.server.run import listen, serve_model
 
+    config = ServerConfig(
+        max_batch,
+        max_queue,
+        api_key,
+        cors_origins=tuple(cors_origin or ()),
+        draft_tokens=draft_tokens,
+    )
+    ray_only = {"--replicas": replicas, "--autoscale": autoscale, "--address": address}
+    ray_only["--model-sha256"] = model_sha256
+    if ray:
+        replica = {"model": model, "model_sha256": model_sha256, "n_ctx": ctx, "threads": threads}
+        replica |= {"output_head": output_head, "kv_cache": kv_cache, "config": config}
+        _serve_on_ray(replica, replicas, autoscale, address, host, port)
+        return
+    for option, value in ray_only.items():
+        if value is not None:
+            fail(option, "only with --ray")
     try:
         sock = listen(host, port)  # before loading: a port in use fails first, not after the banner
     except PyBitnetError as exc:
@@ -231,14 +292,38 @@ def serve(
         if ctx is not None and ctx > m.config.context_length:
             fail("--ctx", f"{ctx} is more than the {m.config.context_length} tokens of context "
                           f"{m.path.name} was trained for")  # fmt: skip
-        config = ServerConfig(
-            max_batch,
-            max_queue,
-            api_key,
-            cors_origins=tuple(cors_origin or ()),
-            draft_tokens=draft_tokens,
-        )
         serve_model(m, sock, config)
+
+
+def _serve_on_ray(
+    replica: dict[str, Any],
+    replicas: int | None,
+    autoscale: str | None,
+    address: str | None,
+    host: str,
+    port: int,
+) -> None:
+    """`serve --ray`: the flags checked, then the replicas deployed (server/ray_serve.py)."""
+    from pybitnet.errors import PyBitnetError
+    from pybitnet.server.run import listen
+
+    if replicas is not None and autoscale is not None:
+        fail("--autoscale", "give --replicas N or --autoscale MIN:MAX, not both")
+    scale = _min_max(autoscale) if autoscale is not None else None
+    if address is None:  # a local cluster: a port in use fails now, not inside Ray's proxy
+        try:
+            listen(host, port).close()
+        except PyBitnetError as exc:
+            fail("--port", str(exc))
+    try:
+        from pybitnet.server import ray_serve
+    except ImportError as exc:
+        fail("--ray", f"needs Ray Serve ({exc}): pip install 'pybitnet[ray]'")
+    model = replica["model"]  # the same path on every node: an absolute one
+    spec = ray_serve.ReplicaSpec(**{**replica, "model": str(model.absolute()) if model else None})
+    ray_serve.run(
+        spec, replicas=replicas or 1, autoscale=scale, address=address, host=host, port=port
+    )
 
 
 def _check_api_key(key: str | None) -> str | None:

@@ -163,6 +163,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._accepting = True
         self._stopping = False
+        self._step_started: float | None = None  # monotonic; None between steps
         self._thread = threading.Thread(target=self._run, name="pybitnet-scheduler", daemon=True)
 
     @property
@@ -177,6 +178,13 @@ class Scheduler:
     def alive(self) -> bool:
         """The thread runs and was not told to stop: this process can still generate."""
         return self._thread.is_alive() and not self._stopping
+
+    @property
+    def step_seconds(self) -> float:
+        """How long the forward step now running has run (0 between steps): a health check
+        reads a step that never ends, which `alive` cannot see."""
+        started = self._step_started
+        return 0.0 if started is None else time.monotonic() - started
 
     @property
     def accepting(self) -> bool:
@@ -241,6 +249,7 @@ class Scheduler:
                 if self._stopping:
                     return
                 batch = list(self._active)
+            self._step_started = time.monotonic()
             try:
                 logits = decode.step(self.model.engine, batch)
             except Exception as exc:  # a fault in the forward pass fails its batch, not the server
@@ -248,6 +257,8 @@ class Scheduler:
                 for gen in batch:
                     self._finish(gen, self._fault("the forward pass failed", exc))
                 continue
+            finally:
+                self._step_started = None
             self._observer.step(len(batch))
             for gen, row in zip(batch, logits, strict=True):
                 if row is not None and not gen.cancelled:
