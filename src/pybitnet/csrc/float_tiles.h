@@ -68,8 +68,9 @@ inline typename Vf::T load_half(const uint16_t *p) {
 // output layer of BitNet models, the largest matrix decoding reads. Converted in registers and
 // read as one sequential stream (several rows read side by side, each its own stream, reached
 // half the bandwidth), prefetched kStreamPrefetch ahead, a line per 32 columns: so it reads at
-// the probed bandwidth, without the prefetch at 55-60% (2B head, 1 and 2 threads). Batches take
-// dense_block, which reuses each weight for all their rows.
+// the probed bandwidth, without the prefetch at 56-65% (2B head, 1 and 2 threads;
+// benchmarks/f16_head_stream.cpp). Batches take dense_block, which reuses each weight for all
+// their rows.
 template <int Fmt>
 inline void half_rows(const DenseView &w, const float *x, int64_t r0, int64_t r1, float *y) {
     constexpr int U = 32 / Vf::N;  // independent accumulators
