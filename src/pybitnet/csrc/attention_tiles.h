@@ -3,16 +3,21 @@
 
 // ---- attention ----
 
-// The KV cache's elements (tiers.h, KvType) read as float32: keys(block, d, e, j) = element e of
-// the keys of positions j .. j + Vf::N - 1 of a key block; values(row, e) = elements
-// e .. e + Vf::N - 1 of a value row (Vf::N divides 32); value(row, e) = element e.
+// The KV cache's elements (tiers.h, KvType) read as float32: Keys(block, d, c, j).at(e) =
+// element e of the keys of positions j .. j + Vf::N - 1 of a key block, for e in the 32-element
+// chunk c .. c + 31 the reader was made for (q8_0: the chunk's scales converted once, not per
+// element); values(row, e) = elements e .. e + Vf::N - 1 of a value row (Vf::N divides 32);
+// value(row, e) = element e.
 template <int Type>
 struct KvRead;
 template <>
 struct KvRead<kKvF32> {
-    static typename Vf::T keys(const uint8_t *block, int64_t, int64_t e, int64_t j) {
-        return Vf::load(reinterpret_cast<const float *>(block) + e * kKeyBlock + j);
-    }
+    struct Keys {
+        const float *keys;
+        Keys(const uint8_t *block, int64_t, int64_t, int64_t j)
+            : keys(reinterpret_cast<const float *>(block) + j) {}
+        typename Vf::T at(int64_t e) const { return Vf::load(keys + e * kKeyBlock); }
+    };
     static typename Vf::T values(const uint8_t *row, int64_t e) {
         return Vf::load(reinterpret_cast<const float *>(row) + e);
     }
@@ -22,9 +27,12 @@ struct KvRead<kKvF32> {
 };
 template <>
 struct KvRead<kKvF16> {
-    static typename Vf::T keys(const uint8_t *block, int64_t, int64_t e, int64_t j) {
-        return Vf::load_f16(reinterpret_cast<const uint16_t *>(block) + e * kKeyBlock + j);
-    }
+    struct Keys {
+        const uint16_t *keys;
+        Keys(const uint8_t *block, int64_t, int64_t, int64_t j)
+            : keys(reinterpret_cast<const uint16_t *>(block) + j) {}
+        typename Vf::T at(int64_t e) const { return Vf::load_f16(keys + e * kKeyBlock); }
+    };
     static typename Vf::T values(const uint8_t *row, int64_t e) {
         return Vf::load_f16(reinterpret_cast<const uint16_t *>(row) + e);
     }
@@ -35,11 +43,15 @@ struct KvRead<kKvF16> {
 template <>
 struct KvRead<kKvQ8_0> {
     static constexpr int64_t C = kKvQ8Chunk;
-    static typename Vf::T keys(const uint8_t *block, int64_t d, int64_t e, int64_t j) {
-        const uint16_t *scales = reinterpret_cast<const uint16_t *>(block + d * kKeyBlock);
-        return Vf::mul(Vf::load_i8(reinterpret_cast<const int8_t *>(block) + e * kKeyBlock + j),
-                       Vf::load_f16(scales + e / C * kKeyBlock + j));
-    }
+    struct Keys {
+        const int8_t *codes;
+        typename Vf::T scale;  // chunk c's, of positions j ..
+        Keys(const uint8_t *block, int64_t d, int64_t c, int64_t j)
+            : codes(reinterpret_cast<const int8_t *>(block) + j),
+              scale(Vf::load_f16(reinterpret_cast<const uint16_t *>(block + d * kKeyBlock) +
+                                 c / C * kKeyBlock + j)) {}
+        typename Vf::T at(int64_t e) const { return Vf::mul(Vf::load_i8(codes + e * kKeyBlock), scale); }
+    };
     static float scale(const uint8_t *chunk) {
         uint16_t h;
         memcpy(&h, chunk, sizeof h);
@@ -70,13 +82,16 @@ inline void scores4(const float *const q[4], const uint8_t *kc, const uint8_t *v
     const char *next = reinterpret_cast<const char *>(block + block_bytes);
     const char *values = reinterpret_cast<const char *>(v + t * kv_value_row_bytes(Type, d));
     for (int g = 0; g < 4; ++g) acc[g] = Vf::zero();
-    for (int64_t e = 0; e < d; ++e) {
-        if (fetch && j == 0 && 64 * e < block_bytes) {  // a key block, 16 value rows
-            __builtin_prefetch(next + 64 * e);
-            __builtin_prefetch(values + 64 * e);
+    for (int64_t c = 0; c < d; c += kKvQ8Chunk) {
+        const typename KvRead<Type>::Keys keys(block, d, c, j);
+        for (int64_t e = c; e < min64(d, c + kKvQ8Chunk); ++e) {
+            if (fetch && j == 0 && 64 * e < block_bytes) {  // a key block, 16 value rows
+                __builtin_prefetch(next + 64 * e);
+                __builtin_prefetch(values + 64 * e);
+            }
+            const typename Vf::T k = keys.at(e);
+            for (int g = 0; g < 4; ++g) acc[g] = Vf::fmadd(Vf::set1(q[g][e]), k, acc[g]);
         }
-        const typename Vf::T k = KvRead<Type>::keys(block, d, e, j);
-        for (int g = 0; g < 4; ++g) acc[g] = Vf::fmadd(Vf::set1(q[g][e]), k, acc[g]);
     }
 }
 

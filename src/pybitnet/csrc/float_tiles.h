@@ -5,8 +5,8 @@
 //   T; DB (activation rows per register tile); zero(), set1(f), load(p), store(p, v)
 //   (unaligned), add, sub, mul, div, max,
 //   fmadd(a, b, c) = a * b + c, hsum, hmax, exp (|error| of a few ulp; inputs clamped to
-//   [-87.3, 88]), load_f16(p) (N float16 values), half(h) (one float16 value), load_i8(p) (N
-//   int8 values).
+//   [-87.3, 88]), load_f16(p) (N float16 values), load_bf16(p) (N bfloat16 values), half(h)
+//   (one float16 value), load_i8(p) (N int8 values).
 // Dense rows are decoded by dense_decode.h, one 32-column chunk at a time.
 // No standard-library templates here (see tiers.h).
 // Uses C library functions only (sqrtf, expf, memcpy), included by the tier unit.
@@ -54,21 +54,37 @@ inline void decode_panel(const DenseView &w, int64_t r, int64_t p, int64_t k, fl
     }
 }
 
-// F16 rows one at a time against one activation row x (cols % 32 == 0): the tied output layer
-// of BitNet models, the largest matrix decoding reads. Converted in registers and read as one
-// sequential stream, which reaches the memory bandwidth (several rows read side by side, each
-// its own stream, reached half of it). Batches take dense_block, which reuses each weight for
-// all their rows.
-inline void f16_rows(const DenseView &w, const float *x, int64_t r0, int64_t r1, float *y) {
+// Vf::N float16 (F16) or bfloat16 (BF16: the high half of a float32) values as floats.
+template <int Fmt>
+inline typename Vf::T load_half(const uint16_t *p) {
+    static_assert(Fmt == kF16 || Fmt == kBF16);
+    if constexpr (Fmt == kF16)
+        return Vf::load_f16(p);
+    else
+        return Vf::load_bf16(p);
+}
+
+// F16 or BF16 rows one at a time against one activation row x (cols % 32 == 0): the tied
+// output layer of BitNet models, the largest matrix decoding reads. Converted in registers and
+// read as one sequential stream (several rows read side by side, each its own stream, reached
+// half the bandwidth), prefetched kStreamPrefetch ahead, a line per 32 columns: so it reads at
+// the probed bandwidth, without the prefetch at 56-65% (2B head, 1 and 2 threads;
+// benchmarks/f16_head_stream.cpp). Batches take dense_block, which reuses each weight for all
+// their rows.
+template <int Fmt>
+inline void half_rows(const DenseView &w, const float *x, int64_t r0, int64_t r1, float *y) {
     constexpr int U = 32 / Vf::N;  // independent accumulators
     for (int64_t r = r0; r < r1; ++r) {
         const uint16_t *row = reinterpret_cast<const uint16_t *>(w.data + r * w.row_bytes);
         typename Vf::T acc[U];
         for (int u = 0; u < U; ++u) acc[u] = Vf::zero();
-        for (int64_t c = 0; c < w.cols; c += 32)
+        for (int64_t c = 0; c < w.cols; c += 32) {
+            // past the matrix's end near its last rows: a prefetch never faults
+            __builtin_prefetch(reinterpret_cast<const char *>(row + c) + kStreamPrefetch, 0, 2);
             for (int u = 0; u < U; ++u)
-                acc[u] = Vf::fmadd(Vf::load_f16(row + c + u * Vf::N), Vf::load(x + c + u * Vf::N),
+                acc[u] = Vf::fmadd(load_half<Fmt>(row + c + u * Vf::N), Vf::load(x + c + u * Vf::N),
                                    acc[u]);
+        }
         typename Vf::T sum = acc[0];
         for (int u = 1; u < U; ++u) sum = Vf::add(sum, acc[u]);
         y[r] = Vf::hsum(sum);
@@ -179,8 +195,11 @@ inline void dense_tile_many(const DenseView &w, const float *x, int64_t n, int64
 void dense_matmul(const DenseView &w, const float *x, int64_t n, int64_t r0, int64_t r1,
                   float *y) {
     const int64_t kc = (w.cols + kDenseChunk - 1) / kDenseChunk * kDenseChunk;
-    if (n == 1 && w.fmt == kF16 && w.cols % kDenseChunk == 0) {
-        f16_rows(w, x, r0, min64(r1, w.rows), y);  // one stream: faster still
+    const bool whole_chunks = w.cols % kDenseChunk == 0;
+    if (n == 1 && w.fmt == kF16 && whole_chunks) {  // one stream: faster still
+        half_rows<kF16>(w, x, r0, min64(r1, w.rows), y);
+    } else if (n == 1 && w.fmt == kBF16 && whole_chunks) {
+        half_rows<kBF16>(w, x, r0, min64(r1, w.rows), y);
     } else if (n <= kStreamRows) {
         if (w.fmt == kF16)
             dense_stream<true>(w, x, n, kc, r0, r1, y);

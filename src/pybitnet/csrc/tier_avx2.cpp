@@ -134,6 +134,10 @@ struct Vf {
     static T load_f16(const uint16_t *p) {
         return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
     }
+    static T load_bf16(const uint16_t *p) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
     static float half(uint16_t h) { return _cvtsh_ss(h); }
     static T load_i8(const int8_t *p) {
         return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(p))));
@@ -166,7 +170,7 @@ void int8_matmul(const Int8View &w, const QuantizedRows &x, int64_t r0, int64_t 
                         _mm_loadu_si128(reinterpret_cast<const __m128i *>(x.q + b * x.kp + k + 16 * h)));
                 const int8_t *wk = tile + k * kTileRows;
                 for (int i = 0; i < kTileRows; ++i) {
-                    __builtin_prefetch(wk + 64 * i + kInt8Prefetch, 0, 2);
+                    __builtin_prefetch(wk + 64 * i + kStreamPrefetch, 0, 2);
                     for (int h = 0; h < 4; ++h) {
                         const __m256i wv = _mm256_cvtepi8_epi16(
                             _mm_load_si128(reinterpret_cast<const __m128i *>(wk + 64 * i + 16 * h)));

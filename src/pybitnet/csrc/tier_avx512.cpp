@@ -131,6 +131,10 @@ struct Vf {
     static T load_f16(const uint16_t *p) {
         return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
     }
+    static T load_bf16(const uint16_t *p) {
+        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
     static float half(uint16_t h) { return _cvtsh_ss(h); }
     static T load_i8(const int8_t *p) {
         return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p))));
@@ -160,7 +164,7 @@ inline void int8_tile(const Int8View &w, const QuantizedRows &x, int64_t r, int6
             xv[j] = _mm512_xor_si512(_mm512_loadu_si512(x.q + (b + j) * x.kp + k), flip);
         const int8_t *wk = tile + k * kTileRows;
         for (int i = 0; i < kTileRows; ++i) {
-            __builtin_prefetch(wk + 64 * i + kInt8Prefetch, 0, 2);
+            __builtin_prefetch(wk + 64 * i + kStreamPrefetch, 0, 2);
             const __m512i wv = _mm512_load_si512(wk + 64 * i);
             for (int j = 0; j < B; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv[j], wv);
         }

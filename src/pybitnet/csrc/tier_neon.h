@@ -145,6 +145,8 @@ struct Vf {
     static float hsum(T v) { return vaddvq_f32(v); }
     static float hmax(T v) { return vmaxvq_f32(v); }
     static T load_f16(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+    // bfloat16 is the high half of a float32
+    static T load_bf16(const uint16_t *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
     static float half(uint16_t h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
     static T load_i8(const int8_t *p) {
         int32_t four;

@@ -76,6 +76,12 @@ struct Vf {
     static float hmax(T v) { return v; }
     static float half(uint16_t h) { return from_half(h); }
     static T load_f16(const uint16_t *p) { return half(*p); }
+    static T load_bf16(const uint16_t *p) {
+        const uint32_t bits = static_cast<uint32_t>(*p) << 16;
+        float f;
+        memcpy(&f, &bits, sizeof f);
+        return f;
+    }
     static T load_i8(const int8_t *p) { return static_cast<float>(*p); }
     static T exp(T x) { return expf(fmaxf(fminf(x, 88.0f), -87.3f)); }
 };

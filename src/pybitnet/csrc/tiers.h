@@ -65,9 +65,11 @@ struct Int8View {
     const int32_t *sums;
     int64_t rows, cols, kp;
 };
-// How far ahead in a tile's stream the int8 kernels prefetch, into L2 (prefetcht1): without,
-// n = 8 took 1.7x as long (AVX-512); into L1, the prefetches evicted the activations.
-constexpr int64_t kInt8Prefetch = 8192;
+// How far ahead in a sequential stream of weights the kernels prefetch, into L2 (prefetcht1):
+// the int8 tiles without it took 1.7x as long at n = 8 (AVX-512), the one-row F16 kernel 1.7x
+// at n = 1 (the hardware prefetchers stop at each 4 KB page); into L1, the prefetches evicted
+// the activations.
+constexpr int64_t kStreamPrefetch = 8192;
 // Columns k .. k + 63 (k a multiple of 64) of row r. static: each unit keeps its own copy (see
 // the rule above).
 static inline const int8_t *int8_chunk(const Int8View &w, int64_t r, int64_t k) {
