@@ -171,7 +171,7 @@ void int8_matmul(const Int8View &w, const QuantizedRows &x, int64_t r0, int64_t 
                 for (int h = 0; h < 4; ++h) xv[h] = vld1q_s8(x.q + b * x.kp + k + 16 * h);
                 const int8_t *wk = tile + k * kTileRows;
                 for (int i = 0; i < kTileRows; ++i) {
-                    __builtin_prefetch(wk + 64 * i + kInt8Prefetch, 0, 2);
+                    __builtin_prefetch(wk + 64 * i + kStreamPrefetch, 0, 2);
                     for (int h = 0; h < 4; ++h) acc[i] = dot16(acc[i], vld1q_s8(wk + 64 * i + 16 * h), xv[h]);
                 }
             }
