@@ -1,5 +1,5 @@
-// float32 <-> float16 in portable C++ (no _Float16, which MSVC lacks, no F16C), shared by the KV
-// cache stores, the K-quant quantizers and the scalar tier.
+// float32 -> float16 in portable C++ (no _Float16, no F16C), shared by the KV cache stores and
+// the K-quant quantizers.
 #pragma once
 
 #include <cstdint>
@@ -24,24 +24,6 @@ inline uint16_t to_half(float f) {
     }
     x += 0xfffu + ((x >> 13) & 1u);  // the 13 dropped bits, to nearest even
     return sign | static_cast<uint16_t>((x - 0x38000000u) >> 13);
-}
-
-// IEEE binary16 -> binary32, exactly (subnormals, infinities and NaN included).
-inline float from_half(uint16_t h) {
-    const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-    const uint32_t exp = (h >> 10) & 31, mant = h & 1023;
-    float magnitude;
-    if (exp == 0) {
-        magnitude = static_cast<float>(mant) * 0x1p-24f;  // exact: mant < 2^10
-    } else {
-        const uint32_t bits = exp == 31 ? 0x7f800000u | (mant << 13) : ((exp + 112) << 23) | (mant << 13);
-        std::memcpy(&magnitude, &bits, sizeof bits);
-    }
-    uint32_t out;
-    std::memcpy(&out, &magnitude, sizeof out);
-    out |= sign;
-    std::memcpy(&magnitude, &out, sizeof out);
-    return magnitude;
 }
 
 }  // namespace pybitnet

@@ -23,9 +23,9 @@ int nearest_int(float x) {
 }
 
 float from_f16(const uint8_t *p) {
-    uint16_t h;
+    _Float16 h;
     std::memcpy(&h, p, sizeof h);
-    return from_half(h);
+    return static_cast<float>(h);
 }
 
 // ggml's make_qx_quants(16, 32, x, L, rmse_type 1, NULL) on the 16 sub-blocks of a super-block

@@ -4,7 +4,6 @@
 #include <math.h>
 #include <string.h>
 
-#include "half.h"  // inline, and built with the baseline flags like this unit
 #include "tiers.h"
 
 namespace pybitnet {
@@ -74,7 +73,23 @@ struct Vf {
     static T fmadd(T a, T b, T c) { return a * b + c; }
     static float hsum(T v) { return v; }
     static float hmax(T v) { return v; }
-    static float half(uint16_t h) { return from_half(h); }
+    // IEEE binary16 to binary32, exactly (subnormals, infinities and NaN included).
+    static float half(uint16_t h) {
+        const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+        const uint32_t exp = (h >> 10) & 31, mant = h & 1023;
+        float magnitude;
+        if (exp == 0) {
+            magnitude = ldexpf(static_cast<float>(mant), -24);
+        } else {
+            const uint32_t bits = exp == 31 ? 0x7f800000u | (mant << 13) : ((exp + 112) << 23) | (mant << 13);
+            memcpy(&magnitude, &bits, sizeof bits);
+        }
+        uint32_t out;
+        memcpy(&out, &magnitude, sizeof out);
+        out |= sign;
+        memcpy(&magnitude, &out, sizeof out);
+        return magnitude;
+    }
     static T load_f16(const uint16_t *p) { return half(*p); }
     static T load_i8(const int8_t *p) { return static_cast<float>(*p); }
     static T exp(T x) { return expf(fmaxf(fminf(x, 88.0f), -87.3f)); }
