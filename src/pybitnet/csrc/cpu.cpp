@@ -3,7 +3,11 @@
 #include "tiers.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
+#ifdef _MSC_VER
+#include <intrin.h>
+#else
 #include <cpuid.h>
+#endif
 #include <cstring>
 #define PYBITNET_X86 1
 #elif defined(__aarch64__) && defined(__linux__)
@@ -18,40 +22,55 @@
 namespace pybitnet {
 
 #ifdef PYBITNET_X86
+// CPUID leaf and subleaf into r = eax, ebx, ecx, edx; false where the CPU has no such leaf.
+static bool cpuid(unsigned leaf, unsigned subleaf, unsigned r[4]) {
+#ifdef _MSC_VER
+    int max[4];
+    __cpuid(max, static_cast<int>(leaf & 0x80000000u));
+    if (static_cast<unsigned>(max[0]) < leaf) return false;
+    __cpuidex(reinterpret_cast<int *>(r), static_cast<int>(leaf), static_cast<int>(subleaf));
+    return true;
+#else
+    return __get_cpuid_count(leaf, subleaf, &r[0], &r[1], &r[2], &r[3]);
+#endif
+}
+
 static unsigned long long xgetbv0() {
+#ifdef _MSC_VER
+    return _xgetbv(0);
+#else
     unsigned eax, edx;
     __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
     return (static_cast<unsigned long long>(edx) << 32) | eax;
+#endif
 }
 
 static CpuFeatures detect() {
     CpuFeatures f;
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
-    const bool osxsave = c & (1u << 27);
+    unsigned r[4];
+    if (!cpuid(1, 0, r)) return f;
+    const bool osxsave = r[2] & (1u << 27);
     if (!osxsave) return f;
     const unsigned long long xcr0 = xgetbv0();
     const bool ymm_os = (xcr0 & 0x6) == 0x6;      // SSE and AVX state
     const bool zmm_os = (xcr0 & 0xe6) == 0xe6;    // plus opmask and ZMM state
-    const bool fma = c & (1u << 12);
-    const bool f16c = c & (1u << 29);
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
-    f.avx2 = ymm_os && (b & (1u << 5));
+    const bool fma = r[2] & (1u << 12);
+    const bool f16c = r[2] & (1u << 29);
+    if (!cpuid(7, 0, r)) return f;
+    f.avx2 = ymm_os && (r[1] & (1u << 5));
     f.fma = ymm_os && fma;
     f.f16c = ymm_os && f16c;
-    f.avx512f = zmm_os && (b & (1u << 16));
-    f.avx512bw = zmm_os && (b & (1u << 30));
-    f.avx512vl = zmm_os && (b & (1u << 31));
-    f.avx512vnni = zmm_os && (c & (1u << 11));
+    f.avx512f = zmm_os && (r[1] & (1u << 16));
+    f.avx512bw = zmm_os && (r[1] & (1u << 30));
+    f.avx512vl = zmm_os && (r[1] & (1u << 31));
+    f.avx512vnni = zmm_os && (r[2] & (1u << 11));
     return f;
 }
 
 std::string cpu_model_name() {
     unsigned regs[12];
-    unsigned max_ext = __get_cpuid_max(0x80000000u, nullptr);
-    if (max_ext < 0x80000004u) return "unknown";
     for (unsigned i = 0; i < 3; ++i)
-        __get_cpuid(0x80000002u + i, &regs[4 * i], &regs[4 * i + 1], &regs[4 * i + 2], &regs[4 * i + 3]);
+        if (!cpuid(0x80000002u + i, 0, &regs[4 * i])) return "unknown";
     char name[49];
     std::memcpy(name, regs, 48);
     name[48] = 0;

@@ -47,7 +47,7 @@ void dense_linear(const TierKernels &tier, const DenseView &w, const float *x, i
                     [&](int64_t r0, int64_t r1) { tier.dense_matmul(w, x, n, r0, r1, y); });
 }
 
-void Int8Matrix::Free::operator()(int8_t *p) const { std::free(p); }
+void Int8Matrix::Free::operator()(int8_t *p) const { free_weights(p); }
 
 Int8Matrix::Int8Matrix(const TierKernels &tier, const DenseView &w)
     : rows_(w.rows), cols_(w.cols), kp_(round_up(std::max<int64_t>(w.cols, 1), 256)),

@@ -2,10 +2,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <new>
 
 #ifdef __linux__
 #include <sys/mman.h>
+#endif
+#ifdef _WIN32
+#include <malloc.h>
 #endif
 
 #include "threadpool.h"
@@ -33,12 +37,24 @@ uint8_t *allocate_weights(int64_t nbytes) {
     // The size is not rounded up to whole huge pages: with a matrix per layer and op, that
     // cost ~1 MB each (120 MB for the 2B model); the tail simply stays in 4 KB pages.
     const int64_t size = round_up(std::max<int64_t>(nbytes, 64), 64);
+#ifdef _WIN32  // no std::aligned_alloc in Microsoft's C runtime
+    void *p = _aligned_malloc(size, huge ? kHuge : 64);
+#else
     void *p = std::aligned_alloc(huge ? kHuge : 64, size);
+#endif
     if (p == nullptr) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
     if (huge) madvise(p, round_up(size, 4096), MADV_HUGEPAGE);
 #endif
     return static_cast<uint8_t *>(p);
+}
+
+void free_weights(void *p) {
+#ifdef _WIN32
+    _aligned_free(p);
+#else
+    std::free(p);
+#endif
 }
 
 TernaryMatrix::TernaryMatrix(int64_t rows, int64_t cols, const float *scales, int64_t groups)

@@ -9,8 +9,9 @@
 namespace pybitnet {
 
 // Memory for weights read by the kernels (64-byte aligned, huge pages where granted), released
-// with std::free.
+// with free_weights.
 uint8_t *allocate_weights(int64_t nbytes);
+void free_weights(void *p);
 
 // Ternary weights repacked once, at load, into the kernels' layout (tiers.h: TernaryView).
 class TernaryMatrix {
@@ -48,7 +49,7 @@ class TernaryMatrix {
     template <typename RowCodes>
     bool pack_tile(int64_t t, const RowCodes &row);
     struct Free {
-        void operator()(uint8_t *p) const { std::free(p); }
+        void operator()(uint8_t *p) const { free_weights(p); }
     };
     int64_t rows_, cols_, kp_, groups_;
     std::unique_ptr<uint8_t[], Free> codes_;

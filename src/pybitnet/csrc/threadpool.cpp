@@ -4,7 +4,12 @@
 #include <chrono>
 #include <memory>
 
+#ifdef _WIN32
+#include <process.h>
+#define getpid _getpid  // Windows has no fork: the owner never changes there
+#else
 #include <unistd.h>
+#endif
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>

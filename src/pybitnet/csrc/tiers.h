@@ -9,6 +9,13 @@
 
 #include "formats.h"
 
+#if defined(_MSC_VER) && !defined(__clang__)
+// MSVC has no __builtin_prefetch, which the tiers' loops call as GCC and Clang spell it: the same
+// read hint through SSE's prefetch (x86-64 only; into every cache level, the locality dropped).
+#include <xmmintrin.h>
+#define __builtin_prefetch(p, ...) _mm_prefetch(reinterpret_cast<const char *>(p), _MM_HINT_T0)
+#endif
+
 namespace pybitnet {
 
 // Ternary weights in the kernels' layout (built once by TernaryMatrix in ternary.cpp):
