@@ -50,7 +50,8 @@ def cmake_units() -> tuple[list[tuple[Path, list[str]]], list[str]]:
         for name in dict.fromkeys(names)
         if "nanobind" not in (CSRC / name).read_text(encoding="utf-8")
     ]
-    everywhere = re.search(r"target_compile_options\(_native PRIVATE ([^)]*)\)", text)[1].split()
+    # the GCC/Clang options of every unit (the MSVC branch has its own)
+    everywhere = re.search(r"target_compile_options\(_native PRIVATE (-[^)]*)\)", text)[1].split()
     assert "PYBITNET_ARM_TIERS=1" in text and "-ffp-contract=off" in everywhere
     return units, [*everywhere, "-DPYBITNET_ARM_TIERS=1", "-std=c++17"]
 
