@@ -340,6 +340,8 @@ def _make(op: str, tier: str) -> Kernel:
             prepare = numpy_tier.prepare_dense if on_numpy else _native_prepare_dense
             if on_numpy and wtype == "Q6_K":  # int8 activations (docs/SPEC.md §1)
                 run, prepare = numpy_tier.q6_k_linear, numpy_tier.prepare_q6_k
+            if on_numpy and wtype == "Q4_K":
+                run, prepare = numpy_tier.q4_k_linear, numpy_tier.prepare_q4_k
             prepare = _checked_prepare_dense(prepare)
             return Kernel(kid, op, tier, _checked_linear(op, run), partial(prepare, wtype))
     if op in ("embedding", "rmsnorm", "rope", "gated", "attention"):
