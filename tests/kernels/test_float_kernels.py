@@ -17,6 +17,11 @@ RAGGED_COLS = [(3, 1), (9, 33), (17, 100)]  # float formats only: any row length
 SUPER_BLOCK_SHAPES = [(1, 256), (5, 512), (37, 768), (130, 1280)]
 # n <= 16: weights streamed once (4-row blocks, remainders 1-3); n = 17: the panel path
 BATCHES = [1, 2, 3, 5, 8, 9, 16, 17]
+# K-quants that take activations quantized per 256-block (docs/SPEC.md §1): numpy's model of each
+INT8_ACTIVATIONS = {
+    "Q6_K": (numpy_tier.prepare_q6_k, numpy_tier.q6_k_linear),
+    "Q4_K": (numpy_tier.prepare_q4_k, numpy_tier.q4_k_linear),
+}
 
 
 def shapes_for(wtype):
@@ -38,8 +43,8 @@ def float64_tolerance(x, w):
 
 
 def int8_activation_tolerance(x, w):
-    """Q6_K takes x rounded to int8 per 256-block (docs/SPEC.md §1): each element moves by at
-    most half its block's step max|x_b| / 127, so y by that times |w|, plus float32 rounding."""
+    """Q6_K and Q4_K take x rounded to int8 per 256-block (docs/SPEC.md §1): each element moves by
+    at most half its block's step max|x_b| / 127, so y by that times |w|, plus float32 rounding."""
     step = np.abs(x.reshape(len(x), -1, 256)).max(axis=2).astype(np.float64) / 127
     half_steps = np.repeat(step, 256, axis=1) / 2
     return half_steps @ np.abs(w).T.astype(np.float64) * (1 + 1e-4) + float64_tolerance(x, w)
@@ -48,7 +53,7 @@ def int8_activation_tolerance(x, w):
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("wtype", DENSE_FORMATS)
 def test_dense_linear_matches_float64_of_dequantized_weights(tier, wtype, rng):
-    tolerance = int8_activation_tolerance if wtype == "Q6_K" else float64_tolerance
+    tolerance = int8_activation_tolerance if wtype in INT8_ACTIVATIONS else float64_tolerance
     for rows, cols in shapes_for(wtype):
         data, w = dense_matrix(rng, wtype, rows, cols)
         kernel = kernels.get(f"linear_{wtype.lower()}", tier)
@@ -62,19 +67,21 @@ def test_dense_linear_matches_float64_of_dequantized_weights(tier, wtype, rng):
 
 
 @pytest.mark.parametrize("tier", NATIVE_TIERS)
-def test_q6_k_linear_equals_numpy_bit_for_bit(tier, rng):
+@pytest.mark.parametrize("wtype", INT8_ACTIVATIONS)
+def test_k_quant_linear_equals_numpy_bit_for_bit(tier, wtype, rng):
     """Integer dot products per super-block, then one float step each in a fixed order: every
     tier gives numpy's bits, for any batch (each row is computed as it would be alone)."""
+    prepare_numpy, linear_numpy = INT8_ACTIVATIONS[wtype]
     for rows, cols in SUPER_BLOCK_SHAPES:
-        data, _ = dense_matrix(rng, "Q6_K", rows, cols)
-        data[:210] = 0  # an all-zero super-block (d = 0)
-        kernel = kernels.get("linear_q6_k", tier)
+        data, _ = dense_matrix(rng, wtype, rows, cols)
+        data[: formats.weight_type(wtype).type_size] = 0  # an all-zero super-block (d = 0)
+        kernel = kernels.get(f"linear_{wtype.lower()}", tier)
         prepared = kernel.prepare(data, (rows, cols))
-        expected_w = numpy_tier.prepare_q6_k("Q6_K", data, (rows, cols))
+        expected_w = prepare_numpy(wtype, data, (rows, cols))
         for n in BATCHES:
             x = (rng.standard_normal((n, cols)) * rng.uniform(1e-3, 1e3, (n, 1))).astype(np.float32)
             x[0, :256] = 0  # an all-zero activation block
-            expected = numpy_tier.q6_k_linear(x, expected_w)
+            expected = linear_numpy(x, expected_w)
             np.testing.assert_array_equal(kernel(x, prepared), expected)
             np.testing.assert_array_equal(kernel(x[-1:], prepared), expected[-1:])
 

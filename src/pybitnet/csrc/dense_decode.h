@@ -25,11 +25,17 @@ inline float f16_at(const uint8_t *p) {
 }
 
 // Q4_K / Q5_K: sub-block j's 6-bit scale and min from the 12 bytes at q (ggml's
-// get_scale_min_k4), already multiplied by the super-block's d and dmin.
-inline void k4_scale_min(const uint8_t *b, int j, float *scale, float *min) {
+// get_scale_min_k4).
+inline void k4_codes(const uint8_t *b, int j, int *sc, int *m) {
     const uint8_t *q = b + 4;
-    const int sc = j < 4 ? q[j] & 63 : (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
-    const int m = j < 4 ? q[j + 4] & 63 : (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    *sc = j < 4 ? q[j] & 63 : (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
+    *m = j < 4 ? q[j + 4] & 63 : (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+}
+
+// The same, multiplied by the super-block's d and dmin.
+inline void k4_scale_min(const uint8_t *b, int j, float *scale, float *min) {
+    int sc, m;
+    k4_codes(b, j, &sc, &m);
     *scale = f16_at(b) * static_cast<float>(sc);
     *min = f16_at(b + 2) * static_cast<float>(m);
 }
@@ -78,6 +84,13 @@ inline void decode_q6_k(const uint8_t *b, int j, float *__restrict out) {
 // sum_{e in sub-block j} (q_e - 32) x_e is exact and d_x is the activations' block scale.
 inline float q6k_step(float y, const uint8_t *block, float dx, int32_t isum) {
     return y + (f16_at(block + 208) * dx) * static_cast<float>(isum);
+}
+
+// The Q4_K kernels' float step (docs/SPEC.md §1), as q6k_step: isum = sum_j sc_j * sum_{e in
+// sub-block j} q_e x_e and msum = sum_j m_j * sum_{e in sub-block j} x_e, both exact.
+inline float q4k_step(float y, const uint8_t *block, float dx, int32_t isum, int32_t msum) {
+    return y + ((f16_at(block) * dx) * static_cast<float>(isum) -
+                (f16_at(block + 2) * dx) * static_cast<float>(msum));
 }
 
 // Columns 32c .. 32c + 31 of row r of w as floats (zeros past the row's end).

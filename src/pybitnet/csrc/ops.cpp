@@ -29,11 +29,12 @@ void parallel_pieces(int64_t n, int64_t align, int64_t min_piece, const F &f) {
 }  // namespace
 
 void dense_linear(const TierKernels &tier, const DenseView &w, const float *x, int64_t n, float *y) {
-    if (w.fmt == kQ6_K) {  // int8 activations per 256-block, as llama.cpp (docs/SPEC.md §1)
+    if (w.fmt == kQ6_K || w.fmt == kQ4_K) {  // int8 activations per 256-block, as llama.cpp (docs/SPEC.md §1)
         thread_local BlockQ8Buffer buffer;
         const BlockQ8Rows xq = buffer.quantize(x, n, w.cols);
+        const auto matmul = w.fmt == kQ6_K ? tier.q6k_matmul : tier.q4k_matmul;
         parallel_pieces(w.rows, kTileRows, 4 * kTileRows,
-                        [&](int64_t r0, int64_t r1) { tier.q6k_matmul(w, xq, r0, r1, y); });
+                        [&](int64_t r0, int64_t r1) { matmul(w, xq, r0, r1, y); });
         return;
     }
     const int64_t kc = round_up(w.cols, kDenseChunk);

@@ -291,7 +291,7 @@ constexpr int kQ6kRows = 2, kQ6kTile = kTileRows;
 }  // namespace
 
 const TierKernels avx512_kernels = {"avx512", quantize, matmul, dense_matmul, dense_rows,
-                                    int8_matmul, q6k_matmul, rmsnorm, rope, gated,
+                                    int8_matmul, q6k_matmul, q4k_matmul, rmsnorm, rope, gated,
                                     attention};
 
 }  // namespace pybitnet

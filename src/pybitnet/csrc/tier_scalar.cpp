@@ -92,7 +92,7 @@ struct Vf {
 }  // namespace
 
 const TierKernels scalar_kernels = {"scalar", quantize, matmul, dense_matmul, dense_rows,
-                                    int8_matmul, q6k_matmul, rmsnorm, rope, gated,
+                                    int8_matmul, q6k_matmul, q4k_matmul, rmsnorm, rope, gated,
                                     attention};
 
 }  // namespace pybitnet

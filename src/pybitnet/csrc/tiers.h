@@ -150,6 +150,8 @@ struct TierKernels {
     // per super-block an exact integer dot product, then y += (d * d_x) * isum in float32,
     // super-block after super-block (docs/SPEC.md §1), so that every tier gives the same bits.
     void (*q6k_matmul)(const DenseView &w, const BlockQ8Rows &x, int64_t r0, int64_t r1, float *y);
+    // The same for a Q4_K matrix: y += (d * d_x) * isum - (dmin * d_x) * msum per super-block.
+    void (*q4k_matmul)(const DenseView &w, const BlockQ8Rows &x, int64_t r0, int64_t r1, float *y);
     // out = x / sqrt(mean(x^2) + eps) * w for rows r0..r1 of x (rows of dim).
     void (*rmsnorm)(const float *x, const float *w, int64_t dim, float eps, int64_t r0,
                     int64_t r1, float *out);

@@ -133,6 +133,74 @@ def q6_k_linear(x: np.ndarray, w: Q6KRows) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Q4KRows:
+    """A Q4_K matrix as the numpy Q4_K kernel takes it: the 4-bit codes as float32 (out, in), the
+    sub-block scales and mins (out, in / 32) float64, the super-block d and dmin (out, in / 256)
+    float32."""
+
+    codes: np.ndarray
+    scales: np.ndarray
+    mins: np.ndarray
+    d: np.ndarray
+    dmin: np.ndarray
+    data: np.ndarray  # the bytes (rows, bytes a row), for the embedding's rows
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.codes.shape
+
+
+def prepare_q4_k(wtype: str, data: np.ndarray, shape: tuple[int, int]) -> Q4KRows:
+    rows, cols = shape
+    blocks = np.asarray(data, np.uint8).reshape(rows * cols // 256, 144)
+    one, zero = np.array([0x00, 0x3C], np.uint8), np.zeros(2, np.uint8)  # float16 1.0 and 0.0
+
+    def decoded(d, dmin, scales=None, qs=None) -> np.ndarray:
+        """dequantize of the blocks with these fields replaced: values (d sc) q - dmin m."""
+        b = blocks.copy()
+        b[:, 0:2], b[:, 2:4] = d, dmin
+        if scales is not None:
+            b[:, 4:16] = scales
+        if qs is not None:
+            b[:, 16:] = qs
+        return formats.dequantize("Q4_K", b.ravel(), shape)
+
+    # every sc 1 and m 0 (docs/SPEC.md §2 has the 12 bytes' packing), d 1, dmin 0: the codes
+    unit_scales = np.array([1] * 4 + [0] * 4 + [1] * 4, np.uint8)
+    sub = (rows, cols // 32, 32)
+    return Q4KRows(
+        decoded(one, zero, scales=unit_scales),
+        decoded(one, zero, qs=0x11).reshape(sub)[..., 0].astype(np.float64),  # codes 1: sc
+        -decoded(zero, one).reshape(sub)[..., 0].astype(np.float64),  # d 0: -m
+        f16_to_f32(blocks[:, 0:2]).reshape(rows, cols // 256),
+        f16_to_f32(blocks[:, 2:4]).reshape(rows, cols // 256),
+        blocks.reshape(rows, -1),
+    )
+
+
+def q4_k_linear(x: np.ndarray, w: Q4KRows) -> np.ndarray:
+    """Q4_K rows . activations quantized per 256-block: per super-block the exact integers
+    isum = sum_j sc_j * codes_j . x_q,j and msum = sum_j m_j * sum(x_q,j) over its 8 sub-blocks
+    j, then y += (d * d_x) * isum - (dmin * d_x) * msum in float32, super-block after
+    super-block, as every native tier computes it."""
+    x_q, d_x = quantize_blocks(np.asarray(x, np.float32))
+    n, (rows, cols) = len(x), w.shape
+    # exact in float32 (|dot| <= 32 * 15 * 127), then in float64 (|isum| < 2^31)
+    sub_x = x_q.reshape(n, -1, 32)
+    dots = sub_x.transpose(1, 0, 2) @ w.codes.reshape(rows, -1, 32).transpose(1, 2, 0)
+    isum = (dots.astype(np.float64) * w.scales.T[:, None, :]).reshape(cols // 256, 8, n, rows)
+    msum = sub_x.sum(axis=2).T.astype(np.float64)[:, :, None] * w.mins.T[:, None, :]
+    isum = isum.sum(axis=1).astype(np.float32)
+    msum = msum.reshape(cols // 256, 8, n, rows).sum(axis=1).astype(np.float32)
+    y = np.zeros((n, rows), np.float32)
+    for s in range(cols // 256):
+        scale = w.d[:, s] * d_x[:, s, None]
+        offset = w.dmin[:, s] * d_x[:, s, None]
+        y = y + (scale * isum[s] - offset * msum[s])
+    return y
+
+
+@dataclass(frozen=True)
 class Int8Rows:
     """A matrix quantized per row: w ~ q * scales[:, None]; q int8 (out, in), scales float32."""
 
@@ -159,9 +227,10 @@ def int8_linear(x: np.ndarray, w: Int8Rows) -> np.ndarray:
     return dots.astype(np.float32) * w.scales / s_x
 
 
-def embedding(w: np.ndarray | Q6KRows, ids: np.ndarray) -> np.ndarray:
-    if isinstance(w, Q6KRows):
-        return formats.dequantize("Q6_K", w.data[ids], (len(ids), w.shape[1]))
+def embedding(w: np.ndarray | Q6KRows | Q4KRows, ids: np.ndarray) -> np.ndarray:
+    if isinstance(w, Q6KRows | Q4KRows):
+        wtype = "Q6_K" if isinstance(w, Q6KRows) else "Q4_K"
+        return formats.dequantize(wtype, w.data[ids], (len(ids), w.shape[1]))
     return np.ascontiguousarray(w[ids])
 
 
