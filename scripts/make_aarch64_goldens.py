@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "tests" / "kernels"))
 
 from test_bitlinear import random_activations, random_weights, ternary_file_bytes  # noqa: E402
 from test_float_kernels import (  # noqa: E402
+    INT8_ACTIVATIONS,
     cache_for,
     dense_matrix,
     float64_tolerance,
@@ -100,8 +101,8 @@ def dense_cases(rng) -> list[bytes]:
         # float formats: rows of any length; 96 columns also takes F16's one-row loop
         rows, cols = (9, 512) if block == 256 else (9, 96) if block == 32 else (9, 100)
         data, w = dense_matrix(rng, wtype, rows, cols)
-        if wtype == "Q6_K":
-            data[:210] = 0  # an all-zero super-block (d = 0)
+        if wtype in INT8_ACTIVATIONS:
+            data[: formats.weight_type(wtype).type_size] = 0  # an all-zero super-block (d = 0)
             w = formats.dequantize(wtype, data, (rows, cols))
         fmt = formats.weight_type(wtype).id
         if block == 1:
@@ -111,12 +112,11 @@ def dense_cases(rng) -> list[bytes]:
             out.append(record("dense", [fmt, 5, 96, 1], [whole, x, *expect]))
         for n in (1, 3, 17):  # one row, a streamed batch, the panel path
             x = rng.standard_normal((n, cols)).astype(np.float32)
-            if wtype == "Q6_K":
+            # K-quants: numpy's bits (tests/kernels: test_k_quant_linear_equals_numpy_bit_for_bit)
+            if wtype in INT8_ACTIVATIONS:
                 x[0, :256] = 0  # an all-zero activation block
-            # Q6_K: numpy's bits (tests/kernels: test_q6_k_linear_equals_numpy_bit_for_bit)
-            if wtype == "Q6_K":
-                q6k = numpy_tier.prepare_q6_k(wtype, data, (rows, cols))
-                expect = exact(numpy_tier.q6_k_linear(x, q6k))
+                prepare, linear = INT8_ACTIVATIONS[wtype]
+                expect = exact(linear(x, prepare(wtype, data, (rows, cols))))
             else:
                 expect = [x.astype(np.float64) @ w.T.astype(np.float64), float64_tolerance(x, w)]
             out.append(record("dense", [fmt, rows, cols, n], [data, x, *expect]))
