@@ -18,10 +18,7 @@ SUPER_BLOCK_SHAPES = [(1, 256), (5, 512), (37, 768), (130, 1280)]
 # n <= 16: weights streamed once (4-row blocks, remainders 1-3); n = 17: the panel path
 BATCHES = [1, 2, 3, 5, 8, 9, 16, 17]
 # K-quants that take activations quantized per 256-block (docs/SPEC.md §1): numpy's model of each
-INT8_ACTIVATIONS = {
-    "Q6_K": (numpy_tier.prepare_q6_k, numpy_tier.q6_k_linear),
-    "Q4_K": (numpy_tier.prepare_q4_k, numpy_tier.q4_k_linear),
-}
+INT8_ACTIVATIONS = numpy_tier.INT8_ACTIVATION_KQUANTS
 
 
 def shapes_for(wtype):

@@ -212,6 +212,14 @@ class Int8Rows:
         return self.q.shape
 
 
+# The K-quants whose linear layers take int8 activations per 256-block (docs/SPEC.md §1):
+# format -> (prepare, linear).
+INT8_ACTIVATION_KQUANTS = {
+    "Q6_K": (prepare_q6_k, q6_k_linear),
+    "Q4_K": (prepare_q4_k, q4_k_linear),
+}
+
+
 def prepare_int8(wtype: str, data: np.ndarray, shape: tuple[int, int]) -> Int8Rows:
     """Per-row int8: s = max|w_row| / 127, q = rint(w / s) (0 where the row is all zeros)."""
     w = formats.dequantize(wtype, data, shape)

@@ -339,9 +339,8 @@ def _make(op: str, tier: str) -> Kernel:
         if wtype in DENSE_FORMATS:
             run = numpy_tier.linear if on_numpy else partial(_native_linear, tier, op)
             prepare = numpy_tier.prepare_dense if on_numpy else _native_prepare_dense
-            if on_numpy and wtype in ("Q6_K", "Q4_K"):  # int8 activations (docs/SPEC.md §1)
-                run = getattr(numpy_tier, f"{wtype.lower()}_linear")
-                prepare = getattr(numpy_tier, f"prepare_{wtype.lower()}")
+            if on_numpy and wtype in numpy_tier.INT8_ACTIVATION_KQUANTS:  # int8 activations
+                prepare, run = numpy_tier.INT8_ACTIVATION_KQUANTS[wtype]
             prepare = _checked_prepare_dense(prepare)
             return Kernel(kid, op, tier, _checked_linear(op, run), partial(prepare, wtype))
     if op in ("embedding", "rmsnorm", "rope", "gated", "attention"):
