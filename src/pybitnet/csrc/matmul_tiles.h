@@ -45,10 +45,9 @@ inline void store_rows(const TernaryView &w, const QuantizedRows &x, int64_t r, 
         }
 }
 
-// A tile's stream is prefetched kStreamPrefetch ahead into L2 (prefetches never fault): on top
-// of the hardware prefetchers, 4 KB ahead took single-thread decoding from memory from 24 to 27
-// GB/s on a Zen 4; 8 KB into L2, as the other streams, decoded the 2B file 4-13% faster than
-// 4 KB into L1 on the Xeon (5 alternating pairs, pybitnet bench tg64), prefill unchanged.
+// How far ahead in a tile's stream to prefetch: on top of the hardware prefetchers, this took
+// single-thread decoding from memory from 24 to 27 GB/s on a Zen 4 (prefetches never fault).
+constexpr int64_t kPrefetchBytes = 4096;
 
 template <int B, bool PER_BLOCK>
 inline void tile(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_t b, float *y) {
@@ -63,7 +62,7 @@ inline void tile(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_
             facc[i][j] = Isa::fzero();
         }
     for (int64_t g = 0; g < groups; ++g) {
-        for (int i = 0; i < R; ++i) __builtin_prefetch(codes + (g * R + i) * 64 + kStreamPrefetch, 0, 2);
+        for (int i = 0; i < R; ++i) __builtin_prefetch(codes + (g * R + i) * 64 + kPrefetchBytes);
         group<B>(codes + g * R * 64, x.q + b * x.kp + 256 * g, x.kp, acc);
         if (PER_BLOCK)
             for (int i = 0; i < R; ++i)
