@@ -178,14 +178,11 @@ def check_sha256(path: Path, expected: str) -> None:
     """Refuses a model file whose SHA-256 is not `expected` (a node's stale or partial copy)."""
     if not path.is_file():
         raise ModelError(f"{path}: --model-sha256 checks a model file; this node has no such file")
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    if digest.hexdigest() != expected:
+    with path.open("rb") as f:  # as `pybitnet inspect --sha256` hashes a file
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != expected:
         raise ModelError(
-            f"{path}: this node's copy has SHA-256 {digest.hexdigest()}, not the "
-            f"{expected} of --model-sha256"
+            f"{path}: this node's copy has SHA-256 {digest}, not the {expected} of --model-sha256"
         )
 
 
