@@ -119,7 +119,7 @@ grep -E "^=+ .*(passed|failed)" "$work/suite.log"
 echo "suite: $((SECONDS - suite)) s"
 
 tiers=$("${bare[@]}" python -c "from pybitnet import kernels; print(*kernels.supported_tiers())")
-for tier in avx512 avx2 scalar numpy; do
+for tier in amx avx512 avx2 scalar numpy; do
     step "the kernel tests under PYBITNET_KERNELS=$tier"
     case " $tiers " in
     *" $tier "*) ;;

@@ -7,7 +7,9 @@ from pybitnet.errors import FormatError, PyBitnetError
 
 # (rows, cols): ragged rows (not whole register tiles), ragged columns (not whole 256-groups).
 SHAPES = [(1, 1), (3, 100), (4, 128), (17, 256), (33, 300), (64, 640), (65, 1000)]
-BATCHES = [1, 2, 3, 4, 5, 8, 9, 17]  # every remainder of the 4-row register tiles
+# Every remainder of the 4-row register tiles; the AMX tier's 16-row activation tiles from 16
+# rows on: one tile, a pair, a pair and one more.
+BATCHES = [1, 2, 3, 4, 5, 8, 9, 16, 17, 48]
 
 
 def random_weights(rng, rows, cols, groups):
@@ -71,9 +73,10 @@ def test_numpy_bitlinear_agrees_with_the_float64_model_reference(groups, rng):
 
 
 @pytest.mark.parametrize("tier", NATIVE_TIERS)
-def test_result_does_not_depend_on_threads(tier, rng, restore_threads):
-    codes, scales = random_weights(rng, 301, 512, 2)
-    x = random_activations(rng, 7, 512)
+@pytest.mark.parametrize("groups, n", [(2, 7), (1, 40)])
+def test_result_does_not_depend_on_threads(tier, groups, n, rng, restore_threads):
+    codes, scales = random_weights(rng, 301, 512, groups)
+    x = random_activations(rng, n, 512)
     results = []
     for n in (1, 2, 3):
         kernels.set_threads(n)

@@ -32,9 +32,11 @@ STABLE_IDS = {
 
 
 def test_ids_are_stable():
-    """Ids are only added (a dense format of the format table brings its linear_<format> op)."""
+    """Ids are only added (a dense format of the format table brings its linear_<format> op;
+    a new tier, every op on it)."""
     assert kernels.known_ids() >= STABLE_IDS
     added = {f"linear_{name.lower()}_{tier}" for name in formats.DENSE for tier in kernels.TIERS}
+    added |= {f"{op}_amx" for op in kernels.registry.OPS}
     assert kernels.known_ids() - STABLE_IDS <= added
     assert kernels.get("bitlinear").id == f"bitlinear_{kernels.selected_tier()}"
 

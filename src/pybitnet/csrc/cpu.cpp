@@ -9,6 +9,10 @@
 #include <cpuid.h>
 #endif
 #include <cstring>
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #define PYBITNET_X86 1
 #elif defined(__aarch64__) && defined(__linux__)
 #include <asm/hwcap.h>
@@ -45,6 +49,17 @@ static unsigned long long xgetbv0() {
 #endif
 }
 
+// Linux (5.16 and later) hands the 8 KB of tile data to a process only when it asks, once:
+// without that, the first tile instruction faults (SIGILL). Other systems: not used.
+static bool amx_permitted() {
+#ifdef __linux__
+    constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;  // arch_prctl, asm/prctl.h
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
+#else
+    return false;
+#endif
+}
+
 static CpuFeatures detect() {
     CpuFeatures f;
     unsigned r[4];
@@ -64,6 +79,8 @@ static CpuFeatures detect() {
     f.avx512bw = zmm_os && (r[1] & (1u << 30));
     f.avx512vl = zmm_os && (r[1] & (1u << 31));
     f.avx512vnni = zmm_os && (r[2] & (1u << 11));
+    const bool amx_os = (xcr0 & 0x60000) == 0x60000;  // TILECFG and TILEDATA state
+    f.amx_int8 = amx_os && (r[3] & (1u << 24)) && (r[3] & (1u << 25)) && amx_permitted();
     return f;
 }
 
@@ -108,6 +125,10 @@ const CpuFeatures &cpu_features() {
 std::vector<const TierKernels *> supported_tiers() {
     std::vector<const TierKernels *> tiers;
     [[maybe_unused]] const CpuFeatures &f = cpu_features();
+#ifdef PYBITNET_AMX_TIER
+    if (f.amx_int8 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c)
+        tiers.push_back(&amx_kernels);
+#endif
 #ifdef PYBITNET_X86_TIERS
     if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c)
         tiers.push_back(&avx512_kernels);

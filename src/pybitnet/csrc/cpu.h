@@ -14,6 +14,7 @@ struct CpuFeatures {
     bool avx512bw = false;
     bool avx512vl = false;
     bool avx512vnni = false;
+    bool amx_int8 = false;  // AMX tiles with int8 dot products, and the OS lets us use them
     bool asimd = false;    // aarch64 Advanced SIMD (NEON)
     bool asimddp = false;  // aarch64 dot product (SDOT/UDOT, ARMv8.2's optional dotprod)
 };

@@ -88,6 +88,7 @@ void bind_cpu(nb::module_ &m) {
         d["avx512bw"] = f.avx512bw;
         d["avx512vl"] = f.avx512vl;
         d["avx512vnni"] = f.avx512vnni;
+        d["amx_int8"] = f.amx_int8;
         d["asimd"] = f.asimd;
         d["asimddp"] = f.asimddp;
         return d;

@@ -263,8 +263,24 @@ QuantizedRows quantize_rows(const TierKernels &tier, const float *x, int64_t n, 
 void bitlinear(const TierKernels &tier, const TernaryMatrix &w, const float *x, int64_t n,
                float *y) {
     const TernaryView v = w.view();
-    const QuantizedRows xq = quantize_rows(tier, x, n, v.cols, v.kp);
+    QuantizedRows xq = quantize_rows(tier, x, n, v.cols, v.kp);
     const auto workers = pool();
+    if (tier.tile_activations != nullptr && n >= kAmxTileRows) {  // laid out once, read by all
+        thread_local struct Buffer {  // 64-byte aligned: a tile's rows are cache lines
+            uint8_t *p = nullptr;
+            int64_t bytes = 0;
+            ~Buffer() { free_weights(p); }
+        } buffer;
+        const int64_t tiles = (n + kAmxTileRows - 1) / kAmxTileRows;
+        if (buffer.bytes < tiles * kAmxTileRows * v.kp) {
+            free_weights(buffer.p);
+            buffer.p = allocate_weights(tiles * kAmxTileRows * v.kp);
+            buffer.bytes = tiles * kAmxTileRows * v.kp;
+        }
+        int8_t *tiles_out = reinterpret_cast<int8_t *>(buffer.p);
+        workers->run(tiles, [&](int64_t t) { tier.tile_activations(xq, t, t + 1, tiles_out); });
+        xq.tiles = tiles_out;
+    }
     const int64_t piece = piece_size(v.rows, workers->size(), 4 * kTileRows);
     workers->run((v.rows + piece - 1) / piece, [&](int64_t i) {
         const int64_t r0 = i * piece;

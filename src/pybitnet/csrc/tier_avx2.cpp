@@ -244,6 +244,6 @@ constexpr int kQ6kRows = 2, kQ6kTile = 1;
 
 const TierKernels avx2_kernels = {"avx2", quantize, matmul, dense_matmul, dense_rows,
                                   int8_matmul, q6k_matmul, q4k_matmul, rmsnorm, rope, gated,
-                                  attention};
+                                  attention, nullptr};
 
 }  // namespace pybitnet

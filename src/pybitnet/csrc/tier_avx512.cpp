@@ -292,6 +292,6 @@ constexpr int kQ6kRows = 2, kQ6kTile = kTileRows;
 
 const TierKernels avx512_kernels = {"avx512", quantize, matmul, dense_matmul, dense_rows,
                                     int8_matmul, q6k_matmul, q4k_matmul, rmsnorm, rope, gated,
-                                    attention};
+                                    attention, nullptr};
 
 }  // namespace pybitnet

@@ -230,6 +230,6 @@ constexpr int kQ6kRows = 2, kQ6kTile = 1;
 
 const TierKernels PYBITNET_NEON_TABLE = {PYBITNET_NEON_NAME, quantize, matmul, dense_matmul,
                                          dense_rows, int8_matmul, q6k_matmul, q4k_matmul, rmsnorm, rope,
-                                         gated, attention};
+                                         gated, attention, nullptr};
 
 }  // namespace pybitnet

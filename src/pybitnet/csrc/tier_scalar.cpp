@@ -93,6 +93,6 @@ struct Vf {
 
 const TierKernels scalar_kernels = {"scalar", quantize, matmul, dense_matmul, dense_rows,
                                     int8_matmul, q6k_matmul, q4k_matmul, rmsnorm, rope, gated,
-                                    attention};
+                                    attention, nullptr};
 
 }  // namespace pybitnet

@@ -47,7 +47,12 @@ struct QuantizedRows {
     const int32_t *sums;   // n x (kp / 256): sum of x_q over each 256-block
     const int32_t *total;  // n: sum of x_q over the row
     int64_t n, kp;
+    // The same rows as tiles of kAmxTileRows for a tier's tile_activations, or null.
+    const int8_t *tiles = nullptr;
 };
+// Activation rows a tile of tile_activations holds; tiers with tile_activations get tiles from
+// BitLinear for this many rows or more.
+constexpr int64_t kAmxTileRows = 16;
 
 // A float or block-quantized matrix as its GGUF file stores it (no repacking): `rows` rows of
 // `cols` elements, row r at data + r * row_bytes. fmt: a dense format of formats.h (its rows
@@ -162,12 +167,18 @@ struct TierKernels {
     void (*gated)(int act, const float *g, const float *u, int64_t i0, int64_t i1, float *out);
     // Query positions i0..i1 of kv head `kv` (all the q heads that read it).
     void (*attention)(const AttentionArgs &a, int64_t kv, int64_t i0, int64_t i1, float *scratch);
+    // Optional (null but in the AMX tier): tiles [t0, t1) of x's rows, in kAmxTileRows, laid
+    // out into out (round_up(n, kAmxTileRows) x kp bytes) as this tier's matmul reads x.tiles.
+    void (*tile_activations)(const QuantizedRows &x, int64_t t0, int64_t t1, int8_t *out);
 };
 
 extern const TierKernels scalar_kernels;
 #ifdef PYBITNET_X86_TIERS
 extern const TierKernels avx2_kernels;
 extern const TierKernels avx512_kernels;
+#endif
+#ifdef PYBITNET_AMX_TIER
+extern const TierKernels amx_kernels;  // AVX-512 with AMX tiles for BitLinear (tier_amx.cpp)
 #endif
 #ifdef PYBITNET_ARM_TIERS
 extern const TierKernels neon_kernels;     // ARMv8.0 NEON (tier_neon.cpp)

@@ -2,9 +2,10 @@
 the native module: the shapes and sizes callers pass are checked here, once, for every tier.
 
 Every kernel has an id ``<op>_<tier>`` (``bitlinear_avx512``, ``linear_f16_numpy``). Tiers, best
-first (docs/SPEC.md §1): ``avx512``, ``avx2`` (x86-64), ``neondot``, ``neon`` (aarch64), ``scalar``
-(C++), ``numpy`` (kernels/numpy_tier.py). ``get(op)`` picks the best tier this CPU runs;
-PYBITNET_KERNELS forces one by name. Receipts take their kernel list from ``profile()``.
+first (docs/SPEC.md §1): ``amx`` (``avx512`` with AMX tiles for BitLinear over 16+ rows),
+``avx512``, ``avx2``, ``neondot``, ``neon``, ``scalar`` (C++), ``numpy`` (numpy_tier.py).
+``get(op)`` picks the best tier this CPU runs; PYBITNET_KERNELS forces one by name. Receipts
+take their kernel list from ``profile()``.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ except ImportError as exc:  # a source tree without a build: numpy only
 else:
     _NATIVE_ERROR = None
 
-TIERS = ("avx512", "avx2", "neondot", "neon", "scalar", "numpy")
+TIERS = ("amx", "avx512", "avx2", "neondot", "neon", "scalar", "numpy")
 NATIVE_TIERS = TIERS[:-1]
 ENV = "PYBITNET_KERNELS"
 
 # The CPU features each native tier is compiled for and needs (csrc/cpu.cpp, supported_tiers()),
 # named as pybitnet._native.cpu_features() names them ("avx2": AVX2 with FMA; aarch64's as Linux's).
 TIER_FEATURES = {
+    "amx": ("amx_int8", "avx2", "avx512bw", "avx512f", "avx512vl", "avx512vnni", "f16c"),
     "avx512": ("avx2", "avx512bw", "avx512f", "avx512vl", "avx512vnni", "f16c"),
     "avx2": ("avx2", "f16c"),
     "neondot": ("asimd", "asimddp"),
@@ -343,21 +345,14 @@ def _make(op: str, tier: str) -> Kernel:
                 prepare, run = numpy_tier.INT8_ACTIVATION_KQUANTS[wtype]
             prepare = _checked_prepare_dense(prepare)
             return Kernel(kid, op, tier, _checked_linear(op, run), partial(prepare, wtype))
-    if op in ("embedding", "rmsnorm", "rope", "gated", "attention"):
+    if op in PLAIN_OPS:
         return Kernel(kid, op, tier, _run(tier, op))
     raise PyBitnetError(f"unknown kernel op {op!r}; known: {', '.join(OPS)}")
 
 
-OPS = (
-    "bitlinear",
-    *(f"linear_{name.lower()}" for name in DENSE_FORMATS),
-    "linear_int8",
-    "embedding",
-    "rmsnorm",
-    "rope",
-    "gated",
-    "attention",
-)
+# The ops that take no prepared weights, then every op.
+PLAIN_OPS = ("embedding", "rmsnorm", "rope", "gated", "attention")
+OPS = ("bitlinear", *(f"linear_{n.lower()}" for n in DENSE_FORMATS), "linear_int8", *PLAIN_OPS)
 
 
 def known_ids() -> frozenset[str]:
