@@ -87,9 +87,17 @@ inline void tile(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_
 }
 
 // Activation rows b .. n-1 in tiles of B (then the remainder), for the weight tile at row r.
+// A tier may do a single activation row with one scale a row its own way
+// (PYBITNET_TIER_TERNARY_GEMV: gemv_tile(w, x, r, b, y), same results).
 template <int B, bool PER_BLOCK>
 inline void tile_rest(const TernaryView &w, const QuantizedRows &x, int64_t r, int64_t b,
                       float *y) {
+#ifdef PYBITNET_TIER_TERNARY_GEMV
+    if constexpr (B == 1 && !PER_BLOCK) {
+        for (; b < x.n; ++b) gemv_tile(w, x, r, b, y);
+        return;
+    }
+#endif
     if constexpr (B > 0) {
         for (; b + B <= x.n; b += B) tile<B, PER_BLOCK>(w, x, r, b, y);
         tile_rest<B - 1, PER_BLOCK>(w, x, r, b, y);
