@@ -178,7 +178,8 @@ std::string run(const TierKernels &t, const Case &c, const std::string &i2s_path
         t.rope(y.data(), c.p[0], c.p[1], c.p[2], c.p[3], c.at<float>(1, dF32), c.at<float>(2, dF32), c.p[4] != 0);
     } else if (k == "gated") {  // act, count
         y.resize(c.p[1]);
-        gated(t, static_cast<int>(c.p[0]), c.at<float>(0, dF32), c.at<float>(1, dF32), c.p[1], y.data());
+        gated_rows(t, static_cast<int>(c.p[0]), c.at<float>(0, dF32), c.p[1], c.at<float>(1, dF32), c.p[1], 1,
+                   c.p[1], y.data());
     } else if (k == "attention") {  // kv type, n, start, heads, n_kv, d, ctx, the caches' hashes
         const int64_t n = c.p[1], start = c.p[2], heads = c.p[3], n_kv = c.p[4], d = c.p[5], ctx = c.p[6];
         std::vector<uint8_t> kc = c.a[3].bytes, vc = c.a[4].bytes;

@@ -150,6 +150,19 @@ def test_gated(tier, act, rng):
         np.testing.assert_allclose(y, expected, rtol=2e-6, atol=1e-30)
 
 
+@pytest.mark.parametrize("tier", [*NATIVE_TIERS, "numpy"])
+def test_gated_reads_the_halves_of_a_stacked_output_in_place(tier, rng):
+    """The engine passes the gate and up projections as column views of one (n, 2 F) array."""
+    for n, f in [(1, 6912), (3, 100), (40, 1000)]:
+        gu = (rng.standard_normal((n, 2 * f)) * 4).astype(np.float32)
+        gated = kernels.get("gated", tier)
+        y = gated("silu", gu[:, :f], gu[:, f:])
+        np.testing.assert_array_equal(y, gated("silu", gu[:, :f].copy(), gu[:, f:].copy()))
+    if tier != "numpy":  # rows whose elements are strided are refused, never misread
+        with pytest.raises(ValueError, match="contiguous"):
+            gated("silu", gu[:, ::2], gu[:, 1::2])
+
+
 KV_TYPES = list(layout.KV_CACHE_TYPES)
 # Stale cache bytes (past the filled positions, which must not count): large keys and NaN
 # values in every type (float16 0x7b7b = 60768, 0x7e7e NaN; q8_0 codes 123, scales as those).

@@ -36,6 +36,7 @@ template <typename T, typename... Shape>
 using Array = nb::ndarray<T, nb::c_contig, nb::device::cpu, Shape...>;
 using Bytes = Array<const uint8_t, nb::ndim<1>>;
 using Rows = Array<const float, nb::ndim<2>>;
+using StridedRows = nb::ndarray<const float, nb::ndim<2>, nb::device::cpu>;  // any strides
 
 std::string str(int64_t v) { return std::to_string(v); }
 
@@ -295,17 +296,20 @@ void bind_float_ops(nb::module_ &m) {
 
     m.def(
         "gated",
-        [](const std::string &tier, const std::string &act, Rows g, Rows u) {
+        [](const std::string &tier, const std::string &act, StridedRows g, StridedRows u) {
             const TierKernels &t = tier_named(tier);
             if (act != "silu" && act != "relu2") throw nb::value_error(("unknown activation " + act).c_str());
             if (g.shape(0) != u.shape(0) || g.shape(1) != u.shape(1))
                 throw nb::value_error("gated: g and u must have the same shape");
+            if (g.stride(1) != 1 || u.stride(1) != 1)
+                throw nb::value_error("gated: the elements of a row must be contiguous");
             return linear_output(g.shape(0), g.shape(1), [&](float *out) {
-                gated(t, act == "silu" ? 0 : 1, g.data(), u.data(),
-                      static_cast<int64_t>(g.shape(0) * g.shape(1)), out);
+                gated_rows(t, act == "silu" ? 0 : 1, g.data(), g.stride(0), u.data(), u.stride(0),
+                           g.shape(0), g.shape(1), out);
             });
         },
-        "tier"_a, "act"_a, "g"_a, "u"_a, "act(g) * u elementwise; act silu or relu2.");
+        "tier"_a, "act"_a, "g"_a, "u"_a,
+        "act(g) * u elementwise; act silu or relu2; rows may be strided (views of a wider array).");
 }
 
 using Heads = Array<const float, nb::ndim<3>>;

@@ -107,8 +107,12 @@ void rmsnorm(const TierKernels &tier, const float *x, const float *w, int64_t n,
     parallel_pieces(n, 1, 16, [&](int64_t r0, int64_t r1) { tier.rmsnorm(x, w, dim, eps, r0, r1, out); });
 }
 
-void gated(const TierKernels &tier, int act, const float *g, const float *u, int64_t count, float *out) {
-    parallel_pieces(count, 64, 32768, [&](int64_t i0, int64_t i1) { tier.gated(act, g, u, i0, i1, out); });
+void gated_rows(const TierKernels &tier, int act, const float *g, int64_t g_stride, const float *u,
+                int64_t u_stride, int64_t n, int64_t cols, float *out) {
+    parallel_pieces(n, 1, std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+        for (int64_t b = r0; b < r1; ++b)
+            tier.gated(act, g + b * g_stride, u + b * u_stride, 0, cols, out + b * cols);
+    });
 }
 
 namespace {

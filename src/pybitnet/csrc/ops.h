@@ -39,8 +39,11 @@ void int8_linear(const TierKernels &tier, const Int8Matrix &w, const float *x, i
 
 void rmsnorm(const TierKernels &tier, const float *x, const float *w, int64_t n, int64_t dim,
              float eps, float *out);
-void gated(const TierKernels &tier, int act, const float *g, const float *u, int64_t count,
-           float *out);
+// out = act(g) * u (act 0: silu, 1: relu^2) over n rows of cols elements, row b of g at
+// g + b * g_stride (u likewise): e.g. the two halves of a stacked gate and up projection, read
+// in place. out: n x cols.
+void gated_rows(const TierKernels &tier, int act, const float *g, int64_t g_stride, const float *u,
+                int64_t u_stride, int64_t n, int64_t cols, float *out);
 // Writes keys k and values v (n x n_kv x d) of positions start .. start + n - 1 into the caches
 // kc and vc, laid out and converted to `type` (KvType) as AttentionArgs says.
 void store_kv(const float *k, const float *v, int64_t n, int64_t n_kv, int64_t d, int64_t ctx,

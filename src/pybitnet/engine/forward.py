@@ -272,7 +272,8 @@ class Engine:
         return self._rmsnorm(x, weight, self.config.rms_eps)
 
     def rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        """Rotates x (n, heads, head_dim) in place by the positions' angles (docs/SPEC.md §1)."""
+        """x (n, heads, head_dim) rotated by the positions' angles (docs/SPEC.md §1), in place
+        when x is a contiguous float32 array."""
         c = self.config
         return self._rope(x, cos, sin, c.rope_dim, c.rope_neox)
 

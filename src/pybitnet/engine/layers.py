@@ -14,7 +14,8 @@ from pybitnet.model.weights import Tensor
 
 
 class Linear:
-    """``Linear(x)`` -> one output (n, out_i) per tensor, for tensors that share an input.
+    """``Linear(x)`` -> one output (n, out_i) per tensor, for tensors that share an input
+    (stacked: column views of one array).
 
     Ternary tensors of one type become a single BitLinear matrix (one activation quantization,
     one kernel call; every output row is computed as it would be alone). Other tensors each get
@@ -60,7 +61,9 @@ class Linear:
             y = self.kernel(x, self.prepared[0])
             if len(self.rows) == 1:
                 return [y]
-            return [np.ascontiguousarray(y[:, part]) for part in self._parts]
+            # views, not copies (a prompt's gate and up halves were ~7 MB a layer to copy):
+            # gated reads strided rows, rope and attention copy what they rotate or cache
+            return [y[:, part] for part in self._parts]
         outs = []
         for kernel, w, scale in zip(self.kernels, self.prepared, self.scales, strict=True):
             y = kernel(x, w)

@@ -282,6 +282,7 @@ def _native_embedding(tier: str, w: Any, ids: np.ndarray) -> np.ndarray:
 def _native_rope(
     tier: str, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, rope_dim: int, neox: bool
 ) -> np.ndarray:
+    x = np.ascontiguousarray(x, np.float32)  # rotated in place unless a copy was needed
     _native.rope(tier, x, cos, sin, rope_dim, neox)
     return x
 
