@@ -72,6 +72,15 @@ class Model:
         self._check_kv_fits()
         self.load_seconds = time.perf_counter() - started
 
+    def context_problem(self, n_ctx: int | None) -> str | None:
+        """Why the server refuses a context of n_ctx tokens: more than the model was trained
+        for (the Python API and `run` take it as that many), or None."""
+        trained = self.config.context_length
+        if n_ctx is None or n_ctx <= trained:
+            return None
+        name = self.path.name
+        return f"{n_ctx} is more than the {trained} tokens of context {name} was trained for"
+
     def _check_kv_fits(self) -> None:
         """A sequence's KV cache is allocated for the whole context (its pages are touched as
         it fills): one the machine could never hold is refused now, not at the first long

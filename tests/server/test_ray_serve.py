@@ -153,6 +153,12 @@ def test_bad_deployments_are_refused_in_one_line(endpoint):
         build({"replicas": "two"})
 
 
+def test_a_context_longer_than_trained_is_refused_as_the_server_refuses_it(model):
+    spec = ReplicaSpec(n_ctx=model.config.context_length + 1)
+    with pytest.raises(PyBitnetError, match=r"^--ctx: \d+ is more than the \d+ tokens of context"):
+        Replica(spec).__serve_build_asgi_app__()
+
+
 def test_the_kuberay_example_builds():
     import yaml  # a dependency of Ray
 

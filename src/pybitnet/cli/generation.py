@@ -289,9 +289,8 @@ def serve(
         fail("--port", str(exc))
     with sock:
         m = load_model(model, threads, output_head, n_ctx=ctx, kv_cache=kv_cache)
-        if ctx is not None and ctx > m.config.context_length:
-            fail("--ctx", f"{ctx} is more than the {m.config.context_length} tokens of context "
-                          f"{m.path.name} was trained for")  # fmt: skip
+        if problem := m.context_problem(ctx):
+            fail("--ctx", problem)
         serve_model(m, sock, config)
 
 

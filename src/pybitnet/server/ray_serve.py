@@ -107,6 +107,8 @@ class Replica:
         model = load(
             spec.model, n_ctx=spec.n_ctx, output_head=spec.output_head, kv_cache=spec.kv_cache
         )
+        if problem := model.context_problem(spec.n_ctx):  # as `pybitnet serve` refuses it
+            raise PyBitnetError(f"--ctx: {problem}")
         app = create_app(model, spec.config)
         app.add_middleware(NameReplica, name=serve.get_replica_context().replica_tag)
         MetricsCopy(app.state.metrics.registry).start()
