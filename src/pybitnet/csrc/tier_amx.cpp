@@ -1,11 +1,10 @@
 // The AMX tier: the AVX-512 tier's kernels, with BitLinear's matrix products over 16 or more
 // activation rows (prefill, large batches) on the AMX tile unit (Sapphire Rapids and later).
-// One TDPBUSD multiplies 16 rows x 64 codes (unsigned, 0..2) by 64 x 16 int8 activations: 16x
-// the multiply-adds of a vpdpbusd. The integer dot products are the AVX-512 tier's and the
-// scaling is store_rows' (matmul_tiles.h), so the results are the same bits.
+// One TDPBUSD multiplies 16 rows x 64 codes (unsigned, 0..2) by 64 x 16 int8 activations: the
+// multiply-adds of 256 vpdpbusd. The integer dot products are the AVX-512 tier's and the
+// scaling is store_rows' (matmul_tiles.h), so the results are the same bits. Measured against
+// the unit's roof: benchmarks/amx_roof.cpp.
 #include <immintrin.h>
-
-#include <string.h>
 
 #include "tiers.h"
 
@@ -73,8 +72,8 @@ void tile_activations(const QuantizedRows &x, int64_t t0, int64_t t1, int8_t *ou
 // Rows r .. r + kRowBlock - 1 of w as A tiles: columns 64 c .. of row r + i at
 // a + (c * kRowBlock + i) * 64, one code (0..2) a byte; rows past the padded matrix are zeros.
 // The block's bytes are read in their order (one stream, tiers.h) and the next block's are
-// prefetched into L2 meanwhile: the tiles then work on this block while they arrive (read
-// row by row without, the unpacking stalled on memory and took a third of the time).
+// prefetched into L2 meanwhile. Unpacking took a fifth to a third of the kernel's time at 128 rows
+// (measured by leaving it out); read row by row, without the prefetch, 6-15% more in all.
 void unpack_rows(const TernaryView &w, int64_t r, uint8_t *a) {
     const __m512i m3 = _mm512_set1_epi8(3);
     const int64_t padded = (w.rows + kTileRows - 1) / kTileRows * kTileRows, groups = w.kp / 256;
