@@ -74,7 +74,7 @@ class Model:
 
     def context_problem(self, n_ctx: int | None) -> str | None:
         """Why the server refuses a context of n_ctx tokens: more than the model was trained
-        for (the Python API and `run` take it as that many), or None."""
+        for (the Python API and `run` use the trained length instead), or None."""
         trained = self.config.context_length
         if n_ctx is None or n_ctx <= trained:
             return None

@@ -125,13 +125,13 @@ const CpuFeatures &cpu_features() {
 std::vector<const TierKernels *> supported_tiers() {
     std::vector<const TierKernels *> tiers;
     [[maybe_unused]] const CpuFeatures &f = cpu_features();
+    [[maybe_unused]] const bool avx512 =
+        f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c;
 #ifdef PYBITNET_AMX_TIER
-    if (f.amx_int8 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c)
-        tiers.push_back(&amx_kernels);
+    if (avx512 && f.amx_int8) tiers.push_back(&amx_kernels);
 #endif
 #ifdef PYBITNET_X86_TIERS
-    if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c)
-        tiers.push_back(&avx512_kernels);
+    if (avx512) tiers.push_back(&avx512_kernels);
     if (f.avx2 && f.fma && f.f16c) tiers.push_back(&avx2_kernels);
 #endif
 #ifdef PYBITNET_ARM_TIERS

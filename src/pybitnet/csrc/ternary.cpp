@@ -57,6 +57,27 @@ void free_weights(void *p) {
 #endif
 }
 
+uint8_t *thread_scratch(int slot, int64_t bytes) {
+    struct Buffer {
+        uint8_t *p = nullptr;
+        int64_t bytes = 0;
+        ~Buffer() { free_weights(p); }
+    };
+    thread_local Buffer buffers[kScratchSlots];
+    Buffer &b = buffers[slot];
+    if (b.bytes < bytes) {
+        free_weights(b.p);
+        b.p = nullptr;
+        b.bytes = 0;
+        try {
+            b.p = allocate_weights(bytes);
+            b.bytes = bytes;
+        } catch (const std::bad_alloc &) {
+        }
+    }
+    return b.p;
+}
+
 TernaryMatrix::TernaryMatrix(int64_t rows, int64_t cols, const float *scales, int64_t groups)
     : rows_(rows), cols_(cols), kp_(round_up(std::max<int64_t>(cols, 1), 256)), groups_(groups),
       scales_(round_up(rows, kTileRows) * groups, 0.0f) {
@@ -265,21 +286,16 @@ void bitlinear(const TierKernels &tier, const TernaryMatrix &w, const float *x, 
     const TernaryView v = w.view();
     QuantizedRows xq = quantize_rows(tier, x, n, v.cols, v.kp);
     const auto workers = pool();
-    if (tier.tile_activations != nullptr && n >= kAmxTileRows) {  // laid out once, read by all
-        thread_local struct Buffer {  // 64-byte aligned: a tile's rows are cache lines
-            uint8_t *p = nullptr;
-            int64_t bytes = 0;
-            ~Buffer() { free_weights(p); }
-        } buffer;
+    if (tier.tile_activations != nullptr && n >= kAmxTileRows && v.groups == 1) {
+        // laid out once here, read by every row piece (out of memory: no tiles, and the tier
+        // takes its kernel without them)
         const int64_t tiles = (n + kAmxTileRows - 1) / kAmxTileRows;
-        if (buffer.bytes < tiles * kAmxTileRows * v.kp) {
-            free_weights(buffer.p);
-            buffer.p = allocate_weights(tiles * kAmxTileRows * v.kp);
-            buffer.bytes = tiles * kAmxTileRows * v.kp;
+        auto *out = reinterpret_cast<int8_t *>(
+            thread_scratch(kScratchActivationTiles, tiles * kAmxTileRows * v.kp));
+        if (out != nullptr) {
+            workers->run(tiles, [&](int64_t t) { tier.tile_activations(xq, t, out); });
+            xq.tiles = out;
         }
-        int8_t *tiles_out = reinterpret_cast<int8_t *>(buffer.p);
-        workers->run(tiles, [&](int64_t t) { tier.tile_activations(xq, t, t + 1, tiles_out); });
-        xq.tiles = tiles_out;
     }
     const int64_t piece = piece_size(v.rows, workers->size(), 4 * kTileRows);
     workers->run((v.rows + piece - 1) / piece, [&](int64_t i) {

@@ -52,21 +52,20 @@ inline void transpose16(__m512i v[16]) {
         }
 }
 
-// Activation tiles [t0, t1) of x: tile t, columns 64 c .. 64 c + 63 at out + (t * kp / 64 + c)
-// * 1024, as TDPBUSD's B operand: row k of the tile holds, for each activation row j of the
-// tile, its 4 columns 64 c + 4 k .. + 3 (bytes 4 j .. 4 j + 3). Rows past n are zeros.
-void tile_activations(const QuantizedRows &x, int64_t t0, int64_t t1, int8_t *out) {
-    for (int64_t t = t0; t < t1; ++t)
-        for (int64_t c = 0; c < x.kp / 64; ++c) {
-            __m512i v[16];
-            for (int64_t j = 0; j < kTile; ++j) {
-                const int64_t row = t * kTile + j;
-                v[j] = row < x.n ? _mm512_loadu_si512(x.q + row * x.kp + 64 * c) : _mm512_setzero_si512();
-            }
-            transpose16(v);
-            int8_t *dst = out + (t * (x.kp / 64) + c) * 1024;
-            for (int k = 0; k < 16; ++k) _mm512_store_si512(dst + 64 * k, v[k]);
+// Activation tile t of x: columns 64 c .. 64 c + 63 at out + (t * kp / 64 + c) * 1024, as
+// TDPBUSD's B operand: row k of the tile holds, for each activation row j of the tile, its 4
+// columns 64 c + 4 k .. + 3 (bytes 4 j .. 4 j + 3). Rows past n are zeros.
+void tile_activations(const QuantizedRows &x, int64_t t, int8_t *out) {
+    for (int64_t c = 0; c < x.kp / 64; ++c) {
+        __m512i v[16];
+        for (int64_t j = 0; j < kTile; ++j) {
+            const int64_t row = t * kTile + j;
+            v[j] = row < x.n ? _mm512_loadu_si512(x.q + row * x.kp + 64 * c) : _mm512_setzero_si512();
         }
+        transpose16(v);
+        int8_t *dst = out + (t * (x.kp / 64) + c) * 1024;
+        for (int k = 0; k < 16; ++k) _mm512_store_si512(dst + 64 * k, v[k]);
+    }
 }
 
 // Rows r .. r + kRowBlock - 1 of w as A tiles: columns 64 c .. of row r + i at
@@ -148,43 +147,29 @@ void block(const TernaryView &w, const QuantizedRows &x, const uint8_t *a, int64
 }
 
 void matmul(const TernaryView &w, const QuantizedRows &x, int64_t r0, int64_t r1, float *y) {
-    if (x.tiles == nullptr || w.groups > 1) {  // few activation rows, or a scale per block
+    // The codes of one row block, unpacked: 2 x 16 rows x kp bytes.
+    uint8_t *a = x.tiles != nullptr ? thread_scratch(kScratchUnpackedCodes, kRowBlock * w.kp) : nullptr;
+    // Few activation rows (no tiles), a scale per block, or out of memory: the AVX-512 kernel.
+    if (a == nullptr || w.groups > 1) {
         avx512_kernels.matmul(w, x, r0, r1, y);
         return;
     }
     static const TileConfig config;
     _tile_loadconfig(&config);
-    // The codes of one row block, unpacked: 2 x 16 rows x kp bytes (this thread's, reused).
-    thread_local struct Buffer {
-        uint8_t *p = nullptr;
-        int64_t bytes = 0;
-        ~Buffer() { _mm_free(p); }
-    } a;
-    if (a.bytes < kRowBlock * w.kp) {
-        _mm_free(a.p);
-        a.bytes = kRowBlock * w.kp;
-        a.p = static_cast<uint8_t *>(_mm_malloc(a.bytes, 64));
-        if (a.p == nullptr) a.bytes = 0;
-    }
-    if (a.p == nullptr) {  // out of memory: the AVX-512 kernel needs no buffer
-        _tile_release();
-        avx512_kernels.matmul(w, x, r0, r1, y);
-        return;
-    }
     const int64_t tiles = (x.n + kTile - 1) / kTile, end = r1 < w.rows ? r1 : w.rows;
     for (int64_t r = r0; r < end; r += kRowBlock) {
-        unpack_rows(w, r, a.p);
+        unpack_rows(w, r, a);
         const bool two = end - r > kTile;
         for (int64_t t = 0; t < tiles; t += 2) {
             const bool pair = tiles - t > 1;
             if (two && pair)
-                block<2, 2>(w, x, a.p, r, end, t, y);
+                block<2, 2>(w, x, a, r, end, t, y);
             else if (two)
-                block<2, 1>(w, x, a.p, r, end, t, y);
+                block<2, 1>(w, x, a, r, end, t, y);
             else if (pair)
-                block<1, 2>(w, x, a.p, r, end, t, y);
+                block<1, 2>(w, x, a, r, end, t, y);
             else
-                block<1, 1>(w, x, a.p, r, end, t, y);
+                block<1, 1>(w, x, a, r, end, t, y);
         }
     }
     _tile_release();

@@ -150,7 +150,6 @@ inline void gemv_tile(const TernaryView &w, const QuantizedRows &x, int64_t r, i
     store_rows<1>(w, x, r, b, sum, y);
 }
 
-
 struct Vf {
     static constexpr int N = 16, DB = 4;
     using T = __m512;

@@ -51,8 +51,14 @@ struct QuantizedRows {
     const int8_t *tiles = nullptr;
 };
 // Activation rows a tile of tile_activations holds; tiers with tile_activations get tiles from
-// BitLinear for this many rows or more.
+// BitLinear for this many rows or more, of matrices with one scale a row.
 constexpr int64_t kAmxTileRows = 16;
+
+// This thread's scratch buffer number `slot` (kScratchSlots of them) of at least `bytes`,
+// 64-byte aligned, kept for its next call; null when out of memory. Defined in the portable
+// unit (ternary.cpp), so every tier shares one copy.
+enum ScratchSlot : int { kScratchActivationTiles = 0, kScratchUnpackedCodes = 1, kScratchSlots = 2 };
+uint8_t *thread_scratch(int slot, int64_t bytes);
 
 // A float or block-quantized matrix as its GGUF file stores it (no repacking): `rows` rows of
 // `cols` elements, row r at data + r * row_bytes. fmt: a dense format of formats.h (its rows
@@ -167,9 +173,9 @@ struct TierKernels {
     void (*gated)(int act, const float *g, const float *u, int64_t i0, int64_t i1, float *out);
     // Query positions i0..i1 of kv head `kv` (all the q heads that read it).
     void (*attention)(const AttentionArgs &a, int64_t kv, int64_t i0, int64_t i1, float *scratch);
-    // Optional (null but in the AMX tier): tiles [t0, t1) of x's rows, in kAmxTileRows, laid
-    // out into out (round_up(n, kAmxTileRows) x kp bytes) as this tier's matmul reads x.tiles.
-    void (*tile_activations)(const QuantizedRows &x, int64_t t0, int64_t t1, int8_t *out);
+    // Optional (null but in the AMX tier): tile t of x's rows (kAmxTileRows of them) laid out
+    // into out (round_up(n, kAmxTileRows) x kp bytes) as this tier's matmul reads x.tiles.
+    void (*tile_activations)(const QuantizedRows &x, int64_t t, int8_t *out);
 };
 
 extern const TierKernels scalar_kernels;
