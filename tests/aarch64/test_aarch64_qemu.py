@@ -38,7 +38,7 @@ pytestmark = [
 
 def cmake_units() -> tuple[list[tuple[Path, list[str]]], list[str]]:
     """The module's aarch64 units as CMakeLists.txt builds them, [(source, its own flags)], less
-    the nanobind bindings, and the flags of every unit."""
+    the nanobind bindings (module.cpp, bind_*.cpp), and the flags of every unit."""
     text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     common = re.search(r"set\(NATIVE_SOURCES(.*?)\)", text, re.S).group(1)
     arm = re.search(r'MATCHES "\^\(aarch64.*?\n(.*?)endif', text, re.S).group(1)  # its branch
@@ -48,7 +48,7 @@ def cmake_units() -> tuple[list[tuple[Path, list[str]]], list[str]]:
     units = [
         (CSRC / name, own[name].split(";") if name in own else [])
         for name in dict.fromkeys(names)
-        if "nanobind" not in (CSRC / name).read_text(encoding="utf-8")
+        if name != "module.cpp" and not name.startswith("bind_")
     ]
     # the GCC/Clang options of every unit (the MSVC branch has its own)
     everywhere = re.search(r"target_compile_options\(_native PRIVATE (-[^)]*)\)", text)[1].split()

@@ -1,19 +1,16 @@
 // The native K-quant quantizers as a Python function (module.cpp binds the rest).
-#include <nanobind/nanobind.h>
-#include <nanobind/ndarray.h>
-
 #include <vector>
 
+#include "bind.h"
 #include "formats.h"
 #include "kquants.h"
 
-namespace nb = nanobind;
 using namespace nb::literals;
 
 namespace pybitnet {
 
 void bind_kquants(nb::module_ &m) {
-    using Rows = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+    using Rows = Array<const float, nb::ndim<2>>;
     m.def(
         "quantize_kquant",
         [](int fmt, Rows x) {
