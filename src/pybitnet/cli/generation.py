@@ -32,6 +32,8 @@ from pybitnet.cli.options import (
 from pybitnet.errors import shown
 
 if TYPE_CHECKING:
+    import socket
+
     from pybitnet.chat import ChatSession
 
 
@@ -262,9 +264,8 @@ def serve(
     model_sha256: Sha256Option = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, with a chat page at /."""
-    from pybitnet.errors import PyBitnetError
     from pybitnet.server import ServerConfig
-    from pybitnet.server.run import listen, serve_model
+    from pybitnet.server.run import serve_model
 
     config = ServerConfig(
         max_batch,
@@ -273,8 +274,12 @@ def serve(
         cors_origins=tuple(cors_origin or ()),
         draft_tokens=draft_tokens,
     )
-    ray_only = {"--replicas": replicas, "--autoscale": autoscale, "--address": address}
-    ray_only["--model-sha256"] = model_sha256
+    ray_only = {
+        "--replicas": replicas,
+        "--autoscale": autoscale,
+        "--address": address,
+        "--model-sha256": model_sha256,
+    }
     if ray:
         replica = {"model": model, "model_sha256": model_sha256, "n_ctx": ctx, "threads": threads}
         replica |= {"output_head": output_head, "kv_cache": kv_cache, "config": config}
@@ -283,11 +288,7 @@ def serve(
     for option, value in ray_only.items():
         if value is not None:
             fail(option, "only with --ray")
-    try:
-        sock = listen(host, port)  # before loading: a port in use fails first, not after the banner
-    except PyBitnetError as exc:
-        fail("--port", str(exc))
-    with sock:
+    with _listen(host, port) as sock:  # before loading: a port in use fails first, not after
         m = load_model(model, threads, output_head, n_ctx=ctx, kv_cache=kv_cache)
         if problem := m.context_problem(ctx):
             fail("--ctx", problem)
@@ -303,17 +304,11 @@ def _serve_on_ray(
     port: int,
 ) -> None:
     """`serve --ray`: the flags checked, then the replicas deployed (server/ray_serve.py)."""
-    from pybitnet.errors import PyBitnetError
-    from pybitnet.server.run import listen
-
     if replicas is not None and autoscale is not None:
         fail("--autoscale", "give --replicas N or --autoscale MIN:MAX, not both")
     scale = _min_max(autoscale) if autoscale is not None else None
     if address is None:  # a local cluster: a port in use fails now, not inside Ray's proxy
-        try:
-            listen(host, port).close()
-        except PyBitnetError as exc:
-            fail("--port", str(exc))
+        _listen(host, port).close()
     try:
         from pybitnet.server import ray_serve
     except ImportError as exc:
@@ -323,6 +318,17 @@ def _serve_on_ray(
     ray_serve.run(
         spec, replicas=replicas or 1, autoscale=scale, address=address, host=host, port=port
     )
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound and listening; a port in use is --port's one-line error."""
+    from pybitnet.errors import PyBitnetError
+    from pybitnet.server.run import listen
+
+    try:
+        return listen(host, port)
+    except PyBitnetError as exc:
+        fail("--port", str(exc))
 
 
 def _check_api_key(key: str | None) -> str | None:
